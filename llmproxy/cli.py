@@ -1,0 +1,72 @@
+"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from llmproxy import __version__
+from llmproxy.settings import Settings, SettingsError, describe, load_settings
+
+EXIT_BAD_CONFIG = 2
+
+
+def load_settings_or_exit(*, create_dirs: bool = True) -> Settings:
+    """Settings, or one line on stderr and exit status 2 (no traceback) when one is bad."""
+    try:
+        return load_settings(create_dirs=create_dirs)
+    except SettingsError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_CONFIG) from None
+
+
+def serve(gunicorn_args: Sequence[str]) -> int:
+    """Run gunicorn with the settings packaged in :mod:`llmproxy.gunicorn_config`."""
+    load_settings_or_exit()  # fail before gunicorn prints anything or binds
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    sys.argv = ["llm-proxy", "-c", "python:llmproxy.gunicorn_config", *gunicorn_args]
+    WSGIApplication("%(prog)s serve [GUNICORN OPTIONS]").run()
+    return 0
+
+
+def check_config() -> int:
+    settings = load_settings_or_exit()
+    rows = describe(settings)
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print(f"configuration OK (env file: {settings.env_file}"
+          f"{'' if settings.env_file and settings.env_file.is_file() else ', not present'})")
+    return 0
+
+
+def env() -> int:
+    settings = load_settings_or_exit(create_dirs=False)
+    base = settings.base_url
+    print(f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com")
+    print(f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="llm-proxy",
+        description="Transparent logging proxy for LLM API traffic.",
+    )
+    parser.add_argument("--version", action="version", version=f"llm-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the proxy under gunicorn (what systemd runs); "
+                        "further options go to gunicorn, e.g. --log-level debug")
+    commands.add_parser("check-config", help="validate the configuration and print the effective values")
+    commands.add_parser("env", help="print export lines pointing Anthropic and OpenAI clients here")
+    args, extra = parser.parse_known_args(argv)
+
+    if args.command == "serve":
+        return serve(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "check-config":
+        return check_config()
+    return env()

@@ -1,0 +1,50 @@
+"""Gunicorn settings and server hooks for llm-proxy.
+
+``llm-proxy serve`` loads this module (``-c python:llmproxy.gunicorn_config``); the top-level
+``gunicorn.conf.py`` of a checkout only imports it. Names here are gunicorn settings; the hooks
+hand lifecycle work to :mod:`llmproxy.runtime`.
+"""
+
+from llmproxy.cli import load_settings_or_exit
+from llmproxy.runtime import Runtime, prepare_run_dir
+
+_settings = load_settings_or_exit()
+
+wsgi_app = "llmproxy.wsgi:app"
+_host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
+bind = [f"{_host}:{_settings.port}"]
+worker_class = "gthread"
+workers = _settings.workers
+threads = _settings.threads
+# In gthread the main loop tells the arbiter it is alive while request threads work, so this
+# does not bound a request: an SSE stream may run for many minutes.
+timeout = 60
+# worker_exit flushes Loki within LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT; the arbiter must not SIGKILL
+# the worker before that budget is spent.
+graceful_timeout = int(_settings.loki.shutdown_timeout) + 15
+# Clients (Claude Code, SDKs) reuse connections between calls.
+keepalive = 30
+proc_name = "llm-proxy"
+# gunicorn ≥ 25 opens a control socket at one fixed path per user; two proxies on a host (or a
+# test run beside a live proxy) would fight over it, and llm-proxy does not use it.
+control_socket_disable = True
+errorlog = "-"
+accesslog = "-"
+# Path without the query string: a query may carry a key (?key=…), and nothing secret is logged.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+
+
+def on_starting(server):
+    prepare_run_dir(_settings)
+
+
+def post_worker_init(worker):
+    runtime = Runtime.of(worker.wsgi)
+    if runtime is not None:
+        runtime.start()
+
+
+def worker_exit(server, worker):
+    runtime = Runtime.of(getattr(worker, "wsgi", None))
+    if runtime is not None:
+        runtime.close()

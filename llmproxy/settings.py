@@ -1,0 +1,411 @@
+"""Configuration: every setting is an environment variable, optionally read from a ``.env`` file.
+
+:func:`load_settings` builds one immutable :class:`Settings` at start-up; everything else receives
+the piece it needs. A bad value raises :class:`SettingsError`, whose message is the single line a
+user sees before the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+
+PREFIX = "LLM_PROXY_"
+
+DEFAULT_ALLOWED_UPSTREAMS = (
+    "api.anthropic.com",
+    "api.openai.com",
+    "chatgpt.com",
+    "localhost",
+    "127.0.0.1",
+    "::1",
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the proxy cannot use. ``str()`` is the one line to show."""
+
+    def __init__(self, variable: str, value: str, accepted: str):
+        self.variable = variable
+        self.value = value
+        self.accepted = accepted
+        super().__init__(f"{variable}={value!r} is not valid: {accepted}")
+
+
+# --- parsers: each takes the raw string and returns the value, or raises ValueError(accepted) ---
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_duration(text: str) -> float:
+    """``250ms``, ``5s``, ``1m30s``, ``1h`` → seconds. A bare ``0`` means zero."""
+    accepted = "a duration such as 250ms, 5s or 1m30s"
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            raise ValueError(accepted)
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError(accepted)
+    return total
+
+
+def parse_size(text: str) -> int:
+    """``262144``, ``256KiB``, ``64MiB``, ``1GiB`` → bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise ValueError("a size in bytes such as 262144, 256KiB or 64MiB")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("one of true/false, 1/0, yes/no")
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        accepted = f"a whole number from {low} to {high}" if high else f"a whole number, at least {low}"
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(accepted) from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(accepted)
+        return value
+
+    return parse
+
+
+def _min_size(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_size(text)
+        if value < low:
+            raise ValueError(f"a size of at least {low} bytes, such as 256KiB")
+        return value
+
+    return parse
+
+
+def _positive(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        value = parse(text)
+        if value <= 0:
+            raise ValueError(f"{what} greater than zero")
+        return value
+
+    return check
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _nonempty_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("a non-empty value")
+    return text.strip()
+
+
+def _label_value(text: str) -> str:
+    # Loki refuses label values longer than 2,048 bytes; anything printable is fine.
+    value = text.strip()
+    if not value or len(value.encode()) > 2048 or not value.isprintable():
+        raise ValueError("a printable value of 1 to 2048 bytes")
+    return value
+
+
+_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*|[0-9A-Fa-f:]+)")
+
+
+def parse_host_list(text: str) -> tuple[str, ...]:
+    """Comma-separated host names; ``*.example.com`` wildcards and ``*`` are allowed."""
+    hosts = tuple(h.strip().lower().strip("[]") for h in text.split(",") if h.strip())
+    if not hosts or not all(_HOST_PATTERN.fullmatch(h) for h in hosts):
+        raise ValueError("comma-separated host names, e.g. api.anthropic.com,*.example.com or *")
+    return hosts
+
+
+def _url(text: str) -> str:
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL such as http://localhost:3100")
+    return value
+
+
+def loki_push_url(url: str) -> str:
+    """A bare ``http://host:3100`` gets Loki's push path; a URL with a path is kept as given."""
+    parts = urlsplit(url)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/loki/api/v1/push")
+    return urlunsplit(parts)
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, for logs and ``check-config``."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- the settings objects ---
+
+
+@dataclass(frozen=True)
+class LokiSettings:
+    """What the Loki exporter needs."""
+
+    enabled: bool = False
+    url: str | None = None
+    batch_size: int = 1000
+    batch_bytes: int = 1024**2
+    batch_wait: float = 5.0
+    retry_max: int = 5
+    use_gzip: bool = True
+    environment: str = "development"
+    auth_token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tenant_id: str | None = None
+    buffer_size: int = 10_000
+    buffer_bytes: int = 64 * 1024**2
+    shutdown_timeout: float = 30.0
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1024**3
+    max_line_bytes: int = 256 * 1024
+    # Backoff is a value, not scattered sleeps (the spec's numbers).
+    backoff_min: float = 0.1
+    backoff_max: float = 10.0
+    jitter: float = 0.25
+    push_timeout: float = 10.0
+
+    @property
+    def push_url(self) -> str | None:
+        return loki_push_url(self.url) if self.url else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The proxy's whole configuration, built once by :func:`load_settings`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_dir: Path = Path("~/.llm-provider-logs").expanduser()
+    workers: int = 2
+    threads: int = 32
+    machine_id: str = ""
+    allowed_upstreams: tuple[str, ...] = DEFAULT_ALLOWED_UPSTREAMS
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    env_file: Path | None = None
+    loki: LokiSettings = LokiSettings()
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where workers leave small runtime files (per-worker exporter stats)."""
+        return self.log_dir / ".run"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: where its value goes, how it is parsed, what it means."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    secret: bool = False
+
+
+def _default_machine_id() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("LLM_PROXY_HOST", "host", _nonempty_text, "127.0.0.1", "bind address"),
+    Variable("LLM_PROXY_PORT", "port", _int_range(1, 65535), "8080", "bind port"),
+    Variable("LLM_PROXY_LOG_DIR", "log_dir", lambda t: Path(_nonempty_text(t)).expanduser(),
+             "~/.llm-provider-logs", "root of the JSONL tree and sessions.db"),
+    Variable("LLM_PROXY_WORKERS", "workers", _int_range(1, 64), "2", "gunicorn worker processes"),
+    Variable("LLM_PROXY_THREADS", "threads", _int_range(1, 1024), "32", "threads per worker"),
+    Variable("LLM_PROXY_MACHINE_ID", "machine_id", _label_value, "user@hostname",
+             "the machine value in entries and labels"),
+    Variable("LLM_PROXY_ALLOWED_UPSTREAMS", "allowed_upstreams", parse_host_list,
+             ",".join(DEFAULT_ALLOWED_UPSTREAMS),
+             "hosts the proxy may forward to; *.example.com wildcards; * allows any"),
+    Variable("LLM_PROXY_UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout",
+             _positive(parse_duration, "a duration"), "10s", "connect timeout to the provider"),
+    Variable("LLM_PROXY_UPSTREAM_READ_TIMEOUT", "upstream_read_timeout",
+             _positive(parse_duration, "a duration"), "600s",
+             "longest silence between two upstream bytes"),
+    Variable("LLM_PROXY_ENV_FILE", "env_file", lambda t: Path(t).expanduser(), ".env",
+             "dotenv file to read (in the working directory)"),
+    Variable("LLM_PROXY_LOKI_ENABLED", "loki.enabled", parse_bool, "false", "push entries to Loki"),
+    Variable("LLM_PROXY_LOKI_URL", "loki.url", _url, "",
+             "push URL; a bare http://host:3100 gets /loki/api/v1/push appended"),
+    Variable("LLM_PROXY_LOKI_BATCH_SIZE", "loki.batch_size", _int_range(1, 100_000), "1000",
+             "entries per push, at most"),
+    Variable("LLM_PROXY_LOKI_BATCH_BYTES", "loki.batch_bytes", _positive(parse_size, "a size"),
+             "1MiB", "uncompressed log-line bytes per push, at most"),
+    Variable("LLM_PROXY_LOKI_BATCH_WAIT", "loki.batch_wait", _positive(parse_duration, "a duration"),
+             "5s", "oldest entry waits at most this long before a push"),
+    Variable("LLM_PROXY_LOKI_RETRY_MAX", "loki.retry_max", _int_range(0, 100), "5",
+             "retries after the first try"),
+    Variable("LLM_PROXY_LOKI_USE_GZIP", "loki.use_gzip", parse_bool, "true",
+             "Content-Encoding: gzip on pushes"),
+    Variable("LLM_PROXY_LOKI_ENVIRONMENT", "loki.environment", _label_value, "development",
+             "environment label"),
+    Variable("LLM_PROXY_LOKI_AUTH_TOKEN", "loki.auth_token", _text, "",
+             "Authorization: Bearer token", secret=True),
+    Variable("LLM_PROXY_LOKI_USERNAME", "loki.username", _text, "",
+             "basic auth user (Grafana Cloud style)"),
+    Variable("LLM_PROXY_LOKI_PASSWORD", "loki.password", _text, "", "basic auth password",
+             secret=True),
+    Variable("LLM_PROXY_LOKI_TENANT_ID", "loki.tenant_id", _text, "", "X-Scope-OrgID header"),
+    Variable("LLM_PROXY_LOKI_BUFFER_SIZE", "loki.buffer_size", _int_range(1, 10_000_000), "10000",
+             "queue capacity in entries, per worker"),
+    Variable("LLM_PROXY_LOKI_BUFFER_BYTES", "loki.buffer_bytes", _positive(parse_size, "a size"),
+             "64MiB", "queue capacity in bytes, per worker"),
+    Variable("LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT", "loki.shutdown_timeout",
+             _positive(parse_duration, "a duration"), "30s", "flush budget on shutdown"),
+    Variable("LLM_PROXY_LOKI_BACKOFF_MIN", "loki.backoff_min", _positive(parse_duration, "a duration"),
+             "100ms", "first retry delay; doubles each retry"),
+    Variable("LLM_PROXY_LOKI_BACKOFF_MAX", "loki.backoff_max", _positive(parse_duration, "a duration"),
+             "10s", "longest retry delay (before jitter)"),
+    Variable("LLM_PROXY_LOKI_TIMEOUT", "loki.push_timeout", _positive(parse_duration, "a duration"),
+             "10s", "connect and read timeout of one push"),
+    Variable("LLM_PROXY_LOKI_SPOOL_DIR", "loki.spool_dir", lambda t: Path(_nonempty_text(t)).expanduser(),
+             "{log_dir}/.loki-spool", "disk spool for entries Loki has not taken yet"),
+    Variable("LLM_PROXY_LOKI_SPOOL_MAX_BYTES", "loki.spool_max_bytes", _positive(parse_size, "a size"),
+             "1GiB", "spool size bound; beyond it the oldest spool files go first"),
+    Variable("LLM_PROXY_LOKI_MAX_LINE_BYTES", "loki.max_line_bytes", _min_size(1024),
+             "256KiB", "longer lines are shipped as parts (Loki's max_line_size)"),
+)
+
+def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the ``.env`` file's values (the real environment wins)."""
+    environ = dict(os.environ if environ is None else environ)
+    env_file = Path(environ.get("LLM_PROXY_ENV_FILE") or ".env").expanduser()
+    merged: dict[str, str] = {}
+    if env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def load_settings(environ: Mapping[str, str] | None = None, *, create_dirs: bool = True) -> Settings:
+    """Build the settings from the environment (and ``.env``); raise :class:`SettingsError`."""
+    env = read_environment(environ)
+    values: dict[str, Any] = {}
+    for var in VARIABLES:
+        raw = env.get(var.name)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[var.field] = var.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(var.name, raw, str(exc)) from None
+
+    loki_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("loki.")}
+    top = {k: v for k, v in values.items() if not k.startswith("loki.")}
+    top.setdefault("machine_id", _default_machine_id())
+    top.setdefault("env_file", Path(env.get("LLM_PROXY_ENV_FILE") or ".env").expanduser())
+    settings = Settings(**top)
+
+    loki = LokiSettings(**loki_values)
+    if loki.enabled and not loki.url:
+        raise SettingsError("LLM_PROXY_LOKI_URL", "", "a URL is required when LLM_PROXY_LOKI_ENABLED is true")
+    if loki.spool_dir is None:
+        loki = replace(loki, spool_dir=settings.log_dir / ".loki-spool")
+    settings = replace(settings, loki=loki)
+
+    if create_dirs:
+        _ensure_dir("LLM_PROXY_LOG_DIR", settings.log_dir)
+        if loki.enabled:
+            _ensure_dir("LLM_PROXY_LOKI_SPOOL_DIR", loki.spool_dir)
+    return settings
+
+
+def _ensure_dir(variable: str, path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError("not writable")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise SettingsError(variable, str(path), f"a directory that can be created and written ({reason})") from None
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """``(variable, effective value)`` pairs for ``check-config``, secrets masked."""
+    rows = []
+    for var in VARIABLES:
+        obj: Any = settings
+        for part in var.field.split("."):
+            obj = getattr(obj, part)
+        if obj is None or obj == "":
+            shown = "-"
+        elif var.secret:
+            shown = mask_secret(str(obj))
+        elif isinstance(obj, tuple):
+            shown = ",".join(obj)
+        elif isinstance(obj, bool):
+            shown = "true" if obj else "false"
+        elif var.name == "LLM_PROXY_LOKI_URL":
+            shown = redact_url(settings.loki.push_url or "")
+        else:
+            shown = str(obj)
+        rows.append((var.name, shown))
+    return rows
+
+
+def mask_secret(value: str) -> str:
+    """A secret shown as its last 4 characters only when it is long enough to stay secret."""
+    return f"...{value[-4:]}" if len(value) >= 16 else "***"

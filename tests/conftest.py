@@ -1,0 +1,27 @@
+"""Shared fixtures: the real proxy under gunicorn, the fake provider, fakeloki."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from proxyproc import ProxyServer  # noqa: E402
+
+
+@pytest.fixture
+def start_proxy(tmp_path):
+    """Start ``llm-proxy serve`` with extra environment; every server is stopped at teardown."""
+    servers: list[ProxyServer] = []
+
+    def start(env: dict[str, str] | None = None, name: str = "proxy", **kwargs) -> ProxyServer:
+        server = ProxyServer(tmp_path / f"{name}{len(servers)}", env=env, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
