@@ -1,12 +1,29 @@
-"""The Flask application factory."""
+"""The Flask application factory: health endpoints and the proxy view."""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+import logging
 
-from llmproxy import __version__
+from flask import Flask, Response, jsonify, request
+from werkzeug.wsgi import ClosingIterator
+
+from llmproxy import __version__, forwarding
+from llmproxy.capture import Exchange
+from llmproxy.errors import ProxyError, error_body
+from llmproxy.routing import resolve
 from llmproxy.runtime import EXTENSION_KEY, Runtime
 from llmproxy.settings import Settings
+
+log = logging.getLogger("llmproxy")
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+
+class RelayedResponse(Response):
+    """A response that adds nothing: no default Content-Type when upstream sent none."""
+
+    default_mimetype = None
+    automatically_set_content_length = False
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
@@ -17,6 +34,64 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
     @app.get("/health")
     def health():
-        return jsonify(status="ok", version=__version__)
+        return jsonify(runtime.health())
 
+    @app.errorhandler(ProxyError)
+    def proxy_error(error: ProxyError):
+        provider = getattr(request, "proxy_provider", None)
+        return RelayedResponse(error_body(provider, error), status=error.status,
+                               content_type="application/json")
+
+    def proxy(target: str = ""):
+        environ = request.environ
+        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
+        provider = raw_uri.lstrip("/").split("/", 1)[0]
+        request.proxy_provider = provider
+        route = resolve(raw_uri, request.headers.get("Authorization"), settings.allowed_upstreams)
+        request.proxy_provider = route.provider
+        headers = forwarding.client_headers(environ)
+        body = request.get_data(cache=False)
+
+        exchange = None
+        if route.conversation:
+            exchange = Exchange(route=route, method=request.method, path=_path_and_query(route.url),
+                                request_headers=headers, request_body=body)
+            runtime.logger.log_request(exchange)
+        try:
+            upstream = forwarding.open_upstream(
+                runtime.upstream, request.method, route.url, headers, body,
+                settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        except ProxyError as error:
+            log.warning("%s %s: %s", request.method, route.url.split("?")[0], error.message)
+            if exchange is not None:
+                exchange.fail(error.status, error.message)
+                runtime.logger.log_response(exchange)
+            raise
+
+        resp_headers = forwarding.response_headers(upstream)
+        if exchange is not None:
+            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+            exchange.got_headers(upstream.status_code, resp_headers, sse)
+        # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
+        # after the last byte is on the wire, so logging never delays the client.
+        on_close = [upstream.close]
+        if exchange is not None:
+            on_close.append(lambda: _log_response(runtime, exchange))
+        body_iter = ClosingIterator(forwarding.relay(upstream, exchange), on_close)
+        response = RelayedResponse(body_iter, status=upstream.status_code, headers=resp_headers,
+                                   direct_passthrough=True)
+        return response
+
+    app.add_url_rule("/", "proxy_root", proxy, methods=METHODS, provide_automatic_options=False)
+    app.add_url_rule("/<path:target>", "proxy", proxy, methods=METHODS, provide_automatic_options=False)
     return app
+
+
+def _log_response(runtime: Runtime, exchange: Exchange) -> None:
+    if exchange.total_ms is None:  # the body was never read: the client left first
+        exchange.finish("client disconnected")
+    runtime.logger.log_response(exchange)
+
+
+def _path_and_query(url: str) -> str:
+    return "/" + url.split("/", 3)[3]

@@ -5,6 +5,10 @@
 hand lifecycle work to :mod:`llmproxy.runtime`.
 """
 
+import logging
+import os
+
+from llmproxy import forwarding
 from llmproxy.cli import load_settings_or_exit
 from llmproxy.runtime import Runtime, prepare_run_dir
 
@@ -25,6 +29,9 @@ graceful_timeout = int(_settings.loki.shutdown_timeout) + 15
 # Clients (Claude Code, SDKs) reuse connections between calls.
 keepalive = 30
 proc_name = "llm-proxy"
+# Each worker's main loop touches a heartbeat file on every event; on a disk-backed /tmp that
+# is a journalled metadata write per request. gunicorn's docs suggest tmpfs.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 # gunicorn ≥ 25 opens a control socket at one fixed path per user; two proxies on a host (or a
 # test run beside a live proxy) would fight over it, and llm-proxy does not use it.
 control_socket_disable = True
@@ -34,7 +41,21 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
 
+# Codex sends a ``session_id`` header. gunicorn's default drops header names with underscores;
+# keep them, and tell the app which names had them (WSGI folds ``-`` and ``_`` together).
+header_map = "dangerous"
+
+
+def pre_request(worker, req):
+    forwarding.underscore_headers.names = {name for name, _ in req.headers if "_" in name}
+
+
 def on_starting(server):
+    # llm-proxy's own messages go where gunicorn's go (stderr → journald), in the same format.
+    ours = logging.getLogger("llmproxy")
+    ours.handlers = list(server.log.error_log.handlers)
+    ours.setLevel(server.log.error_log.level)
+    ours.propagate = False
     prepare_run_dir(_settings)
 
 

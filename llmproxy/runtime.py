@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 
+from llmproxy import __version__, forwarding
+from llmproxy.capture import ExchangeLogger, NullLogger
 from llmproxy.settings import Settings
 
 log = logging.getLogger("llmproxy")
@@ -21,8 +23,10 @@ EXTENSION_KEY = "llmproxy"
 class Runtime:
     """Everything one worker process owns."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, logger: ExchangeLogger | None = None):
         self.settings = settings
+        self.upstream = forwarding.new_session(settings.threads)
+        self.logger: ExchangeLogger = logger or NullLogger()
         self.started = False
 
     @staticmethod
@@ -38,6 +42,10 @@ class Runtime:
     def close(self) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``."""
         self.started = False
+        self.upstream.close()
+
+    def health(self) -> dict:
+        return {"status": "ok", "version": __version__}
 
 
 def prepare_run_dir(settings: Settings) -> None:

@@ -25,3 +25,21 @@ def start_proxy(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def fake_provider():
+    from fakeprovider import FakeProvider
+
+    fake = FakeProvider().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    """One real gunicorn proxy (2 workers) shared by a test module."""
+    server = ProxyServer(tmp_path_factory.mktemp("proxy"))
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,139 @@
+"""What the proxy hands to its logger: one :class:`Exchange` per conversation call.
+
+The proxy calls ``logger.log_request(exchange)`` before it forwards the request and
+``logger.log_response(exchange)`` once the answer has been relayed (or has failed). The logger may
+annotate the exchange (session, seq) in between.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmproxy.routing import Route
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass
+class Chunk:
+    """One SSE event as it arrived: wall-clock ns, ms since the previous event, the raw text."""
+
+    ts_ns: int
+    delta_ms: float
+    raw: bytes
+
+
+@dataclass
+class Exchange:
+    """One request and its response, as the client and the upstream saw them."""
+
+    route: Route
+    method: str
+    path: str                           # as sent upstream, query string included
+    request_headers: list[tuple[str, str]]
+    request_body: bytes
+    started_ns: int = field(default_factory=now_ns)
+    started: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    # set by the logger at log_request
+    session: str | None = None
+    seq: int | None = None
+    state: object = None                # whatever the logger keeps between the two calls
+
+    # the answer
+    status: int | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytearray | None = None       # non-SSE answer body as received (still content-encoded)
+    chunks: list[Chunk] | None = None   # SSE events
+    size: int = 0
+    ttfb_ms: float | None = None
+    total_ms: float | None = None
+    error: str | None = None
+    incomplete: bool = False
+
+    _sse_buffer: bytearray = field(default_factory=bytearray, repr=False)
+    _last_event: float = 0.0
+
+    def got_headers(self, status: int, headers: list[tuple[str, str]], sse: bool) -> None:
+        self.status = status
+        self.response_headers = headers
+        self.ttfb_ms = _ms(time.perf_counter() - self.started)
+        self._last_event = time.perf_counter()
+        if sse:
+            self.chunks = []
+        else:
+            self.body = bytearray()
+
+    def got_data(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.chunks is None:
+            if self.body is not None:
+                self.body += data
+            return
+        buf = self._sse_buffer
+        buf += data
+        while True:
+            end, sep = _event_end(buf)
+            if end < 0:
+                break
+            self._add_chunk(bytes(buf[:end + sep]))
+            del buf[:end + sep]
+
+    def _add_chunk(self, raw: bytes) -> None:
+        now = time.perf_counter()
+        self.chunks.append(Chunk(now_ns(), _ms(now - self._last_event), raw))
+        self._last_event = now
+
+    def finish(self, error: str | None = None) -> None:
+        """The answer is over: completely, or cut (``error`` says why)."""
+        if self.chunks is not None and self._sse_buffer:
+            self._add_chunk(bytes(self._sse_buffer))
+            self._sse_buffer.clear()
+        self.total_ms = _ms(time.perf_counter() - self.started)
+        if error:
+            self.error = error
+            self.incomplete = True
+
+    def fail(self, status: int, error: str) -> None:
+        """The proxy answered itself (unreachable upstream, timeout): no upstream response."""
+        self.status = status
+        self.error = error
+        self.total_ms = _ms(time.perf_counter() - self.started)
+
+
+def _event_end(buf: bytearray) -> tuple[int, int]:
+    """Index and length of the first SSE event separator (a blank line) in ``buf``, or (-1, 0)."""
+    best, sep_len = -1, 0
+    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+        i = buf.find(sep)
+        if i >= 0 and (best < 0 or i < best):
+            best, sep_len = i, len(sep)
+    return best, sep_len
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class ExchangeLogger(Protocol):
+    """The seam between the proxy and its logs (file logger, MultiWriter)."""
+
+    def log_request(self, exchange: Exchange) -> None: ...
+
+    def log_response(self, exchange: Exchange) -> None: ...
+
+
+class NullLogger:
+    """Logs nothing: the proxy's logger when none is given."""
+
+    def log_request(self, exchange: Exchange) -> None:
+        pass
+
+    def log_response(self, exchange: Exchange) -> None:
+        pass
