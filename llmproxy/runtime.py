@@ -12,7 +12,11 @@ import os
 import shutil
 
 from llmproxy import __version__, forwarding
-from llmproxy.capture import ExchangeLogger, NullLogger
+from llmproxy.capture import ExchangeLogger
+from llmproxy.entries import EntryBuilder
+from llmproxy.filelog import FileLogger
+from llmproxy.sessionlog import FileHealth, SessionLog
+from llmproxy.sessions import SessionStore
 from llmproxy.settings import Settings
 
 log = logging.getLogger("llmproxy")
@@ -26,7 +30,11 @@ class Runtime:
     def __init__(self, settings: Settings, logger: ExchangeLogger | None = None):
         self.settings = settings
         self.upstream = forwarding.new_session(settings.threads)
-        self.logger: ExchangeLogger = logger or NullLogger()
+        self.file_health = FileHealth()
+        self.sessions = SessionStore(settings.log_dir / "sessions.db")
+        self.file_logger = FileLogger(settings.log_dir)
+        self.logger: ExchangeLogger = logger or SessionLog(
+            self.sessions, self.file_logger, EntryBuilder(settings.machine_id), self.file_health)
         self.started = False
 
     @staticmethod
@@ -45,7 +53,7 @@ class Runtime:
         self.upstream.close()
 
     def health(self) -> dict:
-        return {"status": "ok", "version": __version__}
+        return {"status": "ok", "version": __version__, "file_logging": self.file_health.status}
 
 
 def prepare_run_dir(settings: Settings) -> None:

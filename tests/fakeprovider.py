@@ -22,6 +22,7 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -128,8 +129,8 @@ def chat_events(words: list[str], model: str) -> list[bytes]:
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
-def response_object(text: str, model: str, status: str = "completed") -> dict:
-    return {"id": "resp_fake01", "object": "response", "created_at": 1764300000, "status": status,
+def response_object(text: str, model: str, status: str = "completed", response_id: str = "resp_fake01") -> dict:
+    return {"id": response_id, "object": "response", "created_at": 1764300000, "status": status,
             "model": model, "error": None, "incomplete_details": None, "instructions": None,
             "output": [{"type": "message", "id": "msg_fake01", "status": "completed", "role": "assistant",
                         "content": [{"type": "output_text", "text": text, "annotations": []}]}]
@@ -141,11 +142,12 @@ def response_object(text: str, model: str, status: str = "completed") -> dict:
                       "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
-def response_events(words: list[str], model: str) -> list[bytes]:
-    events = [{"type": "response.created", "response": response_object("", model, "in_progress")}]
+def response_events(words: list[str], model: str, response_id: str) -> list[bytes]:
+    events = [{"type": "response.created", "response": response_object("", model, "in_progress", response_id)}]
     events += [{"type": "response.output_text.delta", "item_id": "msg_fake01", "output_index": 0,
                 "content_index": 0, "delta": w} for w in words]
-    events.append({"type": "response.completed", "response": response_object("".join(words), model)})
+    events.append({"type": "response.completed", "response": response_object("".join(words), model,
+                                                                              response_id=response_id)})
     return [f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n".encode()
             for i, e in enumerate(events)]
 
@@ -203,9 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._stream(chat_events(words, model))
             return self._send_json(200, chat_completion("".join(words), model))
         if path.endswith("/responses"):
+            response_id = f"resp_{uuid.uuid4().hex}"
             if stream:
-                return self._stream(response_events(words, model))
-            return self._send_json(200, response_object("".join(words), model))
+                return self._stream(response_events(words, model, response_id))
+            return self._send_json(200, response_object("".join(words), model, response_id=response_id))
         return self._send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle

@@ -62,4 +62,4 @@ def test_health_from_the_app_object(tmp_path):
     app = create_app(load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)}))
     response = app.test_client().get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "version": __version__}
+    assert response.get_json() == {"status": "ok", "version": __version__, "file_logging": "ok"}

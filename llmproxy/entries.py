@@ -1,0 +1,144 @@
+"""Log entries: what goes on one JSONL line, serialised once.
+
+Field names follow the predecessor Go llm-proxy so existing tools keep working. The serialised
+line (bytes, no newline) is what the file gets and what the Loki exporter ships.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from llmproxy.capture import Exchange
+from llmproxy.masking import mask_headers, mask_query
+from llmproxy.sessions import FORK_REASON, Assignment, session_date
+
+try:  # optional: decode br answers for the log (the client always gets the bytes as sent)
+    import brotli  # type: ignore
+except ImportError:  # pragma: no cover - depends on the environment
+    brotli = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One serialised log line and what it is filed and labelled under."""
+
+    type: str           # session_start | request | response | fork
+    provider: str       # anthropic | openai | chatgpt
+    upstream: str
+    session: str
+    ts_ns: int
+    line: bytes
+    path: Path          # the session file, relative to the log dir
+
+    @property
+    def size(self) -> int:
+        return len(self.line)
+
+
+def rfc3339_ns(ts_ns: int) -> str:
+    """``2026-11-28T10:15:00.123456789Z``."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+
+
+def session_file(upstream: str, session: str) -> Path:
+    return Path(upstream) / session_date(session) / f"{session}.jsonl"
+
+
+def _dumps(doc: dict) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _body_fields(data: bytes, content_encoding: str | None = None) -> dict:
+    """``body`` as text, or base64 with ``body_encoding`` when it is not UTF-8. Never truncated."""
+    data = _decode_content(data, content_encoding)
+    try:
+        return {"body": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+
+
+def _decode_content(data: bytes, content_encoding: str | None) -> bytes:
+    encoding = (content_encoding or "").strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(data)
+            except zlib.error:
+                return zlib.decompress(data, -zlib.MAX_WBITS)
+        if encoding == "br" and brotli is not None:
+            return brotli.decompress(data)
+    except Exception:  # a broken body is logged as it came (base64 when not UTF-8)
+        return data
+    return data
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
+
+
+class EntryBuilder:
+    """Turns exchanges into entries for one machine."""
+
+    def __init__(self, machine: str):
+        self.machine = machine
+
+    def _entry(self, kind: str, exchange: Exchange, assignment: Assignment, ts_ns: int, fields: dict,
+               request_id: bool = True) -> Entry:
+        meta = {"ts": rfc3339_ns(ts_ns), "machine": self.machine, "host": assignment.upstream,
+                "session": assignment.session}
+        if request_id:
+            meta["request_id"] = exchange.request_id
+        if assignment.agent:
+            meta["agent"] = assignment.agent
+        doc = {"type": kind, **fields, "_meta": meta}
+        return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
+                     _dumps(doc), session_file(assignment.upstream, assignment.session))
+
+    def request_entries(self, exchange: Exchange, assignment: Assignment) -> list[Entry]:
+        """session_start and fork (when due), then the request. Timestamps keep that order."""
+        ts = exchange.started_ns
+        entries = []
+        if assignment.started_session:
+            start = {"provider": exchange.route.provider, "upstream": assignment.upstream}
+            if assignment.client_id:
+                start["client_session_id"] = assignment.client_id
+            if assignment.parent_session:
+                start["parent_session"] = assignment.parent_session
+            entries.append(self._entry("session_start", exchange, assignment, ts - 2, start, request_id=False))
+        if assignment.parent_session:
+            fork = {"from_seq": assignment.fork_from_seq, "parent_session": assignment.parent_session,
+                    "reason": FORK_REASON}
+            entries.append(self._entry("fork", exchange, assignment, ts - 1, fork))
+        request = {"seq": assignment.seq, "method": exchange.method, "path": mask_query(exchange.path),
+                   "headers": mask_headers(exchange.request_headers),
+                   **_body_fields(exchange.request_body), "size": len(exchange.request_body)}
+        entries.append(self._entry("request", exchange, assignment, ts, request))
+        return entries
+
+    def response_entry(self, exchange: Exchange, assignment: Assignment, ts_ns: int) -> Entry:
+        fields: dict = {"seq": assignment.seq, "status": exchange.status,
+                        "headers": mask_headers(exchange.response_headers),
+                        "timing": {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms},
+                        "size": exchange.size}
+        if exchange.chunks is not None:
+            fields["chunks"] = [{"ts": rfc3339_ns(c.ts_ns), "delta_ms": c.delta_ms,
+                                 "raw": c.raw.decode("utf-8", "replace")} for c in exchange.chunks]
+        elif exchange.body is not None:
+            fields.update(_body_fields(bytes(exchange.body),
+                                       _header(exchange.response_headers, "content-encoding")))
+        if exchange.error:
+            fields["error"] = exchange.error
+        if exchange.incomplete:
+            fields["incomplete"] = True
+        return self._entry("response", exchange, assignment, ts_ns, fields)

@@ -1,0 +1,74 @@
+"""Masking secrets before anything is written: a recognisable prefix and the last 4 characters.
+
+``sk-ant-api03-…abcd`` → ``sk-ant-...abcd``; ``Bearer sk-proj-…wxyz`` → ``Bearer sk-proj-...wxyz``;
+short secrets keep no suffix at all. Cookies keep their names and attributes, never values.
+"""
+
+from __future__ import annotations
+
+import re
+
+SECRET_HEADERS = frozenset({
+    "x-api-key", "authorization", "proxy-authorization", "api-key", "x-goog-api-key",
+    "cookie", "set-cookie",
+})
+SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
+
+_KNOWN_PREFIX = re.compile(r"(sk-ant-|sk-proj-|sk-svcacct-|sk-admin-|sk-|glc_|xai-|gsk_|AIza|eyJ|ghp_|github_pat_)")
+_SCHEME = re.compile(r"(Bearer|Basic|Token|Digest)(\s+)(.*)", re.IGNORECASE | re.DOTALL)
+MIN_LEN_FOR_SUFFIX = 24  # shorter secrets would give away too large a share of themselves
+_COOKIE_ATTRIBUTES = frozenset({"path", "domain", "expires", "max-age", "secure", "httponly", "samesite",
+                                "partitioned", "priority"})
+
+
+def mask_token(token: str) -> str:
+    match = _KNOWN_PREFIX.match(token)
+    prefix = match.group(1) if match else ""
+    suffix = token[-4:] if len(token) >= MIN_LEN_FOR_SUFFIX else ""
+    return f"{prefix}...{suffix}"
+
+
+def mask_value(name: str, value: str) -> str:
+    """The value of header ``name`` as it may be logged."""
+    lname = name.lower()
+    if lname not in SECRET_HEADERS:
+        return value
+    if lname in ("cookie", "set-cookie"):
+        return _mask_cookies(value, lname == "set-cookie")
+    match = _SCHEME.fullmatch(value.strip())
+    if match:
+        return f"{match.group(1)}{match.group(2)}{mask_token(match.group(3).strip())}"
+    return mask_token(value.strip())
+
+
+def _mask_cookies(value: str, set_cookie: bool) -> str:
+    parts = []
+    for i, part in enumerate(value.split(";")):
+        name, eq, _ = part.strip().partition("=")
+        keep = set_cookie and i > 0 and name.lower() in _COOKIE_ATTRIBUTES
+        parts.append(part.strip() if keep or not eq else f"{name}=...")
+    return "; ".join(parts)
+
+
+def mask_headers(headers: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """Headers as a JSON object, secrets masked; a repeated header becomes a list of values."""
+    out: dict[str, str | list[str]] = {}
+    for name, value in headers:
+        value = mask_value(name, value)
+        if name in out:
+            previous = out[name]
+            out[name] = (previous if isinstance(previous, list) else [previous]) + [value]
+        else:
+            out[name] = value
+    return out
+
+
+_QUERY_SECRET = re.compile(r"(?<=[?&])(" + "|".join(re.escape(p) for p in SECRET_QUERY_PARAMS) + r")=([^&#]*)",
+                           re.IGNORECASE)
+
+
+def mask_query(path: str) -> str:
+    """A path with query parameters that carry keys (``?key=…``) masked."""
+    if "?" not in path:
+        return path
+    return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={mask_token(m.group(2))}", path)

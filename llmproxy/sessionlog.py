@@ -1,0 +1,144 @@
+"""The proxy's logger: exchanges → session, seq, fork → entries → the writer (files, Loki).
+
+This is the :class:`~llmproxy.capture.ExchangeLogger` the proxy calls. Logging never fails a
+proxied call: a log dir that becomes unwritable is reported on stderr once a minute and by
+``/health`` (``"file_logging": "failing"``), and the call goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from typing import Any, Protocol
+
+from llmproxy.capture import Exchange, now_ns
+from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id
+from llmproxy.entries import Entry, EntryBuilder
+from llmproxy.sessions import Assignment, SessionStore, conversation_messages, message_hashes, new_session_id
+
+log = logging.getLogger("llmproxy.sessionlog")
+
+ERROR_LOG_INTERVAL = 60.0
+
+
+class Writer(Protocol):
+    def write(self, entry: Entry) -> OSError | None: ...
+
+
+class FileHealth:
+    """Whether file logging works, and stderr lines about it at most once a minute."""
+
+    def __init__(self, interval: float = ERROR_LOG_INTERVAL):
+        self.interval = interval
+        self.failing = False
+        self.last_error: str | None = None
+        self._suppressed = 0
+        self._last_logged = float("-inf")
+        self._lock = threading.Lock()
+
+    def ok(self) -> None:
+        if self.failing:
+            with self._lock:
+                if self.failing:
+                    self.failing = False
+                    log.warning("file logging works again")
+
+    def failed(self, error: BaseException) -> None:
+        with self._lock:
+            self.failing = True
+            self.last_error = str(error)
+            now = time.monotonic()
+            if now - self._last_logged < self.interval:
+                self._suppressed += 1
+                return
+            more = f" ({self._suppressed} more failures since the last message)" if self._suppressed else ""
+            self._suppressed = 0
+            self._last_logged = now
+        log.error("file logging failed: %s%s; proxied calls go on", error, more)
+
+    @property
+    def status(self) -> str:
+        return "failing" if self.failing else "ok"
+
+
+def _json_body(data: bytes) -> Any:
+    if not data or data[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
+        return None
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _response_id(exchange: Exchange) -> str | None:
+    """The id of a Responses API answer (JSON or SSE), for a later ``previous_response_id``."""
+    if exchange.chunks is not None:
+        for chunk in exchange.chunks[:3]:
+            for line in chunk.raw.split(b"\n"):
+                if line.startswith(b"data:"):
+                    doc = _json_body(line[5:].strip())
+                    response = doc.get("response") if isinstance(doc, dict) else None
+                    if isinstance(response, dict) and isinstance(response.get("id"), str):
+                        return response["id"]
+        return None
+    doc = _json_body(bytes(exchange.body or b""))
+    return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+
+
+class SessionLog:
+    """Logs exchanges: assigns sessions and seq, writes entries through ``writer``."""
+
+    def __init__(self, store: SessionStore, writer: Writer, builder: EntryBuilder,
+                 health: FileHealth | None = None):
+        self.store = store
+        self.writer = writer
+        self.builder = builder
+        self.health = health or FileHealth()
+
+    def log_request(self, exchange: Exchange) -> None:
+        route = exchange.route
+        body = _json_body(exchange.request_body)
+        client_id = client_session_id(route.provider, route.path, exchange.request_headers, body)
+        agent = agent_name(exchange.request_headers)
+        hashes = message_hashes(conversation_messages(route.provider, body)) if client_id else []
+
+        def write_request(assignment: Assignment) -> None:
+            for entry in self.builder.request_entries(exchange, assignment):
+                self._write(entry)
+
+        try:
+            assignment = self.store.assign(route.provider, route.upstream, client_id, agent, hashes,
+                                           exchange.started_ns, write_request)
+        except (sqlite3.Error, OSError) as exc:
+            # sessions.db is unusable: the exchange is still logged, as a session of its own.
+            self.health.failed(exc)
+            assignment = Assignment(session=new_session_id(exchange.started_ns), seq=1,
+                                    upstream=route.upstream, started_session=True, agent=agent,
+                                    client_id=client_id)
+            write_request(assignment)
+        exchange.state = assignment
+        exchange.session, exchange.seq = assignment.session, assignment.seq
+
+    def log_response(self, exchange: Exchange) -> None:
+        assignment = exchange.state
+        if not isinstance(assignment, Assignment):
+            return
+        self._write(self.builder.response_entry(exchange, assignment, now_ns()))
+        if exchange.route.provider != "anthropic" and exchange.route.path.endswith("/responses"):
+            response_id = _response_id(exchange)
+            if response_id:
+                try:
+                    self.store.remember(exchange.route.provider, exchange.route.upstream,
+                                        RESPONSE_KEY + response_id, assignment.session)
+                except (sqlite3.Error, OSError) as exc:
+                    self.health.failed(exc)
+
+    def _write(self, entry: Entry) -> None:
+        error = self.writer.write(entry)
+        if error is None:
+            self.health.ok()
+        else:
+            self.health.failed(error)
