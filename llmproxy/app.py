@@ -36,6 +36,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     def health():
         return jsonify(runtime.health())
 
+    @app.get("/health/loki")
+    def health_loki():
+        summary, status = runtime.loki_health()
+        return jsonify(summary), status
+
     @app.errorhandler(ProxyError)
     def proxy_error(error: ProxyError):
         provider = getattr(request, "proxy_provider", None)

@@ -69,3 +69,20 @@ def error_body(provider: str | None, error: ProxyError) -> bytes:
         doc = {"type": "error",
                "error": {"type": error.anthropic_type, "message": error.message, "code": error.code}}
     return json.dumps(doc).encode()
+
+
+def innermost_reason(exc: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error, without the wrappers' long text."""
+    seen = exc
+    while True:
+        inner = getattr(seen, "reason", None) or seen.__cause__
+        if inner is None and seen.args and isinstance(seen.args[0], BaseException):
+            inner = seen.args[0]
+        if not isinstance(inner, BaseException) or inner is seen:
+            break
+        seen = inner
+    text = str(seen)
+    # urllib3 prefixes "<urllib3.connection.HTTPConnection object at 0x…>: "
+    if ">: " in text:
+        text = text.split(">: ", 1)[1]
+    return text

@@ -12,7 +12,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from llmproxy.capture import Exchange
-from llmproxy.errors import UpstreamTimeout, UpstreamUnreachable
+from llmproxy.errors import UpstreamTimeout, UpstreamUnreachable, innermost_reason
 
 log = logging.getLogger("llmproxy.forwarding")
 
@@ -127,9 +127,9 @@ def open_upstream(session: requests.Session, method: str, url: str, headers: lis
     except requests.exceptions.ReadTimeout:
         raise UpstreamTimeout(f"{_origin(url)} sent no response within {read_timeout:g}s") from None
     except requests.exceptions.SSLError as exc:
-        raise UpstreamUnreachable(f"TLS error talking to {_origin(url)}: {_reason(exc)}") from None
+        raise UpstreamUnreachable(f"TLS error talking to {_origin(url)}: {innermost_reason(exc)}") from None
     except requests.exceptions.ConnectionError as exc:
-        raise UpstreamUnreachable(f"cannot reach {_origin(url)}: {_reason(exc)}") from None
+        raise UpstreamUnreachable(f"cannot reach {_origin(url)}: {innermost_reason(exc)}") from None
 
 
 def relay(resp: requests.Response, exchange: Exchange | None) -> Iterator[bytes]:
@@ -155,7 +155,7 @@ def relay(resp: requests.Response, exchange: Exchange | None) -> Iterator[bytes]
         error = "client disconnected"
         raise
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        error = f"upstream stream broke off: {_reason(exc)}"
+        error = f"upstream stream broke off: {innermost_reason(exc)}"
         log.warning("%s: %s", resp.url.split("?")[0], error)
         raise ConnectionResetError(errno.ECONNRESET, error) from None
     finally:
@@ -166,18 +166,3 @@ def relay(resp: requests.Response, exchange: Exchange | None) -> Iterator[bytes]
 
 def _origin(url: str) -> str:
     return url.split("/", 3)[2] if "://" in url else url
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause of a requests/urllib3 error, without its long wrapper text."""
-    seen = exc
-    while True:
-        inner = getattr(seen, "reason", None) or seen.__cause__ or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
-        if not isinstance(inner, BaseException) or inner is seen:
-            break
-        seen = inner
-    text = str(seen)
-    # urllib3 prefixes "<urllib3.connection.HTTPConnection object at 0x…>: "
-    if ">: " in text:
-        text = text.split(">: ", 1)[1]
-    return text

@@ -10,7 +10,7 @@ import os
 
 from llmproxy import forwarding
 from llmproxy.cli import load_settings_or_exit
-from llmproxy.runtime import Runtime, prepare_run_dir
+from llmproxy.runtime import Runtime, describe_destinations, prepare_run_dir
 
 _settings = load_settings_or_exit()
 
@@ -57,6 +57,8 @@ def on_starting(server):
     ours.setLevel(server.log.error_log.level)
     ours.propagate = False
     prepare_run_dir(_settings)
+    for line in describe_destinations(_settings):
+        ours.info(line)
 
 
 def post_worker_init(worker):

@@ -15,9 +15,12 @@ from llmproxy import __version__, forwarding
 from llmproxy.capture import ExchangeLogger
 from llmproxy.entries import EntryBuilder
 from llmproxy.filelog import FileLogger
+from llmproxy.loki import LokiExporter
+from llmproxy.loki.health import StatsBoard, disabled_summary, pid_alive, summarize
+from llmproxy.multiwriter import LabelMaker, MultiWriter
 from llmproxy.sessionlog import FileHealth, SessionLog
 from llmproxy.sessions import SessionStore
-from llmproxy.settings import Settings
+from llmproxy.settings import Settings, redact_url
 
 log = logging.getLogger("llmproxy")
 
@@ -33,8 +36,12 @@ class Runtime:
         self.file_health = FileHealth()
         self.sessions = SessionStore(settings.log_dir / "sessions.db")
         self.file_logger = FileLogger(settings.log_dir)
+        self.board = StatsBoard(settings.run_dir / str(os.getppid()))
+        self.exporter = LokiExporter(settings.loki, self.board) if settings.loki.enabled else None
+        self.writer = MultiWriter(self.file_logger, self.exporter,
+                                  LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
-            self.sessions, self.file_logger, EntryBuilder(settings.machine_id), self.file_health)
+            self.sessions, self.writer, EntryBuilder(settings.machine_id), self.file_health)
         self.started = False
 
     @staticmethod
@@ -45,15 +52,41 @@ class Runtime:
 
     def start(self) -> None:
         """Start the worker's background threads (after fork: a thread does not survive it)."""
+        if self.exporter is not None:
+            self.exporter.start()
         self.started = True
 
     def close(self) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``."""
         self.started = False
+        if self.exporter is not None:
+            self.exporter.close()
         self.upstream.close()
+        self.sessions.close()
+
+    def loki_health(self) -> tuple[dict, int]:
+        """``/health/loki``: the exporter numbers of all workers, and the HTTP status to answer."""
+        if self.exporter is None:
+            return disabled_summary(), 200
+        summary = summarize(self.exporter.snapshot(), os.getpid(), self.board.read(),
+                            self.exporter.failing_after)
+        return summary, 503 if summary["status"] == "failing" else 200
 
     def health(self) -> dict:
         return {"status": "ok", "version": __version__, "file_logging": self.file_health.status}
+
+
+def describe_destinations(settings: Settings) -> list[str]:
+    """The start-up lines saying where entries go."""
+    lines = [f"session logs: {settings.log_dir}"]
+    loki = settings.loki
+    if loki.enabled:
+        lines.append(f"Loki export: {redact_url(loki.push_url)} (batches of {loki.batch_size} entries / "
+                     f"{loki.batch_bytes} bytes / {loki.batch_wait:g}s, gzip {'on' if loki.use_gzip else 'off'}, "
+                     f"environment={loki.environment}, machine={settings.machine_id})")
+    else:
+        lines.append("Loki export: disabled (LLM_PROXY_LOKI_ENABLED=false)")
+    return lines
 
 
 def prepare_run_dir(settings: Settings) -> None:
@@ -61,15 +94,5 @@ def prepare_run_dir(settings: Settings) -> None:
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for child in run_dir.iterdir():
-        if child.is_dir() and child.name.isdigit() and not _pid_alive(int(child.name)):
+        if child.is_dir() and child.name.isdigit() and not pid_alive(int(child.name)):
             shutil.rmtree(child, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

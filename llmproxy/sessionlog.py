@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
-import time
 from typing import Any, Protocol
 
 from llmproxy.capture import Exchange, now_ns
 from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id
 from llmproxy.entries import Entry, EntryBuilder
+from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.sessions import Assignment, SessionStore, conversation_messages, message_hashes, new_session_id
 
 log = logging.getLogger("llmproxy.sessionlog")
@@ -29,35 +28,22 @@ class Writer(Protocol):
 
 
 class FileHealth:
-    """Whether file logging works, and stderr lines about it at most once a minute."""
+    """Whether file logging works, with stderr lines about it at most once a minute."""
 
     def __init__(self, interval: float = ERROR_LOG_INTERVAL):
-        self.interval = interval
         self.failing = False
         self.last_error: str | None = None
-        self._suppressed = 0
-        self._last_logged = float("-inf")
-        self._lock = threading.Lock()
+        self._errors = RateLimitedLog(log, logging.ERROR, interval)
 
     def ok(self) -> None:
         if self.failing:
-            with self._lock:
-                if self.failing:
-                    self.failing = False
-                    log.warning("file logging works again")
+            self.failing = False
+            log.warning("file logging works again")
 
     def failed(self, error: BaseException) -> None:
-        with self._lock:
-            self.failing = True
-            self.last_error = str(error)
-            now = time.monotonic()
-            if now - self._last_logged < self.interval:
-                self._suppressed += 1
-                return
-            more = f" ({self._suppressed} more failures since the last message)" if self._suppressed else ""
-            self._suppressed = 0
-            self._last_logged = now
-        log.error("file logging failed: %s%s; proxied calls go on", error, more)
+        self.failing = True
+        self.last_error = str(error)
+        self._errors.log("file logging failed: %s; proxied calls go on", error)
 
     @property
     def status(self) -> str:

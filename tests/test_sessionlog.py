@@ -60,9 +60,12 @@ def test_a_claude_code_session_lands_in_one_file_in_order(proxy, fake_provider):
     (session, entries), = files.items()
     path, = proxy.log_dir.glob(f"{fake_provider.upstream}/*/{session}.jsonl")
     assert path.parent.name == f"{session[0:4]}-{session[4:6]}-{session[6:8]}"
-    assert [e["type"] for e in entries] == ["session_start"] + ["request", "response"] * 10
+    assert entries[0]["type"] == "session_start" and len(entries) == 21
     assert [e["seq"] for e in entries if e["type"] == "request"] == list(range(1, 11))
-    assert [e["seq"] for e in entries if e["type"] == "response"] == list(range(1, 11))
+    # A response is written once its last byte is on the wire: the client may already have sent
+    # (and another worker logged) the next request by then.
+    position = {(e["type"], e["seq"]): i for i, e in enumerate(entries[1:])}
+    assert all(position[("request", n)] < position[("response", n)] for n in range(1, 11))
     assert all(e["_meta"]["session"] == session for e in entries)
     assert entries[0]["provider"] == "anthropic" and entries[0]["upstream"] == fake_provider.upstream
     assert entries[0]["client_session_id"] == client_session

@@ -1,0 +1,83 @@
+"""Sending one push to Loki: its own HTTP session, headers, gzip, and what Loki answered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+
+from llmproxy import __version__
+from llmproxy.errors import innermost_reason
+from llmproxy.loki.backoff import parse_retry_after
+from llmproxy.loki.batch import compress
+from llmproxy.settings import LokiSettings, redact_url
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class PushResult:
+    status: int | None      # None: no HTTP answer (refused, timed out, reset)
+    message: str            # Loki's own text, or the connection error
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status in RETRYABLE_STATUS
+
+    def describe(self) -> str:
+        return f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
+
+
+class LokiClient:
+    """Pushes bodies to one Loki push URL. Never the proxy's upstream session."""
+
+    def __init__(self, settings: LokiSettings):
+        self.url = settings.push_url
+        self.safe_url = redact_url(self.url)
+        self.use_gzip = settings.use_gzip
+        self.timeout = settings.push_timeout
+        self.retry_after_cap = settings.backoff_max
+        self.session = requests.Session()
+        headers = {"Content-Type": "application/json", "User-Agent": f"llm-proxy/{__version__}"}
+        if settings.use_gzip:
+            headers["Content-Encoding"] = "gzip"
+        if settings.tenant_id:
+            headers["X-Scope-OrgID"] = settings.tenant_id
+        if settings.auth_token:
+            headers["Authorization"] = f"Bearer {settings.auth_token}"
+        elif settings.username or settings.password:
+            self.session.auth = (settings.username or "", settings.password or "")
+        self.session.headers.update(headers)
+
+    def push(self, body: bytes, timeout: float | None = None) -> PushResult:
+        """POST one JSON push body; gzip it first when configured."""
+        data = compress(body) if self.use_gzip else body
+        try:
+            resp = self.session.post(self.url, data=data, timeout=timeout or self.timeout)
+        except requests.exceptions.Timeout:
+            return PushResult(None, f"no answer from {self.safe_url} within {timeout or self.timeout:g}s")
+        except (requests.exceptions.RequestException, OSError) as exc:
+            return PushResult(None, f"cannot reach {self.safe_url}: {innermost_reason(exc)}")
+        message = resp.text.strip()[:2000]
+        retry_after = None
+        if resp.status_code in (429, 503):
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self.retry_after_cap)
+        return PushResult(resp.status_code, message, retry_after)
+
+    def probe(self, timeout: float | None = None) -> PushResult:
+        """Is Loki there at all? Any HTTP answer (Loki says 405 to a GET on push) counts."""
+        try:
+            resp = self.session.get(self.url, timeout=timeout or self.timeout)
+        except requests.exceptions.Timeout:
+            return PushResult(None, f"no answer from {self.safe_url} within {timeout or self.timeout:g}s")
+        except (requests.exceptions.RequestException, OSError) as exc:
+            return PushResult(None, f"cannot reach {self.safe_url}: {innermost_reason(exc)}")
+        return PushResult(204, f"reachable (HTTP {resp.status_code} to GET)")
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,197 @@
+"""Loki export end to end: real gunicorn (2 workers), the fake provider, fakeloki."""
+
+import concurrent.futures
+import json
+import signal
+import time
+import uuid
+
+import pytest
+import requests
+
+from fakeloki import FakeLoki
+from proxyproc import http_get, wait_until
+
+
+@pytest.fixture
+def loki():
+    fake = FakeLoki().start()
+    yield fake
+    fake.down()
+
+
+def loki_env(loki, **extra):
+    return {"LLM_PROXY_LOKI_ENABLED": "true", "LLM_PROXY_LOKI_URL": loki.url,
+            "LLM_PROXY_LOKI_BATCH_WAIT": "200ms", "LLM_PROXY_LOKI_ENVIRONMENT": "test",
+            "LLM_PROXY_MACHINE_ID": "tester@ci", **extra}
+
+
+def call(server, fake, session=None, stream=False):
+    headers = {"x-api-key": "sk-ant-api03-" + "k" * 80 + "wxyz"}
+    if session:
+        headers["X-Claude-Code-Session-Id"] = session
+    resp = requests.post(f"{server.url}/anthropic/{fake.upstream}/v1/messages",
+                         json={"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]},
+                         headers=headers)
+    resp.content
+    assert resp.status_code == 200
+    return resp
+
+
+def health(server):
+    return http_get(server.port, "/health/loki")
+
+
+def file_lines(log_dir):
+    return [line for path in log_dir.glob("*/*/*.jsonl") for line in path.read_text().splitlines()]
+
+
+def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, loki):
+    server = start_proxy(loki_env(loki))
+    session = f"cc-{uuid.uuid4()}"
+    started = time.monotonic()
+    for stream in (False, True, False):
+        call(server, fake_provider, session, stream)
+
+    ours = json.loads(file_lines(server.log_dir)[0])["_meta"]["session"]
+    query = (f'{{app="llm-proxy"}} |= "{ours}" | json session="_meta.session" | session="{ours}"')
+
+    def found():
+        doc = requests.get(f"{loki.url}/loki/api/v1/query_range",
+                           params={"query": query, "limit": 1000, "direction": "forward"}).json()
+        values = sorted((int(v[0]), v[1]) for s in doc["data"]["result"] for v in s["values"])
+        return [line for _, line in values] if len(values) == 7 else None
+
+    lines = wait_until(found, timeout=10, interval=0.1, message="session in Loki")
+    assert time.monotonic() - started < 10
+    # The Loki line is exactly the file line; by timestamp, in session order.
+    assert sorted(lines) == sorted(file_lines(server.log_dir))
+    assert [json.loads(l)["type"] for l in lines] == ["session_start", "request", "response", "request",
+                                                      "response", "request", "response"]
+    labels = {frozenset(e[0].items()) for e in loki.entries()}
+    assert {dict(l)["log_type"] for l in labels} == {"session_start", "request", "response"}
+    for label_set in labels:
+        label_set = dict(label_set)
+        assert {k: v for k, v in label_set.items() if k not in ("log_type", "service_name")} == {
+            "app": "llm-proxy", "provider": "anthropic", "environment": "test", "machine": "tester@ci"}
+    # Timestamps are the entries' own.
+    for labels_, ts, line in loki.entries():
+        meta_ts = json.loads(line)["_meta"]["ts"]
+        assert time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 10**9)) == meta_ts[:19]
+        assert f"{ts % 10**9:09d}" == meta_ts[20:29]
+    assert "wxyz" in lines[1] and "k" * 80 not in "".join(lines)
+
+
+def test_2000_requests_across_both_workers_arrive_exactly_once(start_proxy, fake_provider, loki):
+    server = start_proxy(loki_env(loki, LLM_PROXY_THREADS="16"))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: call(server, fake_provider), range(2000)))
+    expected = 3 * 2000  # session_start, request, response: no client session id
+    assert loki.wait_for(expected, timeout=30) == expected
+    lines = loki.lines()
+    assert len(lines) == len(set(lines)) == expected
+    assert sorted(lines) == sorted(file_lines(server.log_dir))
+    pushes_by_worker = {p.headers.get("user-agent") for p in loki.pushes}
+    assert pushes_by_worker  # every push came from the exporter's own session
+
+    def summed():
+        status, body = health(server)
+        return body if body["entries_sent"] == expected else None
+
+    body = wait_until(summed, timeout=5, message="entries_sent summed over workers")
+    assert body["workers"] == 2 and body["status"] == "ok" and body["entries_dropped"] == 0
+    # Whichever worker answers, the numbers add up (once each has published, within a second).
+    wait_until(lambda: all(health(server)[1]["entries_sent"] == expected for _ in range(8)), timeout=5,
+               message="every worker sums to the same")
+
+
+def test_loki_down_for_20s_then_back_loses_nothing(start_proxy, fake_provider, loki):
+    # Retries alone must outlast the outage here (budget about 26 s with these settings).
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_RETRY_MAX="10", LLM_PROXY_LOKI_BACKOFF_MAX="5s"))
+    loki.down()
+    started = time.monotonic()
+    sent = 0
+    while time.monotonic() - started < 20:
+        call(server, fake_provider, "outage-session")
+        sent += 1
+        time.sleep(0.2)
+    loki.up()
+    expected = 1 + 2 * sent
+    assert loki.wait_for(expected, timeout=40) == expected
+    assert sorted(loki.lines()) == sorted(file_lines(server.log_dir))
+
+
+def test_sigterm_flushes_what_is_queued(start_proxy, fake_provider, loki):
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_BATCH_WAIT="10m"))
+    for _ in range(5):
+        call(server, fake_provider)
+    assert loki.count() == 0  # nothing is due yet
+    assert server.stop(signal.SIGTERM, timeout=60) == 0
+    assert loki.count() == 15
+    assert "Loki: flushed" in server.output()
+
+
+def test_health_goes_ok_failing_ok_with_loki(start_proxy, fake_provider, loki):
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_RETRY_MAX="1", LLM_PROXY_LOKI_TIMEOUT="1s"))
+    call(server, fake_provider)
+    wait_until(lambda: health(server)[1]["entries_sent"] == 3, timeout=10)
+    status, body = health(server)
+    assert status == 200 and body["status"] == "ok"
+
+    loki.down()
+    call(server, fake_provider)
+    status, body = wait_until(lambda: (lambda r: r if r[1]["status"] == "failing" else None)(health(server)),
+                              timeout=15, message="failing")
+    assert status == 503
+    assert "Connection refused" in body["last_error"] and body["last_error_time"]
+    # Workers publish their numbers once a second: within that, every worker answers the same.
+    wait_until(lambda: subprocess_curl_fails(server), timeout=5, message="curl -f fails")
+
+    loki.up()
+    call(server, fake_provider)
+    # Recent errors, pushes succeed again.
+    status, body = wait_until(lambda: (lambda r: r if r[1]["status"] == "degraded" else None)(health(server)),
+                              timeout=15, message="recovered")
+    assert status == 200 and body["last_success_time"] > body["last_error_time"]
+
+
+def subprocess_curl_fails(server) -> bool:
+    """`curl -f` is how monitoring asks; it must fail while Loki is failing."""
+    import shutil
+    import subprocess
+    if not shutil.which("curl"):
+        return health(server)[0] == 503
+    return subprocess.run(["curl", "-sf", f"{server.url}/health/loki"], capture_output=True,
+                          timeout=10).returncode != 0
+
+
+def test_start_with_loki_unreachable_serves_and_reports_failing(start_proxy, fake_provider, loki):
+    loki.down()
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_RETRY_MAX="1"))
+    call(server, fake_provider)
+    assert file_lines(server.log_dir)
+    status, body = wait_until(lambda: (lambda r: r if r[1]["status"] == "failing" else None)(health(server)),
+                              timeout=15, message="failing")
+    assert status == 503 and "cannot reach" in body["last_error"]
+    output = server.output()
+    assert f"Loki export: {loki.url}/loki/api/v1/push" in output
+
+
+def test_loki_disabled_is_said_at_start_and_by_health(start_proxy):
+    server = start_proxy()
+    assert health(server) == (200, {"status": "disabled", "entries_sent": 0, "entries_failed": 0,
+                                    "entries_dropped": 0, "batches_sent": 0, "queue_depth": 0,
+                                    "last_error": None, "last_error_time": None, "last_success_time": None,
+                                    "workers": 0})
+    assert "Loki export: disabled" in server.output()
+
+
+def test_credentials_never_reach_logs_or_health(start_proxy, fake_provider, loki):
+    url = loki.url.replace("http://", "http://12345:glc_supersecretpassword@")
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_URL=url))
+    call(server, fake_provider)
+    loki.wait_for(3, timeout=10)
+    assert loki.pushes[0].headers["authorization"].startswith("Basic ")
+    server.stop()
+    assert "glc_supersecretpassword" not in server.output()
+    assert "http://***@127.0.0.1" in server.output()
