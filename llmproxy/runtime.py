@@ -70,6 +70,8 @@ class Runtime:
             return disabled_summary(), 200
         summary = summarize(self.exporter.snapshot(), os.getpid(), self.board.read(),
                             self.exporter.failing_after)
+        spool = self.exporter.spool
+        summary["spooled_entries"], summary["spool_bytes"] = spool.usage() if spool else (0, 0)
         return summary, 503 if summary["status"] == "failing" else 200
 
     def health(self) -> dict:

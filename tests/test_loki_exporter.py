@@ -225,7 +225,7 @@ def test_retry_after_is_honoured_and_capped(rsps):
     rsps.add(responses.POST, URL, status=204)
     exp = exporter(backoff_max=10.0)
     exp.push(line(1), LABELS, 1)
-    exp.close(timeout=5)
+    exp.close(timeout=60)
     assert exp.sleeps[0] == 3.0 and exp.sleeps[1] == 10.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 10.0) == 0.0
     assert parse_retry_after("soon", 10.0) is None

@@ -79,5 +79,27 @@ class LokiClient:
             return PushResult(None, f"cannot reach {self.safe_url}: {innermost_reason(exc)}")
         return PushResult(204, f"reachable (HTTP {resp.status_code} to GET)")
 
+    @property
+    def query_url(self) -> str:
+        """Loki's ``query_range`` next to its push URL."""
+        if not self.url.endswith("/loki/api/v1/push"):
+            raise ValueError(f"cannot tell Loki's query URL from the push URL {self.safe_url}")
+        return self.url[: -len("push")] + "query_range"
+
+    def query_range(self, query: str, start_ns: int, end_ns: int, limit: int = 5000,
+                    direction: str = "forward") -> list[tuple[dict, int, str]]:
+        """(labels, ts_ns, line) of what Loki holds, one page; raise RuntimeError if Loki says no."""
+        params = {"query": query, "start": str(start_ns), "end": str(end_ns), "limit": str(limit),
+                  "direction": direction}
+        headers = {"Content-Encoding": None, "Content-Type": None}  # a GET has no body
+        try:
+            resp = self.session.get(self.query_url, params=params, headers=headers, timeout=self.timeout * 3)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise RuntimeError(f"cannot query {self.safe_url}: {innermost_reason(exc)}") from None
+        if resp.status_code != 200:
+            raise RuntimeError(f"Loki query failed: HTTP {resp.status_code}: {resp.text.strip()[:500]}")
+        result = resp.json()["data"]["result"]
+        return [(stream["stream"], int(ts), line) for stream in result for ts, line in stream["values"]]
+
     def close(self) -> None:
         self.session.close()

@@ -1,10 +1,12 @@
 """The Loki exporter: a bounded queue the request threads put into, one pusher thread per worker.
 
-``push`` is ``put_nowait``: it never blocks and never raises, so Loki can never slow or fail a
-proxied call. The pusher drains the queue into a :class:`Batch` and pushes it when it holds
-``batch_size`` entries or ``batch_bytes`` bytes, or when its oldest entry has waited
-``batch_wait`` (a deadline per batch, not a ticker). Failed pushes are retried with backoff;
-``close`` flushes within the shutdown budget.
+``push`` is ``put_nowait``: it never blocks on Loki and never raises, so Loki can never slow or
+fail a proxied call. The pusher drains the queue into a :class:`Batch` and pushes it when it
+holds ``batch_size`` entries or ``batch_bytes`` bytes, or when its oldest entry has waited
+``batch_wait`` (a deadline per batch, not a ticker). Failed pushes are retried with backoff; what
+still fails goes to the disk spool, and while anything is spooled, new batches go there too and
+the spool is replayed oldest first (Loki wants each stream's entries roughly in order). ``close``
+flushes within the shutdown budget and spools the rest.
 """
 
 from __future__ import annotations
@@ -15,42 +17,64 @@ import queue
 import re
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 from llmproxy.loki.backoff import Backoff
 from llmproxy.loki.batch import Batch, Labels, LokiEntry, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
 from llmproxy.loki.health import ExporterStats, StatsBoard
+from llmproxy.loki.split import split_entry
+from llmproxy.loki.spool import Spool
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.settings import LokiSettings
 
 log = logging.getLogger("llmproxy.loki")
 
 PUBLISH_INTERVAL = 1.0
+SPOOL_MARGIN = 2.0  # of the shutdown budget, kept for writing what could not be pushed
 _WAKE = object()
 
 # Loki names the entries it refused in a 400; the others of the push were stored.
-_PER_ENTRY_ERROR = re.compile(r"has timestamp too (?:old|new)|max entry size .* exceeded|ignored, reason:")
+_PER_ENTRY_ERROR = re.compile(r"has timestamp too (?:old|new)|max entry size .* exceeded")
 _TOTAL_IGNORED = re.compile(r"total ignored: (\d+) out of \d+")
 
 
 def rejected_entries(message: str, batch_size: int) -> int:
     """How many entries of a batch a Loki 400 refused; all of them when it names none."""
-    ignored = [int(n) for n in _TOTAL_IGNORED.findall(message)]
-    per_entry = sum(1 for line in message.splitlines() if _PER_ENTRY_ERROR.search(line)
-                    and "ignored, reason:" not in line)
-    counted = sum(ignored) + per_entry
+    counted = sum(int(n) for n in _TOTAL_IGNORED.findall(message))
+    counted += sum(1 for line in message.splitlines() if _PER_ENTRY_ERROR.search(line))
     return min(counted, batch_size) if counted else batch_size
+
+
+@dataclass
+class Outcome:
+    """What became of entries handed to Loki."""
+
+    sent: int = 0
+    failed: int = 0                     # refused by Loki (4xx): pushing them again cannot help
+    undelivered: list[LokiEntry] = field(default_factory=list)  # retries spent: spool them
+    errors: list[str] = field(default_factory=list)
+
+    def __iadd__(self, other: "Outcome") -> "Outcome":
+        self.sent += other.sent
+        self.failed += other.failed
+        self.undelivered += other.undelivered
+        self.errors += other.errors
+        return self
 
 
 class LokiExporter:
     """Ships entries to Loki from one worker process."""
 
     def __init__(self, settings: LokiSettings, board: StatsBoard | None = None,
-                 client: LokiClient | None = None, sleep: Callable[[float], None] | None = None):
+                 client: LokiClient | None = None, sleep: Callable[[float], None] | None = None,
+                 spool: Spool | None = None):
         self.settings = settings
         self.client = client or LokiClient(settings)
         self.board = board
+        self.spool = spool if spool is not None else (
+            Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None)
         self.backoff = Backoff(settings.backoff_min, settings.backoff_max, settings.retry_max, settings.jitter)
         self.failing_after = settings.batch_wait + self.backoff.budget()
         self.stats = ExporterStats()
@@ -63,37 +87,49 @@ class LokiExporter:
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._pause = sleep if sleep is not None else self._default_pause
-        self._carry: list[LokiEntry] = []   # given up on while closing: flushed once more
-        self._undelivered = 0
         self._warn = RateLimitedLog(log, logging.WARNING, 60.0)
         self._last_publish = 0.0
         self._publish_due = False
         self._next_probe = 0.0
+        self._next_replay = 0.0
+        self._replay_failures = 0
+        self._undelivered = 0
 
     # --- request threads ---
 
     def push(self, line: bytes, labels: Labels, ts_ns: int) -> bool:
-        """Queue one entry. Never blocks, never raises; False (and counted) when dropped."""
+        """Queue one entry. Never blocks on Loki, never raises. When the queue is full (by
+        entries or bytes) the entry goes to the disk spool instead; False if even that failed."""
         try:
             if self._pid != os.getpid():
                 self.start()
-            size = len(line)
+            entry = LokiEntry(ts_ns, line, labels)
             with self._bytes_lock:
-                if self._queued_bytes + size > self.settings.buffer_bytes:
-                    self.stats.add(entries_dropped=1)
-                    return False
-                self._queued_bytes += size
-            try:
-                self._queue.put_nowait(LokiEntry(ts_ns, line, labels))
-            except queue.Full:
-                with self._bytes_lock:
-                    self._queued_bytes -= size
-                self.stats.add(entries_dropped=1)
-                return False
-            return True
+                room = self._queued_bytes + entry.size <= self.settings.buffer_bytes
+                if room:
+                    self._queued_bytes += entry.size
+            if room:
+                try:
+                    self._queue.put_nowait(entry)
+                    return True
+                except queue.Full:
+                    with self._bytes_lock:
+                        self._queued_bytes -= entry.size
+            return self._overflow(entry)
         except Exception as exc:  # never the proxied call's problem
             self.stats.error(f"enqueue failed: {exc}")
             return False
+
+    def _overflow(self, entry: LokiEntry) -> bool:
+        """The memory queue is full: better a disk write on this request than a lost entry."""
+        if self.spool is not None:
+            try:
+                self._spooled(self.spool.write([entry]))
+                return True
+            except OSError as exc:
+                self._warn.log("Loki spool write failed: %s", exc)
+        self.stats.add(entries_dropped=1)
+        return False
 
     @property
     def queue_depth(self) -> int:
@@ -119,7 +155,8 @@ class LokiExporter:
             self._thread.start()
 
     def close(self, timeout: float | None = None) -> int:
-        """Push everything queued within ``timeout`` (the shutdown budget); return what is left."""
+        """Push everything queued within ``timeout`` (the shutdown budget), spool the rest;
+        return how many entries are neither in Loki nor in the spool."""
         timeout = self.settings.shutdown_timeout if timeout is None else timeout
         self._deadline = time.monotonic() + timeout
         self._stop.set()
@@ -127,12 +164,15 @@ class LokiExporter:
             self._queue.put_nowait(_WAKE)
         except queue.Full:
             pass  # the pusher is busy and will see the stop flag
-        left = 0
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(timeout + 2.0)
             left = self._queue.qsize() + self._undelivered
+        else:
+            left = 0
         self._publish(force=True)
         self.client.close()
+        if self.spool is not None:
+            self.spool.unlock()
         return left
 
     # --- the pusher thread ---
@@ -164,10 +204,13 @@ class LokiExporter:
         self._flush(batch)
 
     def _step(self, batch: Batch) -> Batch:
-        """Wait for entries (at most until the batch is due), add them, push when due."""
+        """Wait for entries (at most until the batch is due), add them, ship when due."""
+        spooled = self.spool is not None and self.spool.pending()
         timeout = PUBLISH_INTERVAL
         if self._publish_due:  # a publish was held back: do it as soon as it is allowed
             timeout = max(0.01, self._last_publish + PUBLISH_INTERVAL - time.monotonic())
+        if spooled:
+            timeout = min(timeout, max(0.01, self._next_replay - time.monotonic()))
         if batch:
             timeout = min(timeout, max(0.0, self.settings.batch_wait - batch.age()))
         try:
@@ -176,10 +219,11 @@ class LokiExporter:
             item = None
         while item is not None and item is not _WAKE:
             self._take(item)
-            if batch and batch.bytes + item.size > self.settings.batch_bytes:
-                self._carry += self._send(batch)
-                batch = Batch()
-            batch.add(item)
+            for part in split_entry(item, self.settings.max_line_bytes):
+                if batch and batch.bytes + part.size > self.settings.batch_bytes:
+                    self._ship(batch)
+                    batch = Batch()
+                batch.add(part)
             if len(batch) >= self.settings.batch_size:
                 break
             try:  # take what is already there without waiting
@@ -188,18 +232,72 @@ class LokiExporter:
                 item = None
         if batch and (len(batch) >= self.settings.batch_size or batch.bytes >= self.settings.batch_bytes
                       or batch.age() >= self.settings.batch_wait):
-            self._carry += self._send(batch)
+            self._ship(batch)
             batch = Batch()
-        if not batch and self._queue.empty():
+        if self.spool is not None and time.monotonic() >= self._next_replay and self.spool.pending():
+            self._replay()
+        elif not batch and self._queue.empty():
             self._maybe_probe()
         self._publish()
         return batch
 
+    def _ship(self, batch: Batch) -> None:
+        """A due batch: behind the spool while anything is spooled, else to Loki."""
+        if self.spool is not None and self.spool.pending():
+            self._to_spool(batch.entries)
+            return
+        outcome = self._send(batch)
+        if outcome.undelivered:
+            self._to_spool(outcome.undelivered)
+
+    def _to_spool(self, entries: list[LokiEntry]) -> bool:
+        if self.spool is None:
+            self.stats.add(entries_failed=len(entries))
+            return False
+        try:
+            self._spooled(self.spool.write(entries))
+            return True
+        except OSError as exc:
+            self.stats.add(entries_failed=len(entries))
+            self._warn.log("Loki spool write failed, %d entries lost: %s", len(entries), exc)
+            return False
+
+    def _spooled(self, dropped: int) -> None:
+        if dropped:
+            self.stats.add(entries_dropped=dropped)
+            self._warn.log("Loki spool over LLM_PROXY_LOKI_SPOOL_MAX_BYTES: dropped its %d oldest entries",
+                           dropped)
+
+    def _replay(self) -> None:
+        """Push the oldest spool file (one worker at a time); on failure, back off and keep it."""
+        if not self.spool.try_lock():
+            self._next_replay = time.monotonic() + max(self.settings.batch_wait, 0.5)
+            return
+        claimed = self.spool.claim_oldest()
+        if claimed is None:
+            self._next_replay = time.monotonic() + 0.5
+            return
+        spool_file, entries = claimed
+        outcome = Outcome()
+        for chunk in self._chunks(entries):
+            outcome += self._send(batch_of(chunk), attempts=1)
+            if outcome.undelivered:
+                break
+        if outcome.undelivered:
+            self.spool.release(spool_file)
+            # Entries Loki took before it failed stay sent; an exact resend of them is dropped.
+            delay = self.backoff.delay(min(self._replay_failures, 16))
+            self._replay_failures += 1
+            self._next_replay = time.monotonic() + delay
+        else:
+            self.spool.done(spool_file)
+            self._replay_failures = 0
+            self._next_replay = 0.0
+
     def _flush(self, batch: Batch) -> None:
-        """On shutdown: everything queued goes out before the deadline, in batches."""
+        """On shutdown: everything queued goes to Loki before the deadline, or to the spool."""
         started = time.monotonic()
-        pending = self._carry + list(batch.entries)
-        self._carry = []
+        pending = list(batch.entries)
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -207,24 +305,31 @@ class LokiExporter:
                 break
             if item is not _WAKE:
                 self._take(item)
-                pending.append(item)
+                pending.extend(split_entry(item, self.settings.max_line_bytes))
+        if not pending:
+            return
         sent_before = self.stats.entries_sent
         left: list[LokiEntry] = []
+        push_deadline = (self._deadline or time.monotonic()) - SPOOL_MARGIN
+        spooled_first = self.spool is not None and self.spool.pending()
         for chunk in self._chunks(pending):
-            if self._deadline is not None and time.monotonic() >= self._deadline:
+            if spooled_first or time.monotonic() >= push_deadline:
                 left.extend(chunk)
                 continue
-            left.extend(self._send(batch_of(chunk)))
-        self._undelivered = len(left)
+            left.extend(self._send(batch_of(chunk), deadline=push_deadline).undelivered)
         flushed = self.stats.entries_sent - sent_before
-        if left:
-            self.stats.add(entries_failed=len(left))
+        self._undelivered = 0
+        if left and self._to_spool(left):
+            log.warning("Loki: %d entries spooled on shutdown (%d flushed); the next start delivers them",
+                        len(left), flushed)
+        elif left:
+            self._undelivered = len(left)
             log.warning("Loki: %d entries not delivered within the %gs shutdown budget (%d flushed)",
                         len(left), self.settings.shutdown_timeout, flushed)
-        elif pending:
+        else:
             log.info("Loki: flushed %d entries on shutdown in %.2fs", flushed, time.monotonic() - started)
 
-    def _chunks(self, entries: list[LokiEntry]):
+    def _chunks(self, entries: Iterable[LokiEntry]) -> Iterator[list[LokiEntry]]:
         chunk: list[LokiEntry] = []
         size = 0
         for entry in entries:
@@ -236,53 +341,63 @@ class LokiExporter:
         if chunk:
             yield chunk
 
-    def _send(self, batch: Batch) -> list[LokiEntry]:
-        """Push one batch with retries; return the entries that could not be delivered."""
+    def send_entries(self, entries: Iterable[LokiEntry]) -> Outcome:
+        """Push entries now, in this thread: split, batched and retried like the pusher does
+        (the backfill's way in). Nothing is spooled; what could not be pushed is returned."""
+        outcome = Outcome()
+        parts = (part for entry in entries for part in split_entry(entry, self.settings.max_line_bytes))
+        for chunk in self._chunks(parts):
+            outcome += self._send(batch_of(chunk))
+        return outcome
+
+    def _send(self, batch: Batch, attempts: int | None = None, deadline: float | None = None) -> Outcome:
+        """Push one batch with retries."""
+        attempts = self.backoff.retries + 1 if attempts is None else attempts
         body = batch.encode()
         result = None
-        for attempt in range(self.backoff.retries + 1):
+        for attempt in range(attempts):
             timeout = self.settings.push_timeout
-            if self._deadline is not None:
-                timeout = min(timeout, self._deadline - time.monotonic())
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
                 if timeout <= 0:
                     break
             result = self.client.push(body, timeout=timeout)
             if result.ok:
                 self.stats.succeeded(len(batch))
-                return []
+                return Outcome(sent=len(batch))
             if result.status == 413 and len(batch) > 1:
                 self._record(result, batch, reachable=True)
-                return self._send_halves(batch)
+                return self._send_halves(batch, attempts, deadline)
             if not result.retryable:
-                failed = rejected_entries(result.message, len(batch)) if result.status == 400 else len(batch)
-                self._record(result, batch, reachable=True)
-                self.stats.add(entries_failed=failed)
-                if failed < len(batch):  # Loki kept the others
-                    self.stats.succeeded(len(batch) - failed)
-                return []
+                return self._refused(batch, result)
             self._record(result, batch, reachable=False)
-            if attempt == self.backoff.retries:
+            if attempt == attempts - 1:
                 break
             delay = self.backoff.delay(attempt)
             if result.retry_after is not None:
                 delay = max(delay, result.retry_after)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                break
             self._pause(delay)
         if result is not None and result.status == 429 and len(batch) > 1:
             # A push larger than Loki's burst can never pass, however often it is retried.
-            return self._send_halves(batch)
-        return self._give_up(batch, result)
+            return self._send_halves(batch, attempts, deadline)
+        return Outcome(undelivered=list(batch.entries), errors=[result.describe()] if result else [])
 
-    def _send_halves(self, batch: Batch) -> list[LokiEntry]:
+    def _send_halves(self, batch: Batch, attempts: int, deadline: float | None) -> Outcome:
         first, second = batch.split()
-        return self._send(first) + self._send(second)
+        outcome = self._send(first, attempts, deadline)
+        outcome += self._send(second, attempts, deadline)
+        return outcome
 
-    def _give_up(self, batch: Batch, result: PushResult | None) -> list[LokiEntry]:
-        """Retries are spent. While running, the entries count as failed; while closing, they
-        go back to the caller (the shutdown flush reports them)."""
-        if self._deadline is None:
-            self.stats.add(entries_failed=len(batch))
-            return []
-        return list(batch.entries)
+    def _refused(self, batch: Batch, result: PushResult) -> Outcome:
+        """Loki said no (4xx): it names what it refused and has stored the rest."""
+        failed = rejected_entries(result.message, len(batch)) if result.status == 400 else len(batch)
+        self._record(result, batch, reachable=True)
+        self.stats.add(entries_failed=failed)
+        if failed < len(batch):
+            self.stats.succeeded(len(batch) - failed)
+        return Outcome(sent=len(batch) - failed, failed=failed, errors=[result.describe()])
 
     def _record(self, result: PushResult, batch: Batch, reachable: bool) -> None:
         message = result.describe()

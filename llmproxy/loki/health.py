@@ -148,4 +148,5 @@ def summarize(own: dict, own_pid: int, others: list[dict], failing_after: float)
 
 def disabled_summary() -> dict:
     return {"status": "disabled", **{name: 0 for name in COUNTERS}, "queue_depth": 0, "last_error": None,
-            "last_error_time": None, "last_success_time": None, "workers": 0}
+            "last_error_time": None, "last_success_time": None, "workers": 0, "spooled_entries": 0,
+            "spool_bytes": 0}

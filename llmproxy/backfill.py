@@ -1,0 +1,196 @@
+"""Backfill: push entries from the JSONL tree to Loki, as the exporter would have.
+
+Same labels, same timestamps, same splitting of long lines, same push code. Loki 3 shards busy
+streams, so an exact resend can be stored twice; the backfill therefore first asks Loki what it
+holds for each session and pushes only what is missing. Entries Loki can no longer take into
+their stream (too far behind its newest entry, or too old) are reported; ``--extra-label K=V``
+pushes them into a stream of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from llmproxy.loki import LokiExporter, LokiEntry
+from llmproxy.loki.split import split_entry
+from llmproxy.multiwriter import LabelMaker
+from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
+
+PROVIDER_BY_HOST = {"api.anthropic.com": "anthropic", "api.openai.com": "openai", "chatgpt.com": "chatgpt"}
+
+
+def parse_ts(text: str) -> int:
+    """``2026-11-28T10:15:00.123456789Z`` → Unix ns."""
+    stamp, _, frac = text.rstrip("Z").partition(".")
+    seconds = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    return int(seconds) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+
+
+@dataclass
+class SessionReport:
+    session: str
+    read: int = 0
+    present: int = 0
+    pushed: int = 0
+    refused: list[LokiEntry] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    extra_pushed: int = 0
+    undelivered: int = 0     # Loki did not answer: run again later
+
+    @property
+    def ok(self) -> bool:
+        return not self.undelivered and len(self.refused) == self.extra_pushed
+
+
+def session_files(log_dir: Path, session: str | None, since: str | None, until: str | None,
+                  upstream: str | None) -> Iterator[Path]:
+    for path in sorted(log_dir.glob("*/*/*.jsonl")):
+        day, host = path.parent.name, path.parent.parent.name
+        if session and path.stem != session:
+            continue
+        if upstream and host != upstream:
+            continue
+        if since and day < since or until and day > until:
+            continue
+        yield path
+
+
+def read_entries(path: Path, labels: LabelMaker) -> list[LokiEntry]:
+    """The file's lines as Loki entries with the labels the exporter gave them."""
+    raw_lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
+    docs = [json.loads(line) for line in raw_lines]
+    provider = next((d.get("provider") for d in docs if d.get("type") == "session_start"), None)
+    provider = provider or PROVIDER_BY_HOST.get(path.parent.parent.name, "anthropic")
+    entries = []
+    for line, doc in zip(raw_lines, docs):
+        meta = doc.get("_meta") or {}
+        maker = LabelMaker(labels.environment, meta.get("machine") or labels.machine)
+        entries.append(LokiEntry(parse_ts(meta["ts"]), line, maker(provider, doc.get("type", "unknown"))))
+    return entries
+
+
+class Backfill:
+    def __init__(self, loki: LokiSettings, labels: LabelMaker, check: bool = True,
+                 extra_label: tuple[str, str] | None = None, out: TextIO = sys.stdout):
+        self.exporter = LokiExporter(replace(loki, spool_dir=None))
+        self.labels = labels
+        self.check = check
+        self.extra_label = extra_label
+        self.out = out
+
+    def held(self, session: str, parts: list[LokiEntry]) -> set[tuple[int, str]]:
+        """(ts, line) of this session's entries Loki holds, paging through the time range."""
+        start, end = min(p.ts_ns for p in parts), max(p.ts_ns for p in parts) + 1
+        query = f'{{app="llm-proxy"}} |= "{session}"'
+        found: set[tuple[int, str]] = set()
+        while start < end:
+            page = self.exporter.client.query_range(query, start, end, limit=5000, direction="forward")
+            found.update((ts, line) for _, ts, line in page)
+            if len(page) < 5000:
+                break
+            last = max(ts for _, ts, _ in page)
+            start = last if last > start else start + 1
+        return found
+
+    def run_session(self, path: Path) -> SessionReport:
+        report = SessionReport(path.stem)
+        entries = read_entries(path, self.labels)
+        report.read = len(entries)
+        parts = [p for e in entries for p in split_entry(e, self.exporter.settings.max_line_bytes)]
+        missing = parts
+        if self.check:
+            held = self.held(path.stem, parts)
+            missing = [p for p in parts if (p.ts_ns, p.line.decode()) not in held]
+            report.present = len(parts) - len(missing)
+        if not missing:
+            return report
+        outcome = self.exporter.send_entries(missing)
+        report.pushed = outcome.sent
+        report.errors = outcome.errors
+        if outcome.undelivered:
+            report.undelivered = len(outcome.undelivered)
+            return report
+        if outcome.failed:
+            held = self.held(path.stem, parts)
+            report.refused = [p for p in missing if (p.ts_ns, p.line.decode()) not in held]
+            report.pushed = len(missing) - len(report.refused)
+            if report.refused and self.extra_label:
+                own_stream = [LokiEntry(p.ts_ns, p.line, p.labels + (self.extra_label,)) for p in report.refused]
+                extra = self.exporter.send_entries(own_stream)
+                report.extra_pushed = extra.sent
+                report.errors += extra.errors
+        return report
+
+
+def _label(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected K=V with a label name, got {text!r}")
+    return name, value
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="loki-backfill",
+        description="Push entries from the JSONL session logs to Loki (what Loki lacks only).")
+    parser.add_argument("--log-dir", type=Path, help="default: LLM_PROXY_LOG_DIR")
+    parser.add_argument("--session", help="one session id")
+    parser.add_argument("--since", help="first day, YYYY-MM-DD")
+    parser.add_argument("--until", help="last day, YYYY-MM-DD")
+    parser.add_argument("--upstream", help="only this upstream host (directory name)")
+    parser.add_argument("--extra-label", type=_label, metavar="K=V",
+                        help="push entries Loki refuses for their stream into a stream with this extra label")
+    parser.add_argument("--no-check", action="store_true",
+                        help="do not ask Loki what it holds first; rely on its deduplication")
+    args = parser.parse_args(argv)
+
+    try:
+        settings: Settings = load_settings(environ, create_dirs=False)
+    except SettingsError as exc:
+        print(f"loki-backfill: {exc}", file=sys.stderr)
+        return 2
+    if not settings.loki.url:
+        print("loki-backfill: LLM_PROXY_LOKI_URL is not set", file=sys.stderr)
+        return 2
+    log_dir = args.log_dir or settings.log_dir
+    backfill = Backfill(settings.loki, LabelMaker(settings.loki.environment, settings.machine_id),
+                        check=not args.no_check, extra_label=args.extra_label, out=out)
+    total = SessionReport("total")
+    failed_sessions = 0
+    for path in session_files(log_dir, args.session, args.since, args.until, args.upstream):
+        try:
+            report = backfill.run_session(path)
+        except (RuntimeError, ValueError, OSError) as exc:
+            print(f"{path.stem}: error: {exc}", file=out)
+            failed_sessions += 1
+            continue
+        status = "ok" if report.ok else "FAILED"
+        print(f"{report.session}: read {report.read}, in Loki {report.present}, pushed {report.pushed}"
+              + (f", refused {len(report.refused)}" if report.refused else "")
+              + (f", pushed with {args.extra_label[0]}={args.extra_label[1]} {report.extra_pushed}"
+                 if report.extra_pushed else "")
+              + (f", not delivered {report.undelivered}" if report.undelivered else "")
+              + f" [{status}]", file=out)
+        for error in report.errors[:3]:
+            print(f"  Loki: {error}", file=out)
+        if report.refused and not args.extra_label:
+            print("  Loki can no longer take these into their stream (too far behind its newest entry, or "
+                  "too old); rerun with --extra-label backfill=1 to push them into a stream of their own",
+                  file=out)
+        total.read += report.read
+        total.present += report.present
+        total.pushed += report.pushed + report.extra_pushed
+        failed_sessions += status != "ok"
+    print(f"summary: read {total.read}, in Loki already {total.present}, pushed {total.pushed}, "
+          f"sessions failed {failed_sessions}", file=out)
+    return 1 if failed_sessions else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

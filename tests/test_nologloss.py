@@ -1,0 +1,214 @@
+"""No log loss: the disk spool, lines over Loki's limit, and the backfill (real gunicorn + fakeloki)."""
+
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import uuid
+
+import pytest
+import requests
+
+from fakeloki import FakeLoki
+from llmproxy.backfill import main as backfill_main
+from llmproxy.loki.batch import LokiEntry
+from llmproxy.loki.split import join_parts, split_entry
+from llmproxy.loki.spool import Spool
+from proxyproc import http_get, wait_until
+
+FAST = {"LLM_PROXY_LOKI_BATCH_WAIT": "200ms", "LLM_PROXY_LOKI_RETRY_MAX": "1",
+        "LLM_PROXY_LOKI_BACKOFF_MIN": "50ms", "LLM_PROXY_LOKI_BACKOFF_MAX": "500ms",
+        "LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT": "5s", "LLM_PROXY_LOKI_ENVIRONMENT": "test"}
+
+
+def loki_env(loki, **extra):
+    return {"LLM_PROXY_LOKI_ENABLED": "true", "LLM_PROXY_LOKI_URL": loki.url, **FAST, **extra}
+
+
+def call(server, fake, session, body_size=0):
+    resp = requests.post(f"{server.url}/anthropic/{fake.upstream}/v1/messages",
+                         json={"model": "m", "messages": [{"role": "user", "content": "x" * body_size}]},
+                         headers={"X-Claude-Code-Session-Id": session})
+    resp.content
+    assert resp.status_code == 200
+
+
+def file_lines(log_dir):
+    return [line for path in log_dir.glob("*/*/*.jsonl") for line in path.read_text().splitlines()]
+
+
+def loki_health(server):
+    return http_get(server.port, "/health/loki")[1]
+
+
+def spooled(server, expected):
+    body = loki_health(server)
+    return body if body["spooled_entries"] == expected and body["queue_depth"] == 0 else None
+
+
+def test_an_outage_longer_than_retries_and_the_window_loses_nothing_and_keeps_order(start_proxy, fake_provider):
+    # Loki's "too far behind" window made short: replay must go oldest first across workers.
+    loki = FakeLoki(out_of_order_window=5.0).start()
+    server = start_proxy(loki_env(loki, LLM_PROXY_THREADS="16"))
+    call(server, fake_provider, "warm-up")
+    assert loki.wait_for(3, timeout=10) == 3
+
+    loki.down()
+    sessions = [f"outage-{i}" for i in range(10)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: call(server, fake_provider, sessions[i % 10]), range(2500)))
+    expected = 3 + 10 + 2 * 2500  # warm-up, one session_start per session, request + response
+    body = wait_until(lambda: spooled(server, expected - 3), timeout=30, message="all spooled")
+    assert body["status"] == "failing"
+
+    loki.up()
+    assert loki.wait_for(expected, timeout=60) == expected
+    assert loki.rejected == []  # nothing "too far behind", nothing too old
+    lines = loki.lines()
+    assert len(lines) == len(set(lines)) == expected
+    assert sorted(lines) == sorted(file_lines(server.log_dir))
+    wait_until(lambda: loki_health(server)["spooled_entries"] == 0, timeout=10)
+    loki.down()
+
+
+def test_a_spool_left_by_a_killed_worker_is_replayed(start_proxy, fake_provider):
+    loki = FakeLoki().start()
+    server = start_proxy(loki_env(loki))
+    loki.down()
+    for i in range(20):
+        call(server, fake_provider, f"kill-{i % 3}")
+    expected = 3 + 40
+    wait_until(lambda: spooled(server, expected), timeout=30, message="all spooled")
+    victim = server.worker_pids()[0]
+    # As if the victim had died in the middle of replaying: it holds a claimed file.
+    spool = Spool(server.log_dir / ".loki-spool", 1 << 30)
+    first = spool.files()[0]
+    os.rename(first.path, f"{first.path}.claimed-{victim}")
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, timeout=30)
+
+    loki.up()
+    assert loki.wait_for(expected, timeout=30) == expected
+    assert sorted(loki.lines()) == sorted(file_lines(server.log_dir))
+    wait_until(lambda: spool.files() == [], timeout=10, message="spool drained")
+    loki.down()
+
+
+def test_sigterm_with_loki_down_spools_and_the_next_start_delivers(start_proxy, fake_provider, tmp_path):
+    loki = FakeLoki().start()
+    log_dir = tmp_path / "shared-logs"
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOG_DIR=str(log_dir), LLM_PROXY_LOKI_BATCH_WAIT="1m"))
+    loki.down()
+    for i in range(6):
+        call(server, fake_provider, "sigterm-session")
+    assert server.stop(signal.SIGTERM, timeout=60) == 0
+    assert "spooled on shutdown" in server.output()
+    assert sum(f.entries for f in Spool(log_dir / ".loki-spool", 1 << 30).files()) == 13
+
+    loki.up()
+    start_proxy(loki_env(loki, LLM_PROXY_LOG_DIR=str(log_dir)))
+    assert loki.wait_for(13, timeout=30) == 13
+    assert sorted(loki.lines()) == sorted(file_lines(log_dir))
+    loki.down()
+
+
+def test_a_2mb_request_body_arrives_in_parts_that_reassemble_byte_exact(start_proxy, fake_provider):
+    loki = FakeLoki().start()
+    server = start_proxy(loki_env(loki))
+    session = f"big-{uuid.uuid4()}"
+    call(server, fake_provider, session, body_size=2 * 1024 * 1024)
+    request_line = next(l for l in file_lines(server.log_dir) if json.loads(l)["type"] == "request")
+    ours = json.loads(request_line)["_meta"]["session"]
+    query = f'{{app="llm-proxy"}} |= "{ours}" | json session="_meta.session", type="type" | session="{ours}" | type="request"'
+
+    def parts():
+        doc = requests.get(f"{loki.url}/loki/api/v1/query_range",
+                           params={"query": query, "limit": 1000, "direction": "forward"}).json()
+        found = [(int(v[0]), v[1]) for s in doc["data"]["result"] for v in s["values"]]
+        return sorted(found) if found and len(found) == json.loads(found[0][1]).get("parts") else None
+
+    found = wait_until(parts, timeout=15, message="all parts in Loki")
+    assert len(found) >= 8 and loki.rejected == []
+    assert all(len(line.encode()) <= 262144 for _, line in found)
+    assert join_parts([line for _, line in found]).encode() == request_line.encode()
+    first_ts = found[0][0]
+    assert [ts - first_ts for ts, _ in found] == list(range(len(found)))
+    loki.down()
+
+
+def test_split_parts_are_json_loki_accepts_and_join_back():
+    line = json.dumps({"type": "request", "body": "\u00e9\"\\" * 200_000, "_meta": {"session": "S", "ts": "t"}},
+                      ensure_ascii=False).encode()
+    parts = split_entry(LokiEntry(1000, line, (("app", "x"),)), 262144)
+    docs = [json.loads(p.line) for p in parts]
+    assert all(len(p.line) <= 262144 for p in parts)
+    assert [d["part"] for d in docs] == list(range(1, len(parts) + 1))
+    assert {d["parts"] for d in docs} == {len(parts)} and docs[0]["_meta"]["session"] == "S"
+    assert join_parts([p.line.decode() for p in reversed(parts)]).encode() == line
+    assert split_entry(LokiEntry(1, b'{"short":1}', ()), 262144)[0].line == b'{"short":1}'
+
+
+def test_the_spool_bound_drops_the_oldest_files_first(tmp_path):
+    spool = Spool(tmp_path, max_bytes=3000)  # room for three files of ~930 bytes
+    dropped = [spool.write([LokiEntry(1000 + i, b"x" * 900, (("app", "a"),))]) for i in range(5)]
+    assert dropped == [0, 0, 0, 1, 1]
+    entries, size = spool.usage()
+    assert size <= 3000 and entries == 3
+    assert [f.oldest_ns for f in spool.files()] == [1002, 1003, 1004]
+
+
+def run_backfill(loki, log_dir, *args):
+    out = io.StringIO()
+    code = backfill_main(["--log-dir", str(log_dir), *args], out=out,
+                         environ={"LLM_PROXY_LOKI_URL": loki.url, "LLM_PROXY_LOKI_ENVIRONMENT": "test",
+                                  "LLM_PROXY_ENV_FILE": "/nonexistent", "LLM_PROXY_LOG_DIR": str(log_dir)})
+    return code, out.getvalue()
+
+
+def test_backfill_of_a_day_twice_leaves_no_duplicates(start_proxy, fake_provider):
+    server = start_proxy()  # Loki disabled: the files are all there is
+    for i in range(5):
+        call(server, fake_provider, f"bf-{i % 2}", body_size=300_000 if i == 0 else 10)
+    loki = FakeLoki().start()
+    day = next(server.log_dir.glob("*/*")).name
+    code, out = run_backfill(loki, server.log_dir, "--since", day, "--until", day)
+    assert code == 0, out
+    lines = file_lines(server.log_dir)
+    stored = loki.count()
+    assert stored > len(lines)  # the 300 KB request went in parts
+    assert "summary: read 12, in Loki already 0" in out
+
+    code, out = run_backfill(loki, server.log_dir, "--since", day)
+    assert code == 0 and "pushed 0" in out and loki.count() == stored
+    pushes = len(loki.pushes)
+    code, out = run_backfill(loki, server.log_dir, "--no-check")  # exact resends: Loki dedupes
+    assert code == 0 and loki.count() == stored and len(loki.pushes) > pushes
+    # Same labels as the exporter would give.
+    assert {e[0]["log_type"] for e in loki.entries()} == {"session_start", "request", "response"}
+    assert {e[0]["environment"] for e in loki.entries()} == {"test"}
+    loki.down()
+
+
+def test_backfill_reports_what_loki_refuses_and_can_push_it_apart(start_proxy, fake_provider):
+    server = start_proxy()
+    call(server, fake_provider, "late-session")
+    loki = FakeLoki(out_of_order_window=1.0).start()
+    # Loki's streams already hold newer entries: the session's entries are too far behind now.
+    now = __import__("time").time_ns() + 5 * 10**9
+    for kind in ("session_start", "request", "response"):
+        labels = {"app": "llm-proxy", "provider": "anthropic", "environment": "test",
+                  "machine": json.loads(file_lines(server.log_dir)[0])["_meta"]["machine"], "log_type": kind}
+        requests.post(f"{loki.url}/loki/api/v1/push", json={"streams": [{"stream": labels,
+                                                                          "values": [[str(now), "newer"]]}]})
+    code, out = run_backfill(loki, server.log_dir)
+    assert code == 1 and "refused 3" in out and "--extra-label" in out
+    code, out = run_backfill(loki, server.log_dir, "--extra-label", "backfill=1")
+    assert code == 0, out
+    assert len(loki.entries(backfill="1")) == 3
+    loki.down()
+
+
+def test_backfill_needs_a_loki_url(tmp_path):
+    out = io.StringIO()
+    assert backfill_main(["--log-dir", str(tmp_path)], out=out, environ={"LLM_PROXY_ENV_FILE": "/none"}) == 2
