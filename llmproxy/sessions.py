@@ -215,7 +215,10 @@ class SessionStore:
             return None
         common, key, known, history = best
         if common == len(known):  # extends (or repeats) the thread
-            history.append([seq, len(hashes)])
+            if history and history[-1][1] == len(hashes):
+                history[-1][0] = seq  # a repeat: only the latest seq per length is ever needed
+            else:
+                history.append([seq, len(hashes)])
             self._save_thread(conn, session, key, hashes, history)
             return None
         # Departs before the thread's last message: the user rewound or edited the conversation.

@@ -11,6 +11,7 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-gzip: 1``          gzip the body (``Content-Encoding: gzip``)
 - ``x-fake-hang-ms: D``       wait D ms before sending the response headers
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
+- ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
 
 ``GET /download?size=N`` streams N bytes; ``ANY /echo…`` answers with what it received.
 """
@@ -268,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         cut = int(self._opt("cut-after", "0"))
+        stamp = self._opt("stamp") == "1"
         try:
             for i, event in enumerate(events):
                 if cut and i == cut:
@@ -277,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if delay:
                     time.sleep(delay)
+                if stamp:
+                    event = b": sent %.6f\n%s" % (time.time(), event)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
