@@ -62,6 +62,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
             exchange = Exchange(route=route, method=request.method, path=_path_and_query(route.url),
                                 request_headers=headers, request_body=body)
             runtime.logger.log_request(exchange)
+            exchange.request_body = b""  # logged; the upstream call below holds its own reference
         try:
             upstream = forwarding.open_upstream(
                 runtime.upstream, request.method, route.url, headers, body,

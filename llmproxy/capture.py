@@ -41,10 +41,8 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    # set by the logger at log_request
-    session: str | None = None
-    seq: int | None = None
-    state: object = None                # whatever the logger keeps between the two calls
+    # whatever the logger keeps between log_request and log_response (its session assignment)
+    state: object = None
 
     # the answer
     status: int | None = None

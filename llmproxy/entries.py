@@ -7,11 +7,11 @@ line (bytes, no newline) is what the file gets and what the Loki exporter ships.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 from llmproxy.capture import Exchange
 from llmproxy.masking import mask_headers, mask_query
@@ -33,21 +33,26 @@ class Entry:
     session: str
     ts_ns: int
     line: bytes
-    path: Path          # the session file, relative to the log dir
+    path: str           # the session file, relative to the log dir
 
     @property
     def size(self) -> int:
         return len(self.line)
 
 
+@functools.lru_cache(maxsize=64)
+def _second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def rfc3339_ns(ts_ns: int) -> str:
     """``2026-11-28T10:15:00.123456789Z``."""
     seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
+    return f"{_second(seconds)}.{nanos:09d}Z"
 
 
-def session_file(upstream: str, session: str) -> Path:
-    return Path(upstream) / session_date(session) / f"{session}.jsonl"
+def session_file(upstream: str, session: str) -> str:
+    return f"{upstream}/{session_date(session)}/{session}.jsonl"
 
 
 def _dumps(doc: dict) -> bytes:

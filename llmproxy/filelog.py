@@ -18,22 +18,24 @@ class FileLogger:
     """Appends entries to ``{log_dir}/{upstream}/{YYYY-MM-DD}/{session}.jsonl``."""
 
     def __init__(self, log_dir: Path):
-        self.log_dir = Path(log_dir)
+        self.log_dir = str(log_dir)
 
     def write(self, entry: Entry) -> OSError | None:
         """Append the entry's line. File errors are returned (the caller decides), never raised."""
-        path = self.log_dir / entry.path
+        path = os.path.join(self.log_dir, entry.path)
         try:
             try:
                 fd = os.open(path, _FLAGS, 0o600)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 fd = os.open(path, _FLAGS, 0o600)
             try:
-                data = memoryview(entry.line + b"\n")
-                while data:
-                    written = os.write(fd, data)
-                    data = data[written:]
+                # One writev, no copy of a multi-megabyte line just to add its newline.
+                written = os.writev(fd, [entry.line, b"\n"])
+                if written < len(entry.line) + 1:  # only on a full disk or a signal
+                    rest = memoryview(entry.line + b"\n")[written:]
+                    while rest:
+                        rest = rest[os.write(fd, rest):]
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -120,8 +120,10 @@ def open_upstream(session: requests.Session, method: str, url: str, headers: lis
     prepared.body = body or None
     prepared.hooks = {"response": []}
     try:
-        return session.get_adapter(url).send(prepared, stream=True,
-                                             timeout=(connect_timeout, read_timeout))
+        response = session.get_adapter(url).send(prepared, stream=True,
+                                                 timeout=(connect_timeout, read_timeout))
+        prepared.body = None  # sent; a long stream need not keep a large request alive
+        return response
     except requests.exceptions.ConnectTimeout:
         raise UpstreamTimeout(f"connecting to {_origin(url)} timed out after {connect_timeout:g}s") from None
     except requests.exceptions.ReadTimeout:

@@ -42,7 +42,7 @@ class Runtime:
                                   LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
             self.sessions, self.writer, EntryBuilder(settings.machine_id), self.file_health)
-        self.started = False
+        self.stopping_since: float | None = None  # set when SIGTERM arrives (gunicorn_config)
 
     @staticmethod
     def of(app) -> "Runtime | None":
@@ -54,13 +54,12 @@ class Runtime:
         """Start the worker's background threads (after fork: a thread does not survive it)."""
         if self.exporter is not None:
             self.exporter.start()
-        self.started = True
 
-    def close(self) -> None:
-        """Flush and release what the worker holds. Called once, from ``worker_exit``."""
-        self.started = False
+    def close(self, flush_budget: float | None = None) -> None:
+        """Flush and release what the worker holds. Called once, from ``worker_exit``;
+        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT."""
         if self.exporter is not None:
-            self.exporter.close()
+            self.exporter.close(flush_budget)
         self.upstream.close()
         self.sessions.close()
 

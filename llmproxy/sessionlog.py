@@ -106,7 +106,6 @@ class SessionLog:
                                     client_id=client_id)
             write_request(assignment)
         exchange.state = assignment
-        exchange.session, exchange.seq = assignment.session, assignment.seq
 
     def log_response(self, exchange: Exchange) -> None:
         assignment = exchange.state

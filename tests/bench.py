@@ -194,6 +194,16 @@ def bench_overhead(work: Path, provider: Helper, scale: float) -> list[Figure]:
         targets = [Target("direct", provider.port, "/v1/messages"),
                    Target("proxy", proxy.port, f"/anthropic/127.0.0.1:{provider.port}/v1/messages",
                           {"X-Claude-Code-Session-Id": "bench-overhead"})]
+        # The same forwarding on a path that is proxied but not logged: what logging costs.
+        unlogged = [Target("direct", provider.port, "/echo"),
+                    Target("proxy", proxy.port, f"/anthropic/127.0.0.1:{provider.port}/echo")]
+        seq = run_sequential(unlogged, messages_body(2048), max(2, int(20 * scale)), per_round=25)
+        direct, via = summary(seq["direct"]), summary(seq["proxy"])
+        figures.append(Figure(
+            "overhead 2KB, path not logged", round(via["median_ms"] - direct["median_ms"], 3),
+            "ms added (median)", via["samples"],
+            "POST /echo with a 2KB body (proxied, not a conversation endpoint): forwarding alone",
+            extra={"direct": direct, "proxy": via}))
         for size_name, size in (("2KB", 2048), ("200KB", 200 * 1024)):
             body = messages_body(size)
             rounds = max(2, int(20 * scale))
@@ -226,7 +236,9 @@ def bench_loki_impact(work: Path, provider: Helper, scale: float) -> list[Figure
     servers = {}
     try:
         for name, url in variants.items():
-            env = proxy_env(work / f"loki-{name}" / "logs")
+            # A short flush budget: stopping the hanging variant must not take 30 s (no figure
+            # depends on it).
+            env = proxy_env(work / f"loki-{name}" / "logs", LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT="3s")
             if url:
                 env.update(LLM_PROXY_LOKI_ENABLED="true", LLM_PROXY_LOKI_URL=url)
             servers[name] = ProxyServer(work / f"loki-{name}", env=env).start()
@@ -424,7 +436,7 @@ SECTIONS = ("overhead", "loki", "stream", "export", "memory")
 
 def run(quick: bool, only: list[str] | None = None, scale: float | None = None,
         progress=lambda msg: print(msg, file=sys.stderr, flush=True)) -> dict:
-    scale = scale if scale is not None else (0.15 if quick else 1.0)
+    scale = scale if scale is not None else (0.15 if quick else 3.0)
     figures: list[Figure] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp:
@@ -455,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples: under a minute")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections")
-    parser.add_argument("--scale", type=float, help="sample count multiplier (quick: 0.15, full: 1)")
+    parser.add_argument("--scale", type=float, help="sample count multiplier (quick: 0.15, full: 3)")
     args = parser.parse_args(argv)
     result = run(args.quick, args.only, args.scale)
     print(f"llm-proxy benchmark, {result['date']}, {result['mode']} run in {result['seconds']} s")

@@ -39,6 +39,7 @@ class RecordingLogger:
 
     def log_request(self, exchange):
         self.calls.append(("request", exchange))
+        self.request_body = exchange.request_body  # the proxy lets go of it once logged
 
     def log_response(self, exchange):
         self.calls.append(("response", exchange))
@@ -62,7 +63,7 @@ def test_conversation_exchange_reaches_the_logger(recorded_app, fake_provider):
     assert [kind for kind, _ in logger.calls] == ["request", "response"]
     exchange = logger.calls[0][1]
     assert exchange.path == "/v1/messages?beta=true"
-    assert exchange.request_body == b'{"model": "m"}'
+    assert logger.request_body == b'{"model": "m"}'
     assert ("X-Api-Key", "sk-ant-k") in exchange.request_headers
     assert exchange.status == 200 and bytes(exchange.body) == body
     assert exchange.ttfb_ms >= 0 and exchange.total_ms >= exchange.ttfb_ms

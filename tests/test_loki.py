@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import os
 import signal
 import time
 import uuid
@@ -128,6 +129,16 @@ def test_sigterm_flushes_what_is_queued(start_proxy, fake_provider, loki):
     assert server.stop(signal.SIGTERM, timeout=60) == 0
     assert loki.count() == 15
     assert "Loki: flushed" in server.output()
+
+
+def test_a_worker_sigtermed_right_after_a_request_delivers_its_entries(start_proxy, fake_provider, loki):
+    server = start_proxy(loki_env(loki, LLM_PROXY_WORKERS="1", LLM_PROXY_LOKI_BATCH_WAIT="10m"))
+    (worker,) = server.worker_pids()
+    call(server, fake_provider, "term-one-worker")
+    os.kill(worker, signal.SIGTERM)  # gunicorn restarts it; its worker_exit must flush first
+    assert loki.wait_for(3, timeout=20) == 3
+    wait_until(lambda: len(server.worker_pids()) == 1 and server.worker_pids() != [worker], timeout=20)
+    assert sorted(loki.lines()) == sorted(file_lines(server.log_dir))
 
 
 def test_health_goes_ok_failing_ok_with_loki(start_proxy, fake_provider, loki):

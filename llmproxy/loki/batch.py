@@ -28,10 +28,31 @@ class LokiEntry:
         return len(self.line)
 
 
+# A raw control character needs a JSON escape sequence; JSON text (our lines) never has one.
+_CONTROL = bytes(range(0x20))
+
+
 def encode_value(entry: LokiEntry) -> bytes:
-    """``["<unix ns>","<line>"]``: Loki wants the timestamp as a string."""
-    return b'["%d",%s]' % (entry.ts_ns, json.dumps(entry.line.decode("utf-8", "replace"),
-                                                    ensure_ascii=False).encode())
+    """``["<unix ns>","<line>"]``: Loki wants the timestamp as a string.
+
+    Lines are JSON text already (valid UTF-8, control characters escaped), so quoting them only
+    needs ``\\`` and ``"`` escaped: several times faster than ``json.dumps`` on a 10 KB line,
+    and this is the pusher's main cost."""
+    line = entry.line
+    try:
+        line.decode("utf-8")
+        plain = len(line.translate(None, _CONTROL)) == len(line)  # C speed, unlike a regex
+    except UnicodeDecodeError:
+        plain = False
+    if plain:
+        quoted = b'"' + line.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    else:
+        quoted = json.dumps(line.decode("utf-8", "replace"), ensure_ascii=False).encode()
+    return b'["%d",%s]' % (entry.ts_ns, quoted)
+
+
+def _ts(value: tuple[int, bytes]) -> int:
+    return value[0]
 
 
 @dataclass
@@ -58,12 +79,15 @@ class Batch:
 
     def encode(self) -> bytes:
         """The JSON push body; values sorted by timestamp within each stream."""
-        streams = []
-        for labels, values in self.values.items():
-            values.sort(key=lambda v: v[0])
-            stream = json.dumps(dict(labels), ensure_ascii=False, separators=(",", ":")).encode()
-            streams.append(b'{"stream":%s,"values":[%s]}' % (stream, b",".join(v for _, v in values)))
-        return b'{"streams":[%s]}' % b",".join(streams)
+        parts = [b'{"streams":[']
+        for i, (labels, values) in enumerate(self.values.items()):
+            values.sort(key=_ts)
+            parts.append(b'%s{"stream":%s,"values":[' % (b"," if i else b"", json.dumps(
+                dict(labels), ensure_ascii=False, separators=(",", ":")).encode()))
+            parts.append(b",".join([v for _, v in values]))
+            parts.append(b"]}")
+        parts.append(b"]}")
+        return b"".join(parts)
 
     def split(self) -> tuple["Batch", "Batch"]:
         """Two halves, for a push too large for Loki or a gateway in front of it."""
