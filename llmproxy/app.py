@@ -10,6 +10,7 @@ from werkzeug.wsgi import ClosingIterator
 from llmproxy import __version__, forwarding
 from llmproxy.capture import Exchange
 from llmproxy.errors import ProxyError, error_body
+from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.routing import resolve
 from llmproxy.runtime import EXTENSION_KEY, Runtime
 from llmproxy.settings import Settings
@@ -50,8 +51,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     def proxy(target: str = ""):
         environ = request.environ
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
-        provider = raw_uri.lstrip("/").split("/", 1)[0]
-        request.proxy_provider = provider
+        # Until the route is resolved, an error takes the shape of the provider the path names.
+        request.proxy_provider = raw_uri.lstrip("/").split("/", 1)[0]
         route = resolve(raw_uri, request.headers.get("Authorization"), settings.allowed_upstreams)
         request.proxy_provider = route.provider
         headers = forwarding.client_headers(environ)
@@ -61,7 +62,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         if route.conversation:
             exchange = Exchange(route=route, method=request.method, path=_path_and_query(route.url),
                                 request_headers=headers, request_body=body)
-            runtime.logger.log_request(exchange)
+            _log(runtime.logger.log_request, exchange)
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
         try:
             upstream = forwarding.open_upstream(
@@ -71,7 +72,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
             log.warning("%s %s: %s", request.method, route.url.split("?")[0], error.message)
             if exchange is not None:
                 exchange.fail(error.status, error.message)
-                runtime.logger.log_response(exchange)
+                _log(runtime.logger.log_response, exchange)
             raise
 
         resp_headers = forwarding.response_headers(upstream)
@@ -86,9 +87,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         if exchange is not None:
             on_close.append(lambda: _log_response(runtime, exchange))
         body_iter = ClosingIterator(forwarding.relay(upstream, exchange), on_close)
-        response = RelayedResponse(body_iter, status=upstream.status_code, headers=resp_headers,
-                                   direct_passthrough=True)
-        return response
+        return RelayedResponse(body_iter, status=upstream.status_code, headers=resp_headers,
+                               direct_passthrough=True)
 
     app.add_url_rule("/", "proxy_root", proxy, methods=METHODS, provide_automatic_options=False)
     app.add_url_rule("/<path:target>", "proxy", proxy, methods=METHODS, provide_automatic_options=False)
@@ -98,7 +98,18 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 def _log_response(runtime: Runtime, exchange: Exchange) -> None:
     if exchange.total_ms is None:  # the body was never read: the client left first
         exchange.finish("client disconnected")
-    runtime.logger.log_response(exchange)
+    _log(runtime.logger.log_response, exchange)
+
+
+_log_failures = RateLimitedLog(log, logging.ERROR, 60.0)
+
+
+def _log(method, exchange: Exchange) -> None:
+    """Logging never fails a proxied call, not even through a bug of its own."""
+    try:
+        method(exchange)
+    except Exception as exc:
+        _log_failures.log("logging %s %s failed: %r", exchange.method, exchange.route.path, exc)
 
 
 def _path_and_query(url: str) -> str:

@@ -97,3 +97,19 @@ def test_failed_exchange_is_logged_with_the_error(recorded_app):
     assert resp.status_code == 502
     exchange = logger.calls[-1][1]
     assert exchange.status == 502 and "cannot reach 127.0.0.1:1" in exchange.error
+
+
+def test_a_failing_logger_never_fails_the_call(tmp_path, fake_provider, caplog):
+    class BrokenLogger:
+        def log_request(self, exchange):
+            raise KeyError("bug")
+
+        def log_response(self, exchange):
+            raise KeyError("bug")
+
+    settings = load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)})
+    client = create_app(settings, Runtime(settings, logger=BrokenLogger())).test_client()
+    resp = client.post(f"/anthropic/{fake_provider.upstream}/v1/messages", json={"model": "m"})
+    assert resp.status_code == 200 and resp.get_json()["type"] == "message"
+    resp.close()
+    assert "logging POST /v1/messages failed: KeyError('bug')" in caplog.text

@@ -17,6 +17,7 @@ import queue
 import re
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -84,6 +85,10 @@ class LokiExporter:
         self._stop = threading.Event()
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
+        # The push in flight (at most one: Loki wants each stream's entries in order). The pusher
+        # builds the next batch meanwhile; a sender thread does the HTTP round trip.
+        self._inflight: Future | None = None
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._pid: int | None = None
         self._start_lock = threading.Lock()
         self._pause = sleep if sleep is not None else self._default_pause
@@ -153,6 +158,7 @@ class LokiExporter:
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="loki-pusher", daemon=True)
             self._thread.start()
+            threading.Thread(target=self._sender, name="loki-sender", daemon=True).start()
 
     def close(self, timeout: float | None = None) -> int:
         """Push everything queued within ``timeout`` (the shutdown budget), spool the rest;
@@ -169,6 +175,7 @@ class LokiExporter:
             left = self._queue.qsize() + self._undelivered
         else:
             left = 0
+        self._outbox.put(None)
         self._publish(force=True)
         self.client.close()
         if self.spool is not None:
@@ -205,6 +212,7 @@ class LokiExporter:
 
     def _step(self, batch: Batch) -> Batch:
         """Wait for entries (at most until the batch is due), add them, ship when due."""
+        self._settle(wait=False)
         spooled = self.spool is not None and self.spool.pending()
         timeout = PUBLISH_INTERVAL
         if self._publish_due:  # a publish was held back: do it as soon as it is allowed
@@ -242,11 +250,38 @@ class LokiExporter:
         return batch
 
     def _ship(self, batch: Batch) -> None:
-        """A due batch: behind the spool while anything is spooled, else to Loki."""
+        """A due batch: behind the spool while anything is spooled, else to Loki (the push runs
+        in the sender thread while the pusher gathers the next batch)."""
+        self._settle()  # one push at a time: its failure must reach the spool before the next
         if self.spool is not None and self.spool.pending():
             self._to_spool(batch.entries)
             return
-        outcome = self._send(batch)
+        future: Future = Future()
+        self._inflight = future
+        self._outbox.put((future, batch))
+
+    def _sender(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            future, batch = item
+            try:
+                future.set_result(self._send(batch))
+            except BaseException as exc:  # reported by _settle
+                future.set_exception(exc)
+
+    def _settle(self, wait: bool = True) -> None:
+        """Collect the push in flight: what it could not deliver goes to the spool."""
+        future = self._inflight
+        if future is None or (not wait and not future.done()):
+            return
+        self._inflight = None
+        try:
+            outcome = future.result()
+        except Exception:
+            log.exception("Loki push error")
+            return
         if outcome.undelivered:
             self._to_spool(outcome.undelivered)
 
@@ -270,6 +305,7 @@ class LokiExporter:
 
     def _replay(self) -> None:
         """Push the oldest spool file (one worker at a time); on failure, back off and keep it."""
+        self._settle()
         if not self.spool.try_lock():
             self._next_replay = time.monotonic() + max(self.settings.batch_wait, 0.5)
             return
@@ -296,6 +332,7 @@ class LokiExporter:
 
     def _flush(self, batch: Batch) -> None:
         """On shutdown: everything queued goes to Loki before the deadline, or to the spool."""
+        self._settle()
         started = time.monotonic()
         pending = list(batch.entries)
         while True:
@@ -356,6 +393,9 @@ class LokiExporter:
         body = batch.encode()
         result = None
         for attempt in range(attempts):
+            if self._deadline is not None:  # closing: leave time to spool what does not go out
+                closing = self._deadline - SPOOL_MARGIN
+                deadline = closing if deadline is None else min(deadline, closing)
             timeout = self.settings.push_timeout
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic())
