@@ -240,7 +240,12 @@ class LokiExporter:
                 item = None
         if batch and (len(batch) >= self.settings.batch_size or batch.bytes >= self.settings.batch_bytes
                       or batch.age() >= self.settings.batch_wait):
-            self._ship(batch)
+            if self._push_stuck():
+                # Loki is failing and the push in flight is still retrying: rather than let the
+                # memory queue fill up behind it, put this batch on disk (replayed oldest first).
+                self._to_spool(batch.entries)
+            else:
+                self._ship(batch)
             batch = Batch()
         if self.spool is not None and time.monotonic() >= self._next_replay and self.spool.pending():
             self._replay()
@@ -259,6 +264,10 @@ class LokiExporter:
         future: Future = Future()
         self._inflight = future
         self._outbox.put((future, batch))
+
+    def _push_stuck(self) -> bool:
+        future = self._inflight
+        return future is not None and not future.done() and self.stats.failing_since is not None
 
     def _sender(self) -> None:
         while True:
