@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 
 from llmproxy import __version__, forwarding
 from llmproxy.capture import ExchangeLogger
@@ -91,7 +92,15 @@ def describe_destinations(settings: Settings) -> list[str]:
 
 
 def prepare_run_dir(settings: Settings) -> None:
-    """Remove runtime files left by earlier servers that are no longer running."""
+    """Before workers start: create sessions.db (WAL, tables) so that workers never race to, and
+    remove runtime files left by earlier servers that are no longer running."""
+    store = SessionStore(settings.log_dir / "sessions.db")
+    try:
+        store.prepare()
+    except (OSError, sqlite3.Error) as exc:  # the workers will report it on /health
+        log.error("cannot prepare %s: %s", store.path, exc)
+    finally:
+        store.close()
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for child in run_dir.iterdir():

@@ -14,6 +14,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -126,13 +127,37 @@ class SessionStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             if not self._schema_ready:
-                conn.executescript(SCHEMA)
+                self._prepare(conn)
                 self._schema_ready = True
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never torn
             self._local.conn = conn
         return conn
+
+    def prepare(self) -> None:
+        """Create the database, WAL mode and tables (gunicorn's master does it before forking)."""
+        self._conn()
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # Switching to WAL answers "database is locked" at once, without the busy timeout, while
+        # another process has the new database open: retry for as long as the timeout allows.
+        deadline = time.monotonic() + self.busy_timeout
+        while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        conn.execute("BEGIN IMMEDIATE")  # waits with the busy timeout, unlike executescript
+        try:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -250,16 +250,20 @@ def test_concurrent_large_lines_never_interleave(proxy, fake_provider):
 def _race(db_path, client_id, barrier, results):
     store = SessionStore(Path(db_path))
     barrier.wait(10)
-    assignment = store.assign("anthropic", "api.anthropic.com", client_id, None, [], 1_764_300_000_000_000_000,
-                              lambda a: None)
-    results.put((assignment.session, assignment.seq))
+    try:
+        assignment = store.assign("anthropic", "api.anthropic.com", client_id, None, [],
+                                  1_764_300_000_000_000_000, lambda a: None)
+        results.put((assignment.session, assignment.seq))
+    except Exception as exc:
+        results.put((repr(exc), 0))
 
 
 def test_two_processes_racing_on_a_new_client_session_create_one_session(tmp_path):
     ctx = multiprocessing.get_context("fork")
-    for round_ in range(10):
+    for round_ in range(20):
         barrier, results = ctx.Barrier(2), ctx.Queue()
-        procs = [ctx.Process(target=_race, args=(tmp_path / "sessions.db", f"client-{round_}", barrier, results))
+        # A new database each round: creating it (WAL switch, tables) is part of the race.
+        procs = [ctx.Process(target=_race, args=(tmp_path / f"sessions-{round_}.db", "client", barrier, results))
                  for _ in range(2)]
         for p in procs:
             p.start()
