@@ -240,12 +240,7 @@ class LokiExporter:
                 item = None
         if batch and (len(batch) >= self.settings.batch_size or batch.bytes >= self.settings.batch_bytes
                       or batch.age() >= self.settings.batch_wait):
-            if self._push_stuck():
-                # Loki is failing and the push in flight is still retrying: rather than let the
-                # memory queue fill up behind it, put this batch on disk (replayed oldest first).
-                self._to_spool(batch.entries)
-            else:
-                self._ship(batch)
+            self._ship(batch)
             batch = Batch()
         if self.spool is not None and time.monotonic() >= self._next_replay and self.spool.pending():
             self._replay()
@@ -257,6 +252,11 @@ class LokiExporter:
     def _ship(self, batch: Batch) -> None:
         """A due batch: behind the spool while anything is spooled, else to Loki (the push runs
         in the sender thread while the pusher gathers the next batch)."""
+        if self._push_stuck():
+            # Loki is failing and the push in flight is still retrying: rather than let the
+            # memory queue fill up behind it, put this batch on disk (replayed oldest first).
+            self._to_spool(batch.entries)
+            return
         self._settle()  # one push at a time: its failure must reach the spool before the next
         if self.spool is not None and self.spool.pending():
             self._to_spool(batch.entries)
