@@ -77,12 +77,11 @@ def read_entries(path: Path, labels: LabelMaker) -> list[LokiEntry]:
 
 class Backfill:
     def __init__(self, loki: LokiSettings, labels: LabelMaker, check: bool = True,
-                 extra_label: tuple[str, str] | None = None, out: TextIO = sys.stdout):
+                 extra_label: tuple[str, str] | None = None):
         self.exporter = LokiExporter(replace(loki, spool_dir=None))
         self.labels = labels
         self.check = check
         self.extra_label = extra_label
-        self.out = out
 
     def held(self, session: str, parts: list[LokiEntry]) -> set[tuple[int, str]]:
         """(ts, line) of this session's entries Loki holds, paging through the time range."""
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
         return 2
     log_dir = args.log_dir or settings.log_dir
     backfill = Backfill(settings.loki, LabelMaker(settings.loki.environment, settings.machine_id),
-                        check=not args.no_check, extra_label=args.extra_label, out=out)
+                        check=not args.no_check, extra_label=args.extra_label)
     total = SessionReport("total")
     failed_sessions = 0
     for path in session_files(log_dir, args.session, args.since, args.until, args.upstream):

@@ -125,13 +125,3 @@ class ExchangeLogger(Protocol):
     def log_request(self, exchange: Exchange) -> None: ...
 
     def log_response(self, exchange: Exchange) -> None: ...
-
-
-class NullLogger:
-    """Logs nothing: the proxy's logger when none is given."""
-
-    def log_request(self, exchange: Exchange) -> None:
-        pass
-
-    def log_response(self, exchange: Exchange) -> None:
-        pass

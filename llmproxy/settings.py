@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-PREFIX = "LLM_PROXY_"
+from llmproxy.masking import mask_token
 
 DEFAULT_ALLOWED_UPSTREAMS = (
     "api.anthropic.com",
@@ -250,13 +250,12 @@ class Settings:
 
 @dataclass(frozen=True)
 class Variable:
-    """One environment variable: where its value goes, how it is parsed, what it means."""
+    """One environment variable: which setting it fills and how its text is parsed.
+    (Defaults are the dataclasses'; README.rst documents every variable.)"""
 
     name: str
     field: str
     parse: Callable[[str], Any]
-    default: str
-    help: str
     secret: bool = False
 
 
@@ -268,71 +267,57 @@ def _default_machine_id() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+_DURATION = _positive(parse_duration, "a duration")
+_SIZE_ARG = _positive(parse_size, "a size")
+
+
+def _path(text: str) -> Path:
+    return Path(_nonempty_text(text)).expanduser()
+
+
 VARIABLES: tuple[Variable, ...] = (
-    Variable("LLM_PROXY_HOST", "host", _nonempty_text, "127.0.0.1", "bind address"),
-    Variable("LLM_PROXY_PORT", "port", _int_range(1, 65535), "8080", "bind port"),
-    Variable("LLM_PROXY_LOG_DIR", "log_dir", lambda t: Path(_nonempty_text(t)).expanduser(),
-             "~/.llm-provider-logs", "root of the JSONL tree and sessions.db"),
-    Variable("LLM_PROXY_WORKERS", "workers", _int_range(1, 64), "2", "gunicorn worker processes"),
-    Variable("LLM_PROXY_THREADS", "threads", _int_range(1, 1024), "32", "threads per worker"),
-    Variable("LLM_PROXY_MACHINE_ID", "machine_id", _label_value, "user@hostname",
-             "the machine value in entries and labels"),
-    Variable("LLM_PROXY_ALLOWED_UPSTREAMS", "allowed_upstreams", parse_host_list,
-             ",".join(DEFAULT_ALLOWED_UPSTREAMS),
-             "hosts the proxy may forward to; *.example.com wildcards; * allows any"),
-    Variable("LLM_PROXY_UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout",
-             _positive(parse_duration, "a duration"), "10s", "connect timeout to the provider"),
-    Variable("LLM_PROXY_UPSTREAM_READ_TIMEOUT", "upstream_read_timeout",
-             _positive(parse_duration, "a duration"), "600s",
-             "longest silence between two upstream bytes"),
-    Variable("LLM_PROXY_ENV_FILE", "env_file", lambda t: Path(t).expanduser(), ".env",
-             "dotenv file to read (in the working directory)"),
-    Variable("LLM_PROXY_LOKI_ENABLED", "loki.enabled", parse_bool, "false", "push entries to Loki"),
-    Variable("LLM_PROXY_LOKI_URL", "loki.url", _url, "",
-             "push URL; a bare http://host:3100 gets /loki/api/v1/push appended"),
-    Variable("LLM_PROXY_LOKI_BATCH_SIZE", "loki.batch_size", _int_range(1, 100_000), "1000",
-             "entries per push, at most"),
-    Variable("LLM_PROXY_LOKI_BATCH_BYTES", "loki.batch_bytes", _positive(parse_size, "a size"),
-             "1MiB", "uncompressed log-line bytes per push, at most"),
-    Variable("LLM_PROXY_LOKI_BATCH_WAIT", "loki.batch_wait", _positive(parse_duration, "a duration"),
-             "5s", "oldest entry waits at most this long before a push"),
-    Variable("LLM_PROXY_LOKI_RETRY_MAX", "loki.retry_max", _int_range(0, 100), "5",
-             "retries after the first try"),
-    Variable("LLM_PROXY_LOKI_USE_GZIP", "loki.use_gzip", parse_bool, "true",
-             "Content-Encoding: gzip on pushes"),
-    Variable("LLM_PROXY_LOKI_ENVIRONMENT", "loki.environment", _label_value, "development",
-             "environment label"),
-    Variable("LLM_PROXY_LOKI_AUTH_TOKEN", "loki.auth_token", _text, "",
-             "Authorization: Bearer token", secret=True),
-    Variable("LLM_PROXY_LOKI_USERNAME", "loki.username", _text, "",
-             "basic auth user (Grafana Cloud style)"),
-    Variable("LLM_PROXY_LOKI_PASSWORD", "loki.password", _text, "", "basic auth password",
-             secret=True),
-    Variable("LLM_PROXY_LOKI_TENANT_ID", "loki.tenant_id", _text, "", "X-Scope-OrgID header"),
-    Variable("LLM_PROXY_LOKI_BUFFER_SIZE", "loki.buffer_size", _int_range(1, 10_000_000), "10000",
-             "queue capacity in entries, per worker"),
-    Variable("LLM_PROXY_LOKI_BUFFER_BYTES", "loki.buffer_bytes", _positive(parse_size, "a size"),
-             "64MiB", "queue capacity in bytes, per worker"),
-    Variable("LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT", "loki.shutdown_timeout",
-             _positive(parse_duration, "a duration"), "30s", "flush budget on shutdown"),
-    Variable("LLM_PROXY_LOKI_BACKOFF_MIN", "loki.backoff_min", _positive(parse_duration, "a duration"),
-             "100ms", "first retry delay; doubles each retry"),
-    Variable("LLM_PROXY_LOKI_BACKOFF_MAX", "loki.backoff_max", _positive(parse_duration, "a duration"),
-             "10s", "longest retry delay (before jitter)"),
-    Variable("LLM_PROXY_LOKI_TIMEOUT", "loki.push_timeout", _positive(parse_duration, "a duration"),
-             "10s", "connect and read timeout of one push"),
-    Variable("LLM_PROXY_LOKI_SPOOL_DIR", "loki.spool_dir", lambda t: Path(_nonempty_text(t)).expanduser(),
-             "{log_dir}/.loki-spool", "disk spool for entries Loki has not taken yet"),
-    Variable("LLM_PROXY_LOKI_SPOOL_MAX_BYTES", "loki.spool_max_bytes", _positive(parse_size, "a size"),
-             "1GiB", "spool size bound; beyond it the oldest spool files go first"),
-    Variable("LLM_PROXY_LOKI_MAX_LINE_BYTES", "loki.max_line_bytes", _min_size(1024),
-             "256KiB", "longer lines are shipped as parts (Loki's max_line_size)"),
+    Variable("LLM_PROXY_HOST", "host", _nonempty_text),
+    Variable("LLM_PROXY_PORT", "port", _int_range(1, 65535)),
+    Variable("LLM_PROXY_LOG_DIR", "log_dir", _path),
+    Variable("LLM_PROXY_WORKERS", "workers", _int_range(1, 64)),
+    Variable("LLM_PROXY_THREADS", "threads", _int_range(1, 1024)),
+    Variable("LLM_PROXY_MACHINE_ID", "machine_id", _label_value),
+    Variable("LLM_PROXY_ALLOWED_UPSTREAMS", "allowed_upstreams", parse_host_list),
+    Variable("LLM_PROXY_UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout", _DURATION),
+    Variable("LLM_PROXY_UPSTREAM_READ_TIMEOUT", "upstream_read_timeout", _DURATION),
+    Variable("LLM_PROXY_ENV_FILE", "env_file", _path),
+    Variable("LLM_PROXY_LOKI_ENABLED", "loki.enabled", parse_bool),
+    Variable("LLM_PROXY_LOKI_URL", "loki.url", _url),
+    Variable("LLM_PROXY_LOKI_BATCH_SIZE", "loki.batch_size", _int_range(1, 100_000)),
+    Variable("LLM_PROXY_LOKI_BATCH_BYTES", "loki.batch_bytes", _SIZE_ARG),
+    Variable("LLM_PROXY_LOKI_BATCH_WAIT", "loki.batch_wait", _DURATION),
+    Variable("LLM_PROXY_LOKI_RETRY_MAX", "loki.retry_max", _int_range(0, 100)),
+    Variable("LLM_PROXY_LOKI_USE_GZIP", "loki.use_gzip", parse_bool),
+    Variable("LLM_PROXY_LOKI_ENVIRONMENT", "loki.environment", _label_value),
+    Variable("LLM_PROXY_LOKI_AUTH_TOKEN", "loki.auth_token", _text, secret=True),
+    Variable("LLM_PROXY_LOKI_USERNAME", "loki.username", _text),
+    Variable("LLM_PROXY_LOKI_PASSWORD", "loki.password", _text, secret=True),
+    Variable("LLM_PROXY_LOKI_TENANT_ID", "loki.tenant_id", _text),
+    Variable("LLM_PROXY_LOKI_BUFFER_SIZE", "loki.buffer_size", _int_range(1, 10_000_000)),
+    Variable("LLM_PROXY_LOKI_BUFFER_BYTES", "loki.buffer_bytes", _SIZE_ARG),
+    Variable("LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT", "loki.shutdown_timeout", _DURATION),
+    Variable("LLM_PROXY_LOKI_BACKOFF_MIN", "loki.backoff_min", _DURATION),
+    Variable("LLM_PROXY_LOKI_BACKOFF_MAX", "loki.backoff_max", _DURATION),
+    Variable("LLM_PROXY_LOKI_TIMEOUT", "loki.push_timeout", _DURATION),
+    Variable("LLM_PROXY_LOKI_SPOOL_DIR", "loki.spool_dir", _path),
+    Variable("LLM_PROXY_LOKI_SPOOL_MAX_BYTES", "loki.spool_max_bytes", _SIZE_ARG),
+    Variable("LLM_PROXY_LOKI_MAX_LINE_BYTES", "loki.max_line_bytes", _min_size(1024)),
 )
+
+def _env_file(environ: Mapping[str, str]) -> Path:
+    """The dotenv file: LLM_PROXY_ENV_FILE (from the real environment), else .env here."""
+    return Path(environ.get("LLM_PROXY_ENV_FILE") or ".env").expanduser()
+
 
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment over the ``.env`` file's values (the real environment wins)."""
     environ = dict(os.environ if environ is None else environ)
-    env_file = Path(environ.get("LLM_PROXY_ENV_FILE") or ".env").expanduser()
+    env_file = _env_file(environ)
     merged: dict[str, str] = {}
     if env_file.is_file():
         merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -356,7 +341,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, create_dirs: bool
     loki_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("loki.")}
     top = {k: v for k, v in values.items() if not k.startswith("loki.")}
     top.setdefault("machine_id", _default_machine_id())
-    top.setdefault("env_file", Path(env.get("LLM_PROXY_ENV_FILE") or ".env").expanduser())
+    top.setdefault("env_file", _env_file(env))
     settings = Settings(**top)
 
     loki = LokiSettings(**loki_values)
@@ -393,7 +378,7 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         if obj is None or obj == "":
             shown = "-"
         elif var.secret:
-            shown = mask_secret(str(obj))
+            shown = mask_token(str(obj))
         elif isinstance(obj, tuple):
             shown = ",".join(obj)
         elif isinstance(obj, bool):
@@ -404,8 +389,3 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = str(obj)
         rows.append((var.name, shown))
     return rows
-
-
-def mask_secret(value: str) -> str:
-    """A secret shown as its last 4 characters only when it is long enough to stay secret."""
-    return f"...{value[-4:]}" if len(value) >= 16 else "***"
