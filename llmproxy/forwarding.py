@@ -16,10 +16,12 @@ from llmproxy.errors import UpstreamTimeout, UpstreamUnreachable, innermost_reas
 
 log = logging.getLogger("llmproxy.forwarding")
 
-# RFC 9110 7.6.1 hop-by-hop headers, plus Host (it names the upstream, set from the URL).
+# RFC 9110 7.6.1 hop-by-hop headers, plus Host (it names the upstream, set from the URL) and
+# Expect: gunicorn already answered "100 Continue" and the whole body is here (curl sends
+# "Expect: 100-continue" with large bodies).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade", "host", "expect",
 })
 # gunicorn writes its own Date and Server; a second copy of each would only confuse.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}

@@ -66,6 +66,7 @@ def test_headers_are_forwarded_except_hop_by_hop_and_host(proxy, fake_provider):
         ("Connection", "keep-alive, X-Drop-Me"), ("X-Drop-Me", "1"), ("Keep-Alive", "timeout=5"),
         ("TE", "trailers"), ("Proxy-Authorization", "Basic abc"), ("Upgrade", "h2c"),
         ("session_id", "codex-session-1"), ("X-Custom", "kept"), ("Content-Length", "2"),
+        ("Expect", "100-continue"),
     ]:
         conn.putheader(name, value)
     conn.endheaders(b"{}")
@@ -78,7 +79,7 @@ def test_headers_are_forwarded_except_hop_by_hop_and_host(proxy, fake_provider):
     assert received.header("x-custom") == "kept"
     assert received.header("host") == fake_provider.upstream
     assert ("session_id", "codex-session-1") in received.headers
-    assert not names & {"x-drop-me", "keep-alive", "te", "proxy-authorization", "upgrade"}
+    assert not names & {"x-drop-me", "keep-alive", "te", "proxy-authorization", "upgrade", "expect"}
     assert received.header("user-agent") is None  # nothing of requests'/urllib3's own
 
 
