@@ -99,18 +99,28 @@ class EntryBuilder:
         self.machine = machine
 
     def _entry(self, kind: str, exchange: Exchange, assignment: Assignment, ts_ns: int, fields: dict,
-               request_id: bool = True) -> Entry:
+               request_id: bool = True, serialized: bytes = b"") -> Entry:
+        """One entry; ``serialized`` is JSON member text made earlier, placed after ``fields``."""
         meta = {"ts": rfc3339_ns(ts_ns), "machine": self.machine, "host": assignment.upstream,
                 "session": assignment.session}
         if request_id:
             meta["request_id"] = exchange.request_id
         if assignment.agent:
             meta["agent"] = assignment.agent
-        doc = {"type": kind, **fields, "_meta": meta}
+        head = _dumps({"type": kind, **fields})[:-1]
+        line = b"%s,%s%s\"_meta\":%s}" % (head, serialized, b"," if serialized else b"", _dumps(meta))
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
-                     _dumps(doc), session_file(assignment.upstream, assignment.session))
+                     line, session_file(assignment.upstream, assignment.session))
 
-    def request_entries(self, exchange: Exchange, assignment: Assignment) -> list[Entry]:
+    def request_fields(self, exchange: Exchange) -> bytes:
+        """The request's own fields, serialised once and before its session is known, so the
+        work (a Claude Code body is megabytes) is not done inside the sessions.db lock."""
+        fields = {"method": exchange.method, "path": mask_query(exchange.path),
+                  "headers": mask_headers(exchange.request_headers),
+                  **_body_fields(exchange.request_body), "size": len(exchange.request_body)}
+        return _dumps(fields)[1:-1]
+
+    def request_entries(self, exchange: Exchange, assignment: Assignment, fields: bytes) -> list[Entry]:
         """session_start and fork (when due), then the request. Timestamps keep that order."""
         ts = exchange.started_ns
         entries = []
@@ -125,10 +135,8 @@ class EntryBuilder:
             fork = {"from_seq": assignment.fork_from_seq, "parent_session": assignment.parent_session,
                     "reason": FORK_REASON}
             entries.append(self._entry("fork", exchange, assignment, ts - 1, fork))
-        request = {"seq": assignment.seq, "method": exchange.method, "path": mask_query(exchange.path),
-                   "headers": mask_headers(exchange.request_headers),
-                   **_body_fields(exchange.request_body), "size": len(exchange.request_body)}
-        entries.append(self._entry("request", exchange, assignment, ts, request))
+        entries.append(self._entry("request", exchange, assignment, ts, {"seq": assignment.seq},
+                                   serialized=fields))
         return entries
 
     def response_entry(self, exchange: Exchange, assignment: Assignment, ts_ns: int) -> Entry:

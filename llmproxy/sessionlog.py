@@ -91,8 +91,10 @@ class SessionLog:
         agent = agent_name(exchange.request_headers)
         hashes = message_hashes(conversation_messages(route.provider, body)) if client_id else []
 
+        fields = self.builder.request_fields(exchange)
+
         def write_request(assignment: Assignment) -> None:
-            for entry in self.builder.request_entries(exchange, assignment):
+            for entry in self.builder.request_entries(exchange, assignment, fields):
                 self._write(entry)
 
         try:

@@ -61,21 +61,40 @@ def session_date(session_id: str) -> str:
     return f"{session_id[0:4]}-{session_id[4:6]}-{session_id[6:8]}"
 
 
-def _strip_cache_control(value: Any) -> Any:
+def _feed(h, value: Any) -> None:
+    """Feed a canonical form of a JSON value to a hash: dict keys sorted, ``cache_control``
+    left out (clients move that marker between turns). Strings go in as UTF-8 bytes, tagged and
+    length-prefixed, so no JSON escaping of megabyte tool results is needed."""
     if isinstance(value, dict):
-        return {k: _strip_cache_control(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [_strip_cache_control(v) for v in value]
-    return value
+        keys = sorted(k for k in value if k != "cache_control")
+        h.update(b"{%d" % len(keys))
+        for key in keys:
+            _feed(h, key)
+            _feed(h, value[key])
+        h.update(b"}")
+    elif isinstance(value, list):
+        h.update(b"[%d" % len(value))
+        for item in value:
+            _feed(h, item)
+        h.update(b"]")
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        h.update(b"s%d:" % len(data))
+        h.update(data)
+    else:  # numbers, booleans, null
+        h.update(b"v" + json.dumps(value).encode())
 
 
 def message_hashes(messages: Any) -> list[str]:
-    """Canonical hash of each message: keys sorted, ``cache_control`` ignored (clients move it)."""
+    """Canonical hash of each message: keys sorted, ``cache_control`` ignored."""
     if not isinstance(messages, list):
         return []
-    return [hashlib.sha256(json.dumps(_strip_cache_control(m), sort_keys=True, separators=(",", ":"),
-                                      ensure_ascii=False).encode()).hexdigest()[:16]
-            for m in messages]
+    digests = []
+    for message in messages:
+        h = hashlib.sha256()
+        _feed(h, message)
+        digests.append(h.hexdigest()[:16])
+    return digests
 
 
 def conversation_messages(provider: str, body: Any) -> list:
