@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from fakeloki import FakeLoki
+from llmproxy import __version__
 from proxyproc import http_get, wait_until
 
 
@@ -92,8 +93,11 @@ def test_2000_requests_across_both_workers_arrive_exactly_once(start_proxy, fake
     lines = loki.lines()
     assert len(lines) == len(set(lines)) == expected
     assert sorted(lines) == sorted(file_lines(server.log_dir))
-    pushes_by_worker = {p.headers.get("user-agent") for p in loki.pushes}
-    assert pushes_by_worker  # every push came from the exporter's own session
+    # Every push came from the exporter's own session (the proxy's upstream session adds no
+    # User-Agent), gzip'd, and no entry needed a second push.
+    assert {p.headers.get("user-agent") for p in loki.pushes} == {f"llm-proxy/{__version__}"}
+    assert {p.headers.get("content-encoding") for p in loki.pushes} == {"gzip"}
+    assert {p.status for p in loki.pushes} == {204}
 
     def summed():
         status, body = health(server)
