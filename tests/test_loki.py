@@ -145,6 +145,18 @@ def test_a_worker_sigtermed_right_after_a_request_delivers_its_entries(start_pro
     assert sorted(loki.lines()) == sorted(file_lines(server.log_dir))
 
 
+def test_a_hup_reload_flushes_the_old_workers(start_proxy, fake_provider, loki):
+    server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_BATCH_WAIT="10m"))
+    old = set(server.worker_pids())
+    for _ in range(4):
+        call(server, fake_provider, "reload-session")
+    server.proc.send_signal(signal.SIGHUP)
+    assert loki.wait_for(9, timeout=30) == 9
+    wait_until(lambda: len(server.worker_pids()) == 2 and not old & set(server.worker_pids()), timeout=30)
+    call(server, fake_provider, "reload-session")  # the new workers serve (and hold this batch)
+    assert loki.count() == 9 and set(loki.lines()) < set(file_lines(server.log_dir))
+
+
 def test_health_goes_ok_failing_ok_with_loki(start_proxy, fake_provider, loki):
     server = start_proxy(loki_env(loki, LLM_PROXY_LOKI_RETRY_MAX="1", LLM_PROXY_LOKI_TIMEOUT="1s"))
     call(server, fake_provider)
