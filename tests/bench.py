@@ -264,7 +264,7 @@ def bench_loki_impact(work: Path, provider: Helper, scale: float) -> list[Figure
             d_p99 = round(s["p99_ms"] - base["p99_ms"], 3)
             figures.append(Figure(
                 f"loki {name}: median diff", d_med, "ms vs disabled", s["samples"],
-                f"same call, Loki enabled and {name}", "|diff| < 1 ms", abs(d_med) < 1.0, s))
+                f"same call, Loki enabled and {name}", "within ±1 ms", abs(d_med) < 1.0, s))
             figures.append(Figure(f"loki {name}: p99 diff", d_p99, "ms vs disabled", s["samples"],
                                   f"same call, Loki enabled and {name}", "< 5 ms", d_p99 < 5.0))
         return figures
