@@ -2,7 +2,8 @@
 
 ``scripts/test`` installs the CLIs pinned in ``tests/npm/package.json`` (and its lock file) into
 a cache that survives between runs (``$LLM_PROXY_TEST_CACHE``, default
-``~/.cache/llm-proxy-tests``), then runs pytest in a loopback-only network namespace. Both CLIs
+``~/.cache/llm-proxy-tests``; one directory per pinned set, named by the files' checksum, see
+scripts/bootstrap.sh), then runs pytest in a loopback-only network namespace. Both CLIs
 try to reach their vendors' hosts on their own, so they are run only where the namespace has
 nothing but ``lo``: :func:`unavailable` says why not otherwise.
 
@@ -14,6 +15,7 @@ the prompt (``fake-reply:`` / ``fake-tool:`` lines, see tests/fakeprovider.py).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -23,9 +25,11 @@ from pathlib import Path
 
 from llmproxy.masking import mask_headers, mask_query
 
-CACHE = Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")
-BIN = CACHE / "npm" / "node_modules" / ".bin"
 PACKAGES = Path(__file__).parent / "npm" / "package.json"
+CACHE = Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")
+NPM = CACHE / ("npm-" + hashlib.sha256(PACKAGES.read_bytes() + PACKAGES.with_name("package-lock.json")
+                                      .read_bytes()).hexdigest()[:16])
+BIN = NPM / "node_modules" / ".bin"
 CLIENT_TIMEOUT = 120  # seconds for one CLI run; a turn against the fake takes a few
 ANTHROPIC_KEY = "sk-ant-api03-" + "R3alCl1ent" * 8 + "abcd"
 OPENAI_KEY = "sk-proj-" + "R3alCl1ent" * 8 + "wxyz"
@@ -43,7 +47,7 @@ def unavailable() -> str | None:
     if interfaces() != ["lo"]:
         return (f"not in a loopback-only network namespace (interfaces: {', '.join(interfaces())}); "
                 "./scripts/test runs the suite in one when it is root and unshare works")
-    missing = [name for name in ("claude", "codex") if not (BIN / name).exists()]
+    missing = [name for name in ("claude", "codex") if not (NPM / ".installed").exists() or not (BIN / name).exists()]
     if missing:
         return (f"{', '.join(missing)} not installed in {BIN} (./scripts/test installs "
                 f"{PACKAGES.relative_to(PACKAGES.parent.parent.parent)} with npm; see its output)")
@@ -52,7 +56,7 @@ def unavailable() -> str | None:
 
 def versions() -> dict[str, str]:
     """The installed versions of the pinned packages, for recordings and reports."""
-    lock = json.loads((CACHE / "npm" / "package-lock.json").read_text())
+    lock = json.loads((NPM / "package-lock.json").read_text())
     return {name: lock["packages"][f"node_modules/{name}"]["version"]
             for name in json.loads(PACKAGES.read_text())["dependencies"]}
 
