@@ -14,6 +14,7 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
 
 ``GET /download?size=N`` streams N bytes; ``ANY /echo…`` answers with what it received.
+A WebSocket upgrade (the Responses API's WebSocket mode) is served by :mod:`fakews`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import fakews
 
 WORDS = ["Hello", " from", " the", " fake", " provider", "."]
 
@@ -55,6 +58,7 @@ class FakeProvider:
     def __init__(self, host: str = "127.0.0.1"):
         self.received: list[Received] = []
         self.disconnects: list[tuple[str, float]] = []   # (path, when) for clients that left
+        self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, 0), _Handler)
@@ -174,6 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         received = Received(self.command, self.path, list(self.headers.items()), body)
         with fake.lock:
             fake.received.append(received)
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return fakews.serve(self)
 
         hang = float(self._opt("hang-ms", "0"))
         if hang:
