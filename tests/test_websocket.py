@@ -261,3 +261,16 @@ def test_a_websocket_turn_reaches_loki(start_proxy, fake_provider):
         assert sorted(e["type"] for e in found) == ["request", "response"]
     finally:
         loki.down()
+
+
+def test_stopping_the_proxy_closes_open_websockets_and_logs_their_open_answers(start_proxy, fake_provider):
+    server = start_proxy()
+    client = open_ws(server, fake_provider, headers=handshake("ws-stop", delay_ms="300", events="100"))
+    record = fake_provider.websockets[-1]
+    client.send(create())
+    assert json.loads(client.receive())["type"] == "response.created"
+    assert server.stop() == 0
+    assert client.wait_closed(timeout=1.0)
+    wait_until(lambda: record.ended, timeout=1.0, message="upstream closed")
+    cut = [e for e in session_entries(server.log_dir, "ws-stop") if e["type"] == "response"]
+    assert len(cut) == 1 and cut[0]["incomplete"] and "shutting down" in cut[0]["error"]
