@@ -13,6 +13,8 @@ import shutil
 import sqlite3
 
 from llmproxy import __version__, forwarding
+from llmproxy.websocket import RelayHub
+from llmproxy.websocket_log import MessageLog
 from llmproxy.capture import ExchangeLogger
 from llmproxy.entries import EntryBuilder
 from llmproxy.filelog import FileLogger
@@ -45,6 +47,8 @@ class Runtime:
                                   LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
             self.sessions, self.writer, EntryBuilder(settings.machine_id), self.file_health)
+        self.relays = RelayHub()                  # open WebSockets: one thread moves their bytes
+        self.ws_log = MessageLog(self.logger)     # and one writes what they carried
         self.stopping_since: float | None = None  # set when SIGTERM arrives (gunicorn_config)
 
     @staticmethod
@@ -61,7 +65,10 @@ class Runtime:
 
     def close(self, flush_budget: float | None = None) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``;
-        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT."""
+        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT. Open WebSockets
+        are closed first, so that what they carried reaches the logs before the Loki flush."""
+        self.relays.close()
+        self.ws_log.close()
         if self.exporter is not None:
             self.exporter.close(flush_budget)
         self.saturation.close()
