@@ -20,6 +20,8 @@ The real CLIs cannot set such headers per turn, so the newest user message can s
 ``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
 ``function_call``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
 ``/v1/messages/count_tokens`` is answered too.
+
+A WebSocket upgrade (the Responses API's WebSocket mode) is served by :mod:`fakews`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import fakews
 
 WORDS = ["Hello", " from", " the", " fake", " provider", "."]
 
@@ -62,6 +66,7 @@ class FakeProvider:
     def __init__(self, host: str = "127.0.0.1"):
         self.received: list[Received] = []
         self.disconnects: list[tuple[str, float]] = []   # (path, when) for clients that left
+        self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer((host, 0), _Handler)
@@ -316,6 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
         received = Received(self.command, self.path, list(self.headers.items()), body)
         with fake.lock:
             fake.received.append(received)
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return fakews.serve(self)
 
         hang = float(self._opt("hang-ms", "0"))
         if hang:
