@@ -20,8 +20,10 @@ import json
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from llmproxy.masking import mask_headers, mask_query
 
@@ -90,6 +92,15 @@ class Client:
                     "CODEX_HOME": str(self.codex_home), "TERM": "dumb", "LANG": "C.UTF-8",
                     "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
 
+    def setup(self, *args: str) -> str:
+        """What ``llm-proxy env ARGS`` tells a user of this proxy, the fake standing in for the real hosts."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PROXY_")}
+        env.update(LLM_PROXY_HOST="127.0.0.1", LLM_PROXY_PORT=str(urlsplit(self.proxy_url).port),
+                   LLM_PROXY_ENV_FILE=str(self.home / "no-such.env"))
+        out = subprocess.run([str(Path(sys.executable).with_name("llm-proxy")), "env", *args], env=env,
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return re.sub(r"/(api\.anthropic\.com|api\.openai\.com)\b", f"/{self.upstream}", out)
+
     def run(self, name: str, *args: str, env: dict[str, str] | None = None) -> Run:
         argv = [str(BIN / name), *args]
         proc = subprocess.run(argv, env={**self.env, **(env or {})}, cwd=self.project,
@@ -100,9 +111,9 @@ class Client:
     # Claude Code ---------------------------------------------------------------------------
 
     def claude(self, *args: str) -> Run:
-        return self.run("claude", *args, env={
-            "ANTHROPIC_BASE_URL": f"{self.proxy_url}/anthropic/{self.upstream}",
-            "ANTHROPIC_API_KEY": ANTHROPIC_KEY}).check()
+        base_url, = re.findall(r"^export ANTHROPIC_BASE_URL=(\S+)$", self.setup(), re.MULTILINE)
+        return self.run("claude", *args, env={"ANTHROPIC_BASE_URL": base_url,
+                                              "ANTHROPIC_API_KEY": ANTHROPIC_KEY}).check()
 
     def claude_session_ids(self) -> list[str]:
         """Claude Code's own session ids: its transcripts, ``~/.claude/projects/*/<id>.jsonl``."""
@@ -110,15 +121,13 @@ class Client:
 
     # Codex -----------------------------------------------------------------------------------
 
-    def configure_codex(self) -> None:
-        """A custom provider with an API key: plain HTTP + SSE to ``/v1/responses``."""
-        (self.codex_home / "config.toml").write_text(
-            'model_provider = "llm-proxy"\n\n'
-            "[model_providers.llm-proxy]\n"
-            'name = "OpenAI through llm-proxy"\n'
-            f'base_url = "{self.proxy_url}/openai/{self.upstream}/v1"\n'
-            'env_key = "OPENAI_API_KEY"\n'
-            'wire_api = "responses"\n')
+    def configure_codex(self, choose_provider: bool = True) -> None:
+        """``llm-proxy env --codex`` as config.toml, its provider for a key in $OPENAI_API_KEY chosen
+        there (``choose_provider``) or left for ``codex -c model_provider=llm-proxy``."""
+        config = self.setup("--codex")
+        if choose_provider:
+            config = config.replace('# model_provider = "llm-proxy"', 'model_provider = "llm-proxy"', 1)
+        (self.codex_home / "config.toml").write_text(config)
 
     def codex(self, *args: str) -> Run:
         return self.run("codex", *args, env={"OPENAI_API_KEY": OPENAI_KEY}).check()
@@ -192,12 +201,14 @@ def claude_resume(client: Client) -> Session:
 
 
 def codex_turns(client: Client, turns: int = 3) -> Session:
-    """``codex exec`` then ``codex exec resume --last`` until ``turns`` prompts were answered."""
-    client.configure_codex()
+    """``codex exec`` then ``codex exec resume --last`` until ``turns`` prompts were answered,
+    the custom provider chosen per run."""
+    client.configure_codex(choose_provider=False)
     expected = [f"codex-answer-{n}" for n in range(1, turns + 1)]
-    runs = [client.codex("exec", "--skip-git-repo-check", f"First question.\nfake-reply: {expected[0]}")]
-    runs += [client.codex("exec", "resume", "--last", "--skip-git-repo-check",
-                          f"Question {n}.\nfake-reply: {expected[n - 1]}") for n in range(2, turns + 1)]
+    provider = ("-c", "model_provider=llm-proxy", "--skip-git-repo-check")
+    runs = [client.codex("exec", *provider, f"First question.\nfake-reply: {expected[0]}")]
+    runs += [client.codex("exec", "resume", "--last", *provider, f"Question {n}.\nfake-reply: {expected[n - 1]}")
+             for n in range(2, turns + 1)]
     return Session(runs, expected, client.codex_session_ids())
 
 
