@@ -268,9 +268,14 @@ def response_object(text: str, model: str, status: str = "completed", response_i
 
 def response_event_dicts(words: list[str], model: str, response_id: str,
                          tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[dict]:
-    """The whole item lifecycle of a Responses stream; Codex builds what it prints from it."""
+    """The whole item lifecycle of a Responses stream; Codex builds what it prints from it.
+    Without words or tool (Codex's prewarm, ``generate: false``): created, then completed."""
     text = "".join(words)
     started = response_object("", model, "in_progress", response_id)
+    if not words and not tool:
+        return [{"type": "response.created", "response": started, "sequence_number": 0},
+                {"type": "response.completed", "response": response_object("", model, response_id=response_id),
+                 "sequence_number": 1}]
     part = {"type": "output_text", "text": "", "annotations": []}
     at = {"item_id": f"msg_{ident}", "output_index": 0, "content_index": 0}
     events = [{"type": "response.created", "response": started},
