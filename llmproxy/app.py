@@ -77,9 +77,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
         resp_headers = forwarding.response_headers(upstream)
         if exchange is not None:
-            # An encoded event stream (rare) is logged as a body, decoded at the end.
-            sse = (upstream.headers.get("content-type", "").startswith("text/event-stream")
-                   and not upstream.headers.get("content-encoding"))
+            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
             exchange.got_headers(upstream.status_code, resp_headers, sse)
         # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
         # after the last byte is on the wire, so logging never delays the client.

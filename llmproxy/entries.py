@@ -9,18 +9,13 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from llmproxy.capture import Exchange
+from llmproxy.decoding import Decoded
 from llmproxy.masking import mask_headers, mask_query
 from llmproxy.sessions import FORK_REASON, Assignment, session_date
-
-try:  # optional: decode br answers for the log (the client always gets the bytes as sent)
-    import brotli  # type: ignore
-except ImportError:  # pragma: no cover - depends on the environment
-    brotli = None
 
 
 @dataclass(frozen=True)
@@ -59,37 +54,18 @@ def _dumps(doc: dict) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _body_fields(data: bytes, content_encoding: str | None = None) -> dict:
-    """``body`` as text, or base64 with ``body_encoding`` when it is not UTF-8. Never truncated."""
-    data = _decode_content(data, content_encoding)
+def body_fields(decoded: Decoded) -> dict:
+    """``body`` as text, or base64 with ``body_encoding`` when it is not UTF-8; and why it is not
+    decoded (``body_decode_error``) or cut at the decoding cap (``body_truncated``)."""
     try:
-        return {"body": data.decode("utf-8")}
+        fields = {"body": decoded.data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
-
-
-def _decode_content(data: bytes, content_encoding: str | None) -> bytes:
-    encoding = (content_encoding or "").strip().lower()
-    try:
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            try:
-                return zlib.decompress(data)
-            except zlib.error:
-                return zlib.decompress(data, -zlib.MAX_WBITS)
-        if encoding == "br" and brotli is not None:
-            return brotli.decompress(data)
-    except Exception:  # a broken body is logged as it came (base64 when not UTF-8)
-        return data
-    return data
-
-
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
-    for n, v in headers:
-        if n.lower() == name:
-            return v
-    return None
+        fields = {"body": base64.b64encode(decoded.data).decode("ascii"), "body_encoding": "base64"}
+    if decoded.error:
+        fields["body_decode_error"] = decoded.error
+    if decoded.truncated:
+        fields["body_truncated"] = True
+    return fields
 
 
 class EntryBuilder:
@@ -112,12 +88,13 @@ class EntryBuilder:
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
                      line, session_file(assignment.upstream, assignment.session))
 
-    def request_fields(self, exchange: Exchange) -> bytes:
+    def request_fields(self, exchange: Exchange, body: Decoded) -> bytes:
         """The request's own fields, serialised once and before its session is known, so the
-        work (a Claude Code body is megabytes) is not done inside the sessions.db lock."""
+        work (a Claude Code body is megabytes) is not done inside the sessions.db lock.
+        ``body`` is the request body decoded for the log; ``size`` counts the bytes as sent."""
         fields = {"method": exchange.method, "path": mask_query(exchange.path),
                   "headers": mask_headers(exchange.request_headers),
-                  **_body_fields(exchange.request_body), "size": len(exchange.request_body)}
+                  **body_fields(body), "size": len(exchange.request_body)}
         return _dumps(fields)[1:-1]
 
     def request_entries(self, exchange: Exchange, assignment: Assignment, fields: bytes) -> list[Entry]:
@@ -147,9 +124,11 @@ class EntryBuilder:
         if exchange.chunks is not None:
             fields["chunks"] = [{"ts": rfc3339_ns(c.ts_ns), "delta_ms": c.delta_ms,
                                  "raw": c.raw.decode("utf-8", "replace")} for c in exchange.chunks]
-        elif exchange.body is not None:
-            fields.update(_body_fields(bytes(exchange.body),
-                                       _header(exchange.response_headers, "content-encoding")))
+        decoded = exchange.decoded_body()
+        if decoded is not None:
+            fields.update(body_fields(decoded))
+        if exchange.stream_truncated:
+            fields["body_truncated"] = True
         if exchange.error:
             fields["error"] = exchange.error
         if exchange.incomplete:
