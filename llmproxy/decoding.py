@@ -70,6 +70,10 @@ class _Zlib:
                 self.d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         return b"".join(out), budget < 0
 
+    @property
+    def finished(self) -> bool:
+        return self.d is not None and self.d.eof
+
 
 class _Brotli:
     def __init__(self):
@@ -85,6 +89,10 @@ class _Brotli:
             out.append(piece)
             budget -= len(piece)
         return b"".join(out), budget < 0
+
+    @property
+    def finished(self) -> bool:
+        return self.d.is_finished()
 
 
 class _Zstd:
@@ -104,6 +112,10 @@ class _Zstd:
             out.append(piece)
             budget -= len(piece)
         return b"".join(out), budget < 0
+
+    @property
+    def finished(self) -> bool:
+        return self.d.eof
 
 
 _CODINGS = {"gzip": lambda: _Zlib(True), "x-gzip": lambda: _Zlib(True), "deflate": lambda: _Zlib(False),
@@ -137,6 +149,10 @@ class StreamDecoder:
         self.left -= len(data)
         return data
 
+    def unfinished(self) -> str | None:
+        """The first coding whose stream has not ended (the body was cut, or is not that coding)."""
+        return next((name for name, stage in zip(self.names, self.stages) if not stage.finished), None)
+
 
 def decode(data: bytes, content_encoding: str | None, limit: int = MAX_DECODED_BYTES) -> Decoded:
     """The whole body decoded for the log; on any failure the body as it came, and why."""
@@ -144,6 +160,14 @@ def decode(data: bytes, content_encoding: str | None, limit: int = MAX_DECODED_B
         return Decoded(data)
     try:
         decoder = StreamDecoder(content_encoding, limit)
-        return Decoded(decoder.feed(data), truncated=decoder.truncated)
+        out = decoder.feed(data)
     except DecodeError as exc:
         return Decoded(data, error=str(exc))
+    if decoder.truncated:
+        return Decoded(out, truncated=True)
+    unfinished = decoder.unfinished()
+    if unfinished and not out:
+        return Decoded(data, error=f"{unfinished}: not a complete {unfinished} stream")
+    if unfinished:  # cut on the way (an upstream that broke off): as far as it decodes
+        return Decoded(out, error=f"{unfinished}: the body ends mid-stream")
+    return Decoded(out)

@@ -81,8 +81,12 @@ class EntryBuilder:
                 "session": assignment.session}
         if request_id:
             meta["request_id"] = exchange.request_id
+        if assignment.client_id:
+            meta["client_session_id"] = assignment.client_id
         if assignment.agent:
             meta["agent"] = assignment.agent
+        if assignment.thread and request_id:
+            meta["thread"] = assignment.thread
         head = _dumps({"type": kind, **fields})[:-1]
         line = b"%s,%s%s\"_meta\":%s}" % (head, serialized, b"," if serialized else b"", _dumps(meta))
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
@@ -105,12 +109,13 @@ class EntryBuilder:
             start = {"provider": exchange.route.provider, "upstream": assignment.upstream}
             if assignment.client_id:
                 start["client_session_id"] = assignment.client_id
-            if assignment.parent_session:
-                start["parent_session"] = assignment.parent_session
             entries.append(self._entry("session_start", exchange, assignment, ts - 2, start, request_id=False))
-        if assignment.parent_session:
-            fork = {"from_seq": assignment.fork_from_seq, "parent_session": assignment.parent_session,
-                    "reason": FORK_REASON}
+        if assignment.fork:
+            # The branch stays in its session: parent_session is that session (the field keeps
+            # the predecessor's shape), thread names the new branch.
+            fork = {"from_seq": assignment.fork.from_seq, "parent_session": assignment.session,
+                    "reason": FORK_REASON, "from_thread": assignment.fork.from_thread,
+                    "thread": assignment.thread}
             entries.append(self._entry("fork", exchange, assignment, ts - 1, fork))
         entries.append(self._entry("request", exchange, assignment, ts, {"seq": assignment.seq},
                                    serialized=fields))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from llmproxy.capture import Exchange, now_ns
 from llmproxy import decoding
-from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id
+from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id, session_name
 from llmproxy.entries import Entry, EntryBuilder
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.sessions import Assignment, SessionStore, conversation_messages, message_hashes, new_session_id
@@ -109,7 +109,7 @@ class SessionLog:
             self.health.failed(exc)
             assignment = Assignment(session=new_session_id(exchange.started_ns), seq=1,
                                     upstream=route.upstream, started_session=True, agent=agent,
-                                    client_id=client_id)
+                                    client_id=session_name(client_id))
             write_request(assignment)
         exchange.state = assignment
 

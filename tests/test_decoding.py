@@ -74,6 +74,17 @@ def test_a_decompression_bomb_is_cut_at_the_limit(stack):
     assert time.perf_counter() - started < 5  # it stopped at the limit, did not inflate it all
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_body_cut_mid_stream_is_logged_as_far_as_it_decodes(stack):
+    half = encode(BODY, stack)[:len(encode(BODY, stack)) // 2]
+    decoded = decode(half, header_value(stack))
+    if decoded.data == half:  # nothing came out yet: kept as it came
+        assert decoded.error.endswith(" stream") and "not a complete" in decoded.error
+    else:
+        assert decoded.data and BODY.startswith(decoded.data)
+        assert decoded.error.endswith(": the body ends mid-stream")
+
+
 def test_log_fields_say_what_happened_to_a_body():
     assert body_fields(Decoded(b"{}")) == {"body": "{}"}
     assert body_fields(Decoded(b"\x1f\x8b\xff", error="gzip: bad")) == {

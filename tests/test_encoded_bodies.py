@@ -127,6 +127,18 @@ def test_a_zstd_request_body_from_codex_is_relayed_as_sent_and_finds_its_session
     entries = session_entries(server, session)
     assert entries[0]["client_session_id"] == codex_session
     assert [e["type"] for e in entries].count("fork") == 0
+    # README's one line for everything of a client session, by the id the client shows.
+    query = (f'{{app="llm-proxy"}} |= "{codex_session}" | json client="_meta.client_session_id"'
+             f' | client="{codex_session}"')
+
+    def found():
+        doc = requests.get(f"{loki.url}/loki/api/v1/query_range", params={"query": query, "limit": 100}).json()
+        lines = sorted(line for s in doc["data"]["result"] for _, line in s["values"])
+        return lines if len(lines) == len(entries) else None
+
+    lines = wait_until(found, timeout=10, message="the client session in Loki")
+    path, = server.log_dir.glob(f"*/*/{session}.jsonl")
+    assert lines == sorted(path.read_text().splitlines())
 
 
 def test_a_body_that_does_not_decode_is_logged_raw_with_the_reason(setup):
