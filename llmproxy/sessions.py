@@ -77,8 +77,8 @@ _REMINDER = "<system-reminder>"  # context Claude Code prepends to a user messag
 
 
 def _feed(out: list[bytes], value: Any) -> None:
-    """Append a JSON value's canonical bytes: dict keys sorted, annotations, nulls and empty
-    lists left out. Strings go in as UTF-8 bytes, tagged and length-prefixed, so no JSON
+    """Append a JSON value's canonical bytes: dict keys sorted; annotations, and null, false and
+    empty lists (the APIs' defaults: ``"is_error": false`` is no error) left out. Strings go in as UTF-8 bytes, tagged and length-prefixed, so no JSON
     escaping of megabyte tool results is needed."""
     if isinstance(value, str):
         data = value.encode("utf-8", "surrogatepass")
@@ -86,7 +86,7 @@ def _feed(out: list[bytes], value: Any) -> None:
         out.append(data)
     elif isinstance(value, dict):
         keys = sorted(k for k, v in value.items()
-                      if v is not None and v != [] and k not in _ANNOTATIONS)
+                      if v is not None and v is not False and v != [] and k not in _ANNOTATIONS)
         out.append(b"{%d" % len(keys))
         for key in keys:
             _feed(out, key)

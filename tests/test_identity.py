@@ -24,6 +24,9 @@ SAME = {
     "cache_control on a tool_result": (
         user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "out", "cache_control": CC}]),
         user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "out"}])),
+    "tool_result is_error false is its default": (
+        user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "KIWI", "is_error": False}]),
+        user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "KIWI"}])),
     "tool_result content string vs text blocks": (
         user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "1\tkiwi"}]),
         user([{"type": "tool_result", "tool_use_id": "toolu_1",
@@ -74,6 +77,10 @@ DIFFERENT = {
                           user([{"type": "text", "text": "hi", "n": True}])),
     "other tool input": (assistant([{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}]),
                          assistant([{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls -a"}}])),
+    "an error result is not a result": (
+        user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x", "is_error": True}]),
+        user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}])),
+    "zero is not false": (user([{"type": "text", "text": "hi", "n": 0}]), user("hi")),
     "other tool result": (user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "a"}]),
                           user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "b"}])),
     "other call id": ({"type": "function_call_output", "call_id": "call_1", "output": "x"},
