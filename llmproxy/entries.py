@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from llmproxy.capture import Exchange
+from llmproxy.capture import Chunk, Exchange
 from llmproxy.decoding import Decoded
 from llmproxy.masking import mask_headers, mask_query
 from llmproxy.sessions import FORK_REASON, Assignment, session_date
@@ -60,11 +60,28 @@ def body_fields(decoded: Decoded) -> dict:
     try:
         fields = {"body": decoded.data.decode("utf-8")}
     except UnicodeDecodeError:
-        fields = {"body": base64.b64encode(decoded.data).decode("ascii"), "body_encoding": "base64"}
+        fields = _base64_fields(decoded.data)
     if decoded.error:
         fields["body_decode_error"] = decoded.error
     if decoded.truncated:
         fields["body_truncated"] = True
+    return fields
+
+
+def _base64_fields(data: bytes) -> dict:
+    return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+
+
+def _transport(exchange: Exchange) -> dict:
+    return {"transport": exchange.transport} if exchange.transport != "http" else {}
+
+
+def _chunk_fields(chunk: Chunk) -> dict:
+    fields = {"ts": rfc3339_ns(chunk.ts_ns), "delta_ms": chunk.delta_ms}
+    if chunk.binary:
+        fields.update(raw=base64.b64encode(chunk.raw).decode("ascii"), encoding="base64")
+    else:
+        fields["raw"] = chunk.raw.decode("utf-8", "replace")
     return fields
 
 
@@ -92,13 +109,15 @@ class EntryBuilder:
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
                      line, session_file(assignment.upstream, assignment.session))
 
-    def request_fields(self, exchange: Exchange, body: Decoded) -> bytes:
+    def request_fields(self, exchange: Exchange, decoded: Decoded) -> bytes:
         """The request's own fields, serialised once and before its session is known, so the
         work (a Claude Code body is megabytes) is not done inside the sessions.db lock.
-        ``body`` is the request body decoded for the log; ``size`` counts the bytes as sent."""
+        ``decoded`` is the request body decoded for the log; ``size`` counts the bytes as sent."""
+        body = (_base64_fields(exchange.request_body) if exchange.request_binary
+                else body_fields(decoded))
         fields = {"method": exchange.method, "path": mask_query(exchange.path),
-                  "headers": mask_headers(exchange.request_headers),
-                  **body_fields(body), "size": len(exchange.request_body)}
+                  "headers": mask_headers(exchange.request_headers), **body,
+                  "size": len(exchange.request_body), **_transport(exchange)}
         return _dumps(fields)[1:-1]
 
     def request_entries(self, exchange: Exchange, assignment: Assignment, fields: bytes) -> list[Entry]:
@@ -126,9 +145,9 @@ class EntryBuilder:
                         "headers": mask_headers(exchange.response_headers),
                         "timing": {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms},
                         "size": exchange.size}
+        fields.update(_transport(exchange))
         if exchange.chunks is not None:
-            fields["chunks"] = [{"ts": rfc3339_ns(c.ts_ns), "delta_ms": c.delta_ms,
-                                 "raw": c.raw.decode("utf-8", "replace")} for c in exchange.chunks]
+            fields["chunks"] = [_chunk_fields(c) for c in exchange.chunks]
         decoded = exchange.decoded_body()
         if decoded is not None:
             fields.update(body_fields(decoded))
