@@ -20,7 +20,8 @@ The real CLIs cannot set such headers per turn, so the newest user message can s
 (see :func:`scripted_answer`): a line ``fake-reply: TEXT`` is answered with TEXT; a line
 ``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
 ``function_call``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
-``/v1/messages/count_tokens`` is answered too.
+``/v1/messages/count_tokens`` and ``GET …/models`` (which Codex asks when signed in with
+ChatGPT) are answered too.
 
 A WebSocket upgrade (the Responses API's WebSocket mode) is served by :mod:`fakews`.
 """
@@ -349,6 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
         answer = scripted_answer(path, request, body, [WORDS[i % len(WORDS)] for i in range(count)])
         words = answer.words
         stream = isinstance(request, dict) and request.get("stream") is True
+        if self.command == "GET" and path.endswith("/models"):
+            # OpenAI's list and the Codex backend's: an empty one sends Codex to its built-in presets.
+            return self._send_json(200, {"object": "list", "data": [], "models": []})
         if path.endswith("/messages/count_tokens"):
             return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
         if path.endswith("/messages"):
