@@ -1,6 +1,7 @@
 """The fake provider's WebSocket side, and a WebSocket client for tests; frames by wsproto.
 
-The Responses API over WebSocket: the client sends ``{"type": "response.create", …}`` messages,
+The Responses API over WebSocket, at any path ending in ``/responses`` (``/v1/responses``,
+``/backend-api/codex/responses``): the client sends ``{"type": "response.create", …}`` messages,
 the server answers each with the events the SSE stream carries, one JSON text message each
 (built by :func:`fakeprovider.response_events`). The upgrade takes the fake's ``x-fake-*``
 headers (``x-fake-status`` for a refusal, ``x-fake-events``, ``x-fake-delay-ms``,
@@ -55,6 +56,8 @@ def serve(handler) -> None:
     """Answer an upgrade request the fake provider received (``handler``: its request handler)."""
     fake = handler.server.fake
     path = handler.path.split("?")[0]
+    if not path.endswith("/responses"):
+        return handler._send_json(404, {"error": {"message": f"no WebSocket at {path}", "type": "not_found"}})
     status = int(handler._opt("status", "101"))
     if status != 101:
         return handler._error(status, path)
@@ -101,7 +104,8 @@ class _Session:
 
     def _receive(self, timeout: float) -> bool:
         """Read what is there (waiting up to ``timeout``); False once the client has gone."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
+        pending = getattr(self.sock, "pending", lambda: 0)()  # TLS: decrypted, unseen by select
+        ready = pending or select.select([self.sock], [], [], timeout)[0]
         if not ready:
             self.record.end("idle")
             return False

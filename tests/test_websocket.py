@@ -55,18 +55,19 @@ def shared(tmp_path_factory):
     fake.stop()
 
 
-def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared):
+@pytest.mark.parametrize("path", ["/v1/responses", "/backend-api/codex/responses"])
+def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared, path):
     server, fake = shared
-    client = open_ws(server, fake)
+    session = f"ws-turn-{path.count('/')}"
+    client = open_ws(server, fake, path, handshake(session))
     assert client.status == 101
     # The upgrade reached the provider as the client made it.
-    upgrade = next(r for r in reversed(fake.received) if r.header("x-client-request-id") == "req-1")
-    assert upgrade.method == "GET" and upgrade.path == "/v1/responses"
+    upgrade = next(r for r in reversed(fake.received) if r.header("session-id") == session)
+    assert upgrade.method == "GET" and upgrade.path == path
     assert upgrade.header("Authorization") == f"Bearer {KEY}"
     assert upgrade.header("Upgrade").lower() == "websocket" and upgrade.header("Sec-WebSocket-Key")
     assert upgrade.header("Sec-WebSocket-Version") == "13"
     assert upgrade.header("OpenAI-Beta") == "responses_websockets=2026-02-06"
-    assert upgrade.header("session-id") == "ws-session-1"
     assert ("x-fake-ws", "1") in [(n.decode(), v.decode()) for n, v in client.headers]
 
     # Codex: a prewarm without generation, then the turn continuing it; then TCP closes.
@@ -79,8 +80,7 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared)
     client.abort()
 
     def logged():
-        found = [e for e in entries(server.log_dir) if e.get("transport") == "websocket"
-                 and e["type"] in ("request", "response")]
+        found = [e for e in session_entries(server.log_dir, session) if e["type"] in ("request", "response")]
         return found if len(found) == 4 else None
 
     found = wait_until(logged, timeout=5, message="4 WebSocket entries")
@@ -89,7 +89,8 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared)
     assert len({e["_meta"]["session"] for e in found}) == 1
     assert [e["seq"] for e in requests_] == [1, 2] and [e["seq"] for e in responses] == [1, 2]
     assert json.loads(requests_[1]["body"])["previous_response_id"] == prewarm[0]["response"]["id"]
-    assert requests_[0]["method"] == "GET" and requests_[0]["path"] == "/v1/responses"
+    assert all(e["transport"] == "websocket" for e in found)
+    assert requests_[0]["method"] == "GET" and requests_[0]["path"] == path
     assert requests_[0]["headers"]["Authorization"] == "Bearer sk-proj-...wxyz"
     assert KEY not in json.dumps(found)
     answer = responses[1]
@@ -97,9 +98,6 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared)
     assert [json.loads(c["raw"]) for c in answer["chunks"]] == turn
     assert all(c["delta_ms"] >= 0 for c in answer["chunks"])
     assert 0 <= answer["timing"]["ttfb_ms"] <= answer["timing"]["total_ms"]
-    start = next(e for e in entries(server.log_dir) if e["type"] == "session_start"
-                 and e["_meta"]["session"] == found[0]["_meta"]["session"])
-    assert start["client_session_id"] == "ws-session-1"
 
 
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])
@@ -274,3 +272,38 @@ def test_stopping_the_proxy_closes_open_websockets_and_logs_their_open_answers(s
     wait_until(lambda: record.ended, timeout=1.0, message="upstream closed")
     cut = [e for e in session_entries(server.log_dir, "ws-stop") if e["type"] == "response"]
     assert len(cut) == 1 and cut[0]["incomplete"] and "shutting down" in cut[0]["error"]
+
+
+@pytest.fixture
+def app_client(tmp_path):
+    from llmproxy.app import create_app
+    from llmproxy.runtime import Runtime
+    from llmproxy.settings import load_settings
+
+    settings = load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)})
+    return create_app(settings, Runtime(settings)).test_client()
+
+
+def test_an_upgrade_the_server_cannot_hand_over_is_refused_before_anything_goes_upstream(app_client, fake_provider):
+    before = len(fake_provider.received)
+    resp = app_client.get(f"/openai/{fake_provider.upstream}/v1/responses",
+                          headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert resp.status_code == 501 and resp.json["error"]["code"] == "websocket_unsupported"
+    assert len(fake_provider.received) == before
+
+
+def test_a_bug_in_the_proxy_is_a_json_500_too(app_client, monkeypatch):
+    from werkzeug.exceptions import InternalServerError
+
+    from llmproxy import app as app_module
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app_module, "resolve", broken)
+    resp = app_client.post("/anthropic/api.anthropic.com/v1/messages", json={})
+    assert resp.status_code == 500
+    assert resp.json == {"type": "error", "error": {"type": "api_error",
+                                                    "message": "POST /anthropic/api.anthropic.com/v1/messages: "
+                                                               + InternalServerError.description}}
