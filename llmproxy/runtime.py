@@ -21,6 +21,7 @@ from llmproxy.filelog import FileLogger
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.health import StatsBoard, disabled_summary, pid_alive, summarize
 from llmproxy.multiwriter import LabelMaker, MultiWriter
+from llmproxy.saturation import Saturation, summarize as summarize_threads
 from llmproxy.sessionlog import FileHealth, SessionLog
 from llmproxy.sessions import SessionStore
 from llmproxy.settings import Settings, redact_url
@@ -41,6 +42,7 @@ class Runtime:
         self.file_logger = FileLogger(settings.log_dir)
         self.board = StatsBoard(settings.run_dir / str(os.getppid()))
         self.exporter = LokiExporter(settings.loki, self.board) if settings.loki.enabled else None
+        self.saturation = Saturation(settings.threads, self.board.directory)
         self.writer = MultiWriter(self.file_logger, self.exporter,
                                   LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
@@ -57,6 +59,7 @@ class Runtime:
 
     def start(self) -> None:
         """Start the worker's background threads (after fork: a thread does not survive it)."""
+        self.saturation.start()
         if self.exporter is not None:
             self.exporter.start()
 
@@ -68,6 +71,7 @@ class Runtime:
         self.ws_log.close()
         if self.exporter is not None:
             self.exporter.close(flush_budget)
+        self.saturation.close()
         self.upstream.close()
         self.sessions.close()
 
@@ -82,7 +86,9 @@ class Runtime:
         return summary, 503 if summary["status"] == "failing" else 200
 
     def health(self) -> dict:
-        return {"status": "ok", "version": __version__, "file_logging": self.file_health.status}
+        threads = summarize_threads(self.saturation.snapshot(), self.saturation.read_others())
+        return {"status": "ok", "version": __version__, "file_logging": self.file_health.status,
+                "threads": threads}
 
 
 def describe_destinations(settings: Settings) -> list[str]:
