@@ -3,7 +3,7 @@
 The Responses API over WebSocket, at any path ending in ``/responses`` (``/v1/responses``,
 ``/backend-api/codex/responses``): the client sends ``{"type": "response.create", …}`` messages,
 the server answers each with the events the SSE stream carries, one JSON text message each
-(built by :func:`fakeprovider.response_events`). The upgrade takes the fake's ``x-fake-*``
+(:func:`fakeprovider.response_event_dicts`, steered like HTTP turns by ``fake-reply:`` lines). The upgrade takes the fake's ``x-fake-*``
 headers (``x-fake-status`` for a refusal, ``x-fake-events``, ``x-fake-delay-ms``,
 ``x-fake-cut-after``) and ``x-fake-echo: 1``: send every message back as it came.
 Every connection is kept in ``FakeProvider.websockets`` with the exact bytes both ways.
@@ -46,12 +46,6 @@ class FakeSocket:
             self.ended, self.ended_at = how, time.monotonic()
 
 
-def _events(words: list[str], model: str, response_id: str) -> list[str]:
-    from fakeprovider import response_events
-
-    return [event.split(b"\ndata: ", 1)[1].strip().decode() for event in response_events(words, model, response_id)]
-
-
 def serve(handler) -> None:
     """Answer an upgrade request the fake provider received (``handler``: its request handler)."""
     fake = handler.server.fake
@@ -88,9 +82,9 @@ class _Session:
         self.echo = handler._opt("echo") == "1"
         self.delay = float(handler._opt("delay-ms", "0")) / 1000
         self.cut = int(handler._opt("cut-after", "0"))
-        count = int(handler._opt("events", "6"))
         from fakeprovider import WORDS
-        self.words = [WORDS[i % len(WORDS)] for i in range(count)]
+
+        self.words = [WORDS[i % len(WORDS)] for i in range(int(handler._opt("events", str(len(WORDS)))))]
 
     def run(self) -> None:
         try:
@@ -143,8 +137,14 @@ class _Session:
         if request.get("type") != "response.create":
             return self._send(Message(data=json.dumps({"type": "error", "error": {
                 "type": "invalid_request_error", "message": f"unknown message type {request.get('type')!r}"}})))
-        words = self.words if request.get("generate", True) and request.get("input") else []
-        for i, event in enumerate(_events(words, request.get("model", "fake-model"), f"resp_{uuid.uuid4().hex}")):
+        from fakeprovider import response_event_dicts, scripted_answer
+
+        answer = scripted_answer(self.record.path, request, json.dumps(request).encode(), self.words)
+        events = response_event_dicts(answer.words, request.get("model", "fake-model"), f"resp_{uuid.uuid4().hex}",
+                                      answer.tool, answer.ident)
+        if request.get("generate") is False:  # Codex's prewarm: a response id, nothing generated
+            events = [events[0], {**events[-1], "response": {**events[-1]["response"], "output": []}}]
+        for i, event in enumerate(json.dumps(e) for e in events):
             if self.cut and i == self.cut:
                 self.sock.shutdown(socket.SHUT_RDWR)
                 self.record.end("cut")

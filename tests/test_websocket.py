@@ -74,6 +74,7 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared,
     client.send(create(generate=False, input=[]))
     prewarm = client.events_until()
     assert [e["type"] for e in prewarm] == ["response.created", "response.completed"]
+    assert prewarm[-1]["response"]["output"] == []
     client.send(create(previous_response_id=prewarm[0]["response"]["id"]))
     turn = client.events_until()
     assert "".join(e.get("delta", "") for e in turn) == "Hello from the fake provider."
