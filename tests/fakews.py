@@ -5,7 +5,9 @@ The Responses API over WebSocket, at any path ending in ``/responses`` (``/v1/re
 the server answers each with the events the SSE stream carries, one JSON text message each
 (:func:`fakeprovider.response_event_dicts`, steered like HTTP turns by ``fake-reply:`` lines). The upgrade takes the fake's ``x-fake-*``
 headers (``x-fake-status`` for a refusal, ``x-fake-events``, ``x-fake-delay-ms``,
-``x-fake-cut-after``) and ``x-fake-echo: 1``: send every message back as it came.
+``x-fake-cut-after``), ``x-fake-echo: 1`` (send every message back as it came) and, as the
+Realtime API does, ``x-fake-greet: 1`` (a ``session.created`` message before any request) and
+``x-fake-after: 1`` (a ``rate_limits.updated`` message after each answer).
 Every connection is kept in ``FakeProvider.websockets`` with the exact bytes both ways.
 """
 
@@ -88,6 +90,8 @@ class _Session:
 
     def run(self) -> None:
         try:
+            if self.handler._opt("greet") == "1":
+                self._send(Message(data=json.dumps({"type": "session.created", "session": {"id": "sess_fake"}})))
             while self.record.ended is None:
                 if not self._receive(IDLE_LIMIT):
                     return
@@ -152,6 +156,8 @@ class _Session:
             if self.delay and not self._wait(self.delay):
                 return
             self._send(Message(data=event))
+        if self.handler._opt("after") == "1":
+            self._send(Message(data=json.dumps({"type": "rate_limits.updated", "rate_limits": []})))
 
     def _wait(self, seconds: float) -> bool:
         """Pause between events, noticing at once a client that has gone."""

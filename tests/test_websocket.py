@@ -148,6 +148,28 @@ def test_messages_are_logged_decompressed_and_binary_ones_as_base64(shared):
     assert response_bin["incomplete"] and response_bin["chunks"] == []
 
 
+def test_server_messages_outside_an_answer_are_logged_with_the_nearest_request(shared):
+    server, fake = shared
+    client = open_ws(server, fake, headers=handshake("ws-realtime", greet="1", after="1"))
+    assert json.loads(client.receive())["type"] == "session.created"
+    client.send(create())
+    client.events_until()
+    assert json.loads(client.receive())["type"] == "rate_limits.updated"
+    client.abort()
+
+    def logged():
+        found = [e for e in session_entries(server.log_dir, "ws-realtime") if e["type"] == "response"]
+        return found if len(found) == 2 else None
+
+    answer, follow_up = wait_until(logged, timeout=5, message="answer and follow-up")
+    types = [json.loads(c["raw"])["type"] for c in answer["chunks"]]
+    assert types[0] == "session.created" and types[1] == "response.created" and types[-1] == "response.completed"
+    assert "incomplete" not in answer
+    assert [json.loads(c["raw"])["type"] for c in follow_up["chunks"]] == ["rate_limits.updated"]
+    assert follow_up["seq"] == answer["seq"] and follow_up["_meta"]["request_id"] == answer["_meta"]["request_id"]
+    assert "incomplete" not in follow_up and "error" not in follow_up
+
+
 def test_a_client_that_leaves_mid_stream_closes_the_upstream_within_a_second(shared):
     server, fake = shared
     client = open_ws(server, fake, headers=handshake("ws-leaves", delay_ms="200", events="50"))
@@ -219,6 +241,7 @@ def test_routing_errors_are_json_never_html(shared, method, headers, status):
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.json()["error"]["type"] == "invalid_request_error"
     assert "<html" not in resp.text.lower()
+    assert "GET" in resp.headers["Allow"]
 
 
 @pytest.mark.parametrize("threads", ["32", "2"])
