@@ -37,7 +37,7 @@ def tls_fake(tmp_path, monkeypatch):
     fake.start()
     trusted = ssl.create_default_context(cafile=str(cert))
     trusted.set_alpn_protocols(["http/1.1"])
-    monkeypatch.setattr(websocket._tls, "context", trusted, raising=False)
+    monkeypatch.setattr(websocket, "_tls_context", lambda: trusted)
     yield fake
     fake.stop()
 
