@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sqlite3
+from urllib.parse import urlsplit
 
 from llmproxy import __version__, forwarding
 from llmproxy.capture import ExchangeLogger
@@ -18,6 +19,7 @@ from llmproxy.entries import EntryBuilder
 from llmproxy.filelog import FileLogger
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.health import StatsBoard, disabled_summary, pid_alive, summarize
+from llmproxy.metrics import Metrics
 from llmproxy.multiwriter import LabelMaker, MultiWriter
 from llmproxy.sessionlog import FileHealth, SessionLog
 from llmproxy.sessions import SessionStore
@@ -38,7 +40,9 @@ class Runtime:
         self.sessions = SessionStore(settings.log_dir / "sessions.db")
         self.file_logger = FileLogger(settings.log_dir)
         self.board = StatsBoard(settings.run_dir / str(os.getppid()))
-        self.exporter = LokiExporter(settings.loki, self.board) if settings.loki.enabled else None
+        self.metrics = Metrics(settings.threads, *loki_labels(settings))
+        self.exporter = (LokiExporter(settings.loki, self.board, metrics=self.metrics)
+                         if settings.loki.enabled else None)
         self.writer = MultiWriter(self.file_logger, self.exporter,
                                   LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
@@ -53,12 +57,14 @@ class Runtime:
 
     def start(self) -> None:
         """Start the worker's background threads (after fork: a thread does not survive it)."""
+        self.metrics.start()
         if self.exporter is not None:
             self.exporter.start()
 
     def close(self, flush_budget: float | None = None) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``;
         ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT."""
+        self.metrics.close()
         if self.exporter is not None:
             self.exporter.close(flush_budget)
         self.upstream.close()
@@ -76,6 +82,16 @@ class Runtime:
 
     def health(self) -> dict:
         return {"status": "ok", "version": __version__, "file_logging": self.file_health.status}
+
+
+def loki_labels(settings: Settings) -> tuple[str, str]:
+    """``host`` and ``tenant`` of the exporter's metrics, as Alloy labels them (no credentials)."""
+    if not settings.loki.enabled:
+        return "", ""
+    parts = urlsplit(settings.loki.push_url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return (f"{host}:{parts.port}" if parts.port else host), settings.loki.tenant_id or ""
 
 
 def describe_destinations(settings: Settings) -> list[str]:
