@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from llmproxy.capture import Exchange
+from llmproxy.capture import Chunk, Exchange
 from llmproxy.masking import mask_headers, mask_query
 from llmproxy.sessions import FORK_REASON, Assignment, session_date
 
@@ -65,7 +65,24 @@ def _body_fields(data: bytes, content_encoding: str | None = None) -> dict:
     try:
         return {"body": data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+        return _base64_fields(data)
+
+
+def _base64_fields(data: bytes) -> dict:
+    return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+
+
+def _transport(exchange: Exchange) -> dict:
+    return {"transport": exchange.transport} if exchange.transport != "http" else {}
+
+
+def _chunk_fields(chunk: Chunk) -> dict:
+    fields = {"ts": rfc3339_ns(chunk.ts_ns), "delta_ms": chunk.delta_ms}
+    if chunk.binary:
+        fields.update(raw=base64.b64encode(chunk.raw).decode("ascii"), encoding="base64")
+    else:
+        fields["raw"] = chunk.raw.decode("utf-8", "replace")
+    return fields
 
 
 def _decode_content(data: bytes, content_encoding: str | None) -> bytes:
@@ -115,9 +132,11 @@ class EntryBuilder:
     def request_fields(self, exchange: Exchange) -> bytes:
         """The request's own fields, serialised once and before its session is known, so the
         work (a Claude Code body is megabytes) is not done inside the sessions.db lock."""
+        body = (_base64_fields(exchange.request_body) if exchange.request_binary
+                else _body_fields(exchange.request_body))
         fields = {"method": exchange.method, "path": mask_query(exchange.path),
-                  "headers": mask_headers(exchange.request_headers),
-                  **_body_fields(exchange.request_body), "size": len(exchange.request_body)}
+                  "headers": mask_headers(exchange.request_headers), **body,
+                  "size": len(exchange.request_body), **_transport(exchange)}
         return _dumps(fields)[1:-1]
 
     def request_entries(self, exchange: Exchange, assignment: Assignment, fields: bytes) -> list[Entry]:
@@ -144,9 +163,9 @@ class EntryBuilder:
                         "headers": mask_headers(exchange.response_headers),
                         "timing": {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms},
                         "size": exchange.size}
+        fields.update(_transport(exchange))
         if exchange.chunks is not None:
-            fields["chunks"] = [{"ts": rfc3339_ns(c.ts_ns), "delta_ms": c.delta_ms,
-                                 "raw": c.raw.decode("utf-8", "replace")} for c in exchange.chunks]
+            fields["chunks"] = [_chunk_fields(c) for c in exchange.chunks]
         elif exchange.body is not None:
             fields.update(_body_fields(bytes(exchange.body),
                                        _header(exchange.response_headers, "content-encoding")))

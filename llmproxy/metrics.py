@@ -22,9 +22,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from llmproxy.ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:  # llmproxy.saturation imports llmproxy.loki, which imports this module
+    from llmproxy.saturation import Saturation
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,7 +43,7 @@ SAMPLE_INTERVAL = 1.0  # live counts (busy threads, streams) reach the shared fi
 
 
 class LiveCount:
-    """A number of things in progress (busy threads, open streams), counted in this process.
+    """A number of things in progress (open event streams), counted in this process.
 
     The request path only moves an int under a lock; the gauge file is written by the sampler
     thread and before each ``/metrics`` answer, not on every call."""
@@ -101,7 +104,8 @@ def status_class(status: int) -> str:
 class Metrics:
     """One process's metrics. Built once per worker (:class:`llmproxy.runtime.Runtime`)."""
 
-    def __init__(self, threads: int, loki_host: str = "", loki_tenant: str = ""):
+    def __init__(self, saturation: "Saturation", websockets: Callable[[], int] = lambda: 0,
+                 loki_host: str = "", loki_tenant: str = ""):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self._multiprocess_dir = os.environ.get(MULTIPROC_ENV)
@@ -122,18 +126,21 @@ class Metrics:
                                 ["provider"], registry=reg)
         self.bytes_out = Counter("llm_proxy_response_bytes_total", "Response body bytes relayed to clients.",
                                  ["provider"], registry=reg)
-        self.busy_now, self.streams_now, self.websockets_now = LiveCount(), LiveCount(), LiveCount()
-        self.threads_per_worker = threads
-        self.saturated = RateLimitedLog(logging.getLogger("llmproxy"), logging.WARNING, 60.0)
+        # Busy threads are counted by llmproxy.saturation (gunicorn's pre/post_request hooks),
+        # which also warns while a worker is full; the gauges here publish its numbers.
+        self.saturation = saturation
+        self.websockets_open = websockets  # llmproxy.websocket.RelayHub.open_count
+        self.streams_now = LiveCount()
         self._streams = Gauge("llm_proxy_active_streams", "Event-stream (SSE) answers being relayed now.",
                              multiprocess_mode="livesum", registry=reg)
         self._websockets = Gauge("llm_proxy_active_websockets", "WebSocket connections being relayed now.",
                                 multiprocess_mode="livesum", registry=reg)
-        self._busy = Gauge("llm_proxy_busy_threads", "Request threads serving a call now.",
+        self._busy = Gauge("llm_proxy_busy_threads", "Request threads serving a request now.",
                           multiprocess_mode="livesum", registry=reg)
-        self.threads = Gauge("llm_proxy_threads", "Request threads (all workers).",
+        self._threads = Gauge("llm_proxy_threads", "Request threads (all workers).",
                              multiprocess_mode="livesum", registry=reg)
-        self.threads.set(threads)
+        self._waiting = Gauge("llm_proxy_requests_waiting", "Requests waiting for a free request thread.",
+                              multiprocess_mode="livesum", registry=reg)
 
         where = ["host", "tenant"]
         self._where = (loki_host, loki_tenant)
@@ -184,15 +191,25 @@ class Metrics:
 
     def sample(self) -> None:
         """Write this process's live counts to its gauge files."""
-        self._busy.set(self.busy_now.value)
+        numbers = self.saturation.snapshot()
+        self._busy.set(numbers["busy"])
+        self._threads.set(numbers["threads"])
+        self._waiting.set(numbers["waiting"] or 0)
         self._streams.set(self.streams_now.value)
-        self._websockets.set(self.websockets_now.value)
+        self._websockets.set(self.websockets_open())
 
     def start(self) -> None:
         """The sampler thread (after fork)."""
+        failures = RateLimitedLog(logging.getLogger("llmproxy"), logging.ERROR, 60.0)
+
         def run():
-            while not self._stop.wait(SAMPLE_INTERVAL):
-                self.sample()
+            while True:
+                try:
+                    self.sample()
+                except Exception as exc:  # a bug here must not end the sampling for good
+                    failures.log("metrics sampling failed: %r", exc)
+                if self._stop.wait(SAMPLE_INTERVAL):
+                    return
 
         threading.Thread(target=run, name="metrics-sampler", daemon=True).start()
 
@@ -202,8 +219,8 @@ class Metrics:
     # --- the request path (WSGI middleware) ---
 
     def wrap(self, app: Callable) -> Callable:
-        """A WSGI middleware: busy threads for every request; status class, timings, bytes and
-        streams for every proxied call (not /health, /metrics)."""
+        """A WSGI middleware: status class, timings, bytes and streams of every proxied call
+        (not /health, /metrics)."""
         metrics = self
 
         def middleware(environ, start_response):
@@ -287,9 +304,6 @@ class _Call:
         self.sse = False
         self.sent = 0
         self.finished = False
-        if metrics.busy_now.inc() >= metrics.threads_per_worker:
-            metrics.saturated.log("all %d threads of worker %d are busy: further calls wait for one "
-                                  "(LLM_PROXY_THREADS)", metrics.threads_per_worker, os.getpid())
 
     def provider(self) -> str:
         return self.environ.get(PROVIDER_KEY) or "none"
@@ -310,10 +324,9 @@ class _Call:
         if self.finished:
             return
         self.finished = True
-        m = self.metrics
-        m.busy_now.dec()
         if not self.proxied:
             return
+        m = self.metrics
         if self.sse:
             m.streams_now.dec()
         requests, duration, ttfb, bytes_in, bytes_out = m.provider(self.provider())
