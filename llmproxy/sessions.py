@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmproxy.clientids import session_name
+from llmproxy.writelock import WriteLock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -212,6 +213,7 @@ class SessionStore:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._schema_ready = False
+        self._write_lock = WriteLock(self.path.with_name(self.path.name + ".lock"))
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -263,14 +265,15 @@ class SessionStore:
         when workers race. If it raises, nothing is recorded.
         """
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            assignment = self._assign(conn, provider, upstream, client_id, agent, hashes, now_ns)
-            within(assignment)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                assignment = self._assign(conn, provider, upstream, client_id, agent, hashes, now_ns)
+                within(assignment)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         return assignment
 
     def _assign(self, conn, provider, upstream, client_id, agent, hashes, now_ns) -> Assignment:
@@ -344,5 +347,6 @@ class SessionStore:
     def remember(self, provider: str, upstream: str, client_id: str, session: str) -> None:
         """Map one more client id (a response id) to a session."""
         conn = self._conn()
-        conn.execute("INSERT OR REPLACE INTO client_ids (provider, upstream, client_id, session) VALUES (?, ?, ?, ?)",
-                     (provider, upstream, client_id, session))
+        with self._write_lock:
+            conn.execute("INSERT OR REPLACE INTO client_ids (provider, upstream, client_id, session) VALUES (?, ?, ?, ?)",
+                         (provider, upstream, client_id, session))
