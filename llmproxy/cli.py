@@ -1,9 +1,11 @@
-"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``."""
+"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``, ``systemd-unit``, ``prune``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from llmproxy import __version__
@@ -79,6 +81,28 @@ wire_api = "responses"
 """
 
 
+def systemd_unit(args: argparse.Namespace) -> int:
+    from llmproxy import systemd
+
+    environ = dict(os.environ)
+    if args.env_file.is_file():  # the service's settings, read as systemd reads them
+        environ.update(systemd.read_env_file(args.env_file))
+    environ["LLM_PROXY_ENV_FILE"] = "/dev/null"
+    try:
+        settings = load_settings(environ, create_dirs=False)
+    except SettingsError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_CONFIG
+    sys.stdout.write(systemd.render(args.unit, settings, args.user, args.env_file))
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    from llmproxy import prune as pruning
+
+    return pruning.run(load_settings_or_exit(create_dirs=False), dry_run=args.dry_run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="llm-proxy",
@@ -92,6 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_parser = commands.add_parser("env", help="print export lines pointing Claude Code and the SDKs here")
     env_parser.add_argument("--codex", action="store_true",
                             help="print the Codex CLI's config.toml settings instead")
+    unit = commands.add_parser("systemd-unit", help="print a systemd unit filled in for this installation")
+    unit.add_argument("unit", nargs="?", default="llm-proxy.service",
+                      choices=("llm-proxy.service", "llm-proxy-prune.service", "llm-proxy-prune.timer"))
+    unit.add_argument("--user", default="llmproxy", help="service user (default llmproxy)")
+    unit.add_argument("--env-file", type=Path, default=Path("/etc/llm-proxy.env"),
+                      help="EnvironmentFile= (default /etc/llm-proxy.env; read for the log dir if present)")
+    pruning = commands.add_parser("prune", help="compress old session logs, delete expired ones "
+                                  "(LLM_PROXY_LOG_COMPRESS_AFTER, LLM_PROXY_LOG_RETENTION)")
+    pruning.add_argument("--dry-run", action="store_true", help="print what would be done and the bytes freed")
     args, extra = parser.parse_known_args(argv)
 
     if args.command == "serve":
@@ -100,4 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "check-config":
         return check_config()
+    if args.command == "systemd-unit":
+        return systemd_unit(args)
+    if args.command == "prune":
+        return prune(args)
     return env(codex=args.codex)

@@ -88,3 +88,20 @@ in_loopback_namespace() {
     fi
     exec "$@"
 }
+
+# The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
+# Installed when missing and apt-get can (root); says so, and is quiet when it is there.
+ensure_systemd_analyze() {
+    command -v systemd-analyze >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "systemd-analyze missing: installing Debian's systemd package for the unit tests ..." >&2
+        if { apt-get install -y -qq --no-install-recommends systemd || \
+             { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }; } \
+                >.venv/apt-systemd.log 2>&1; then
+            return 0
+        fi
+        echo "apt-get install systemd failed (log: .venv/apt-systemd.log); the unit tests will fail" >&2
+    else
+        echo "systemd-analyze missing (install Debian's systemd package); the unit tests will fail" >&2
+    fi
+}
