@@ -11,6 +11,7 @@ from werkzeug.wsgi import ClosingIterator
 from llmproxy import __version__, forwarding, websocket
 from llmproxy.capture import Exchange
 from llmproxy.errors import ProxyError, RequestRejected, error_body
+from llmproxy.metrics import CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.routing import resolve
 from llmproxy.runtime import EXTENSION_KEY, Runtime
@@ -33,6 +34,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     app = Flask("llmproxy")
     runtime = runtime or Runtime(settings)
     app.extensions[EXTENSION_KEY] = runtime
+    app.wsgi_app = runtime.metrics.wrap(app.wsgi_app)
 
     @app.get("/health")
     def health():
@@ -42,6 +44,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     def health_loki():
         summary, status = runtime.loki_health()
         return jsonify(summary), status
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(runtime.metrics.render(), content_type=CONTENT_TYPE)
 
     @app.errorhandler(ProxyError)
     def proxy_error(error: ProxyError):
@@ -73,6 +79,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         request.proxy_provider = raw_uri.lstrip("/").split("/", 1)[0]
         route = resolve(raw_uri, request.headers.get("Authorization"), settings.allowed_upstreams)
         request.proxy_provider = route.provider
+        environ[PROVIDER_KEY] = route.provider  # for the metrics and the access log
         headers = forwarding.client_headers(environ)
         if request.method == "GET" and websocket.is_upgrade(environ):
             return _upgrade(runtime, settings, route, headers)
@@ -83,6 +90,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
             exchange = Exchange(route=route, method=request.method, path=_path_and_query(route.url),
                                 request_headers=headers, request_body=body)
             _log(runtime.logger.log_request, exchange)
+            session = getattr(exchange.state, "session", None)
+            if session:
+                environ[SESSION_KEY] = session
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
         try:
             upstream = forwarding.open_upstream(
@@ -97,9 +107,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
         resp_headers = forwarding.response_headers(upstream)
         if exchange is not None:
-            # An encoded event stream (rare) is logged as a body, decoded at the end.
-            sse = (upstream.headers.get("content-type", "").startswith("text/event-stream")
-                   and not upstream.headers.get("content-encoding"))
+            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
             exchange.got_headers(upstream.status_code, resp_headers, sse)
         # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
         # after the last byte is on the wire, so logging never delays the client.
