@@ -58,13 +58,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def routing_error(error: HTTPException):
         """Werkzeug's own refusals (405 for a method the proxy does not know, a WebSocket
-        upgrade with POST…) in the provider's JSON shape: clients show JSON, not an HTML page."""
+        upgrade with POST…) and Flask's 500 for a bug of ours, in the provider's JSON shape:
+        clients show JSON, not an HTML page."""
         path = request.environ.get("RAW_URI") or request.path
         provider = path.lstrip("/").split("/", 1)[0]
         status = error.code or 400
         message = f"{request.method} {path.split('?')[0]}: {error.description}"
-        response = RelayedResponse(error_body(provider, RequestRejected(status, message)),
-                                   status=status, content_type="application/json")
+        refusal = RequestRejected(status, message) if status < 500 else ProxyError(message)
+        response = RelayedResponse(error_body(provider, refusal), status=refusal.status,
+                                   content_type="application/json")
         for name, value in error.get_headers():
             if name.lower() == "allow":
                 response.headers[name] = value
@@ -79,7 +81,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         request.proxy_provider = route.provider
         environ[PROVIDER_KEY] = route.provider  # for the metrics and the access log
         headers = forwarding.client_headers(environ)
-        if websocket.is_upgrade(environ):
+        if request.method == "GET" and websocket.is_upgrade(environ):
             return _upgrade(runtime, settings, route, headers)
         body = request.get_data(cache=False)
 
@@ -105,9 +107,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
         resp_headers = forwarding.response_headers(upstream)
         if exchange is not None:
-            # An encoded event stream (rare) is logged as a body, decoded at the end.
-            sse = (upstream.headers.get("content-type", "").startswith("text/event-stream")
-                   and not upstream.headers.get("content-encoding"))
+            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
             exchange.got_headers(upstream.status_code, resp_headers, sse)
         # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
         # after the last byte is on the wire, so logging never delays the client.
@@ -121,8 +121,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     app.add_url_rule("/", "proxy_root", proxy, methods=METHODS, provide_automatic_options=False)
     app.add_url_rule("/<path:target>", "proxy", proxy, methods=METHODS, provide_automatic_options=False)
     # Werkzeug matches a WebSocket upgrade only to rules marked for it (GET only).
-    app.add_url_rule("/", "proxy_root_ws", proxy, methods=["GET"], websocket=True)
-    app.add_url_rule("/<path:target>", "proxy_ws", proxy, methods=["GET"], websocket=True)
+    app.add_url_rule("/", "proxy_root_ws", proxy, methods=["GET"], websocket=True,
+                     provide_automatic_options=False)
+    app.add_url_rule("/<path:target>", "proxy_ws", proxy, methods=["GET"], websocket=True,
+                     provide_automatic_options=False)
     return app
 
 

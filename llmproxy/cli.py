@@ -44,12 +44,41 @@ def check_config() -> int:
     return 0
 
 
-def env() -> int:
+def env(codex: bool = False) -> int:
+    """Client setup for this proxy: shell exports, or with ``codex`` a Codex ``config.toml`` part."""
     settings = load_settings_or_exit(create_dirs=False)
-    base = settings.base_url
-    print(f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com")
-    print(f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1")
+    print(codex_config(settings.base_url) if codex else shell_exports(settings.base_url), end="")
     return 0
+
+
+def shell_exports(base: str) -> str:
+    """For ``eval``: Claude Code and the SDKs read these; Codex does not (0.171 ignores the second)."""
+    return (f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com\n"
+            f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1\n"
+            "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n")
+
+
+def codex_config(base: str) -> str:
+    """The Codex CLI's two ways through the proxy, as checked against Codex 0.171.0."""
+    url = f"{base}/openai/api.openai.com/v1"
+    return f"""\
+# Codex CLI through llm-proxy: put this at the top of $CODEX_HOME/config.toml
+# (~/.codex/config.toml), before any [table].
+
+# ChatGPT sign-in, or a key saved with `codex login --with-api-key`: the built-in
+# provider (it tries a WebSocket first and ignores OPENAI_BASE_URL and OPENAI_API_KEY).
+openai_base_url = "{url}"
+
+# A key in $OPENAI_API_KEY: choose this provider here, or per run with
+# `codex -c model_provider=llm-proxy` (plain HTTP and SSE).
+# model_provider = "llm-proxy"
+
+[model_providers.llm-proxy]
+name = "OpenAI through llm-proxy"
+base_url = "{url}"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+"""
 
 
 def systemd_unit(args: argparse.Namespace) -> int:
@@ -84,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("serve", help="run the proxy under gunicorn (what systemd runs); "
                         "further options go to gunicorn, e.g. --log-level debug")
     commands.add_parser("check-config", help="validate the configuration and print the effective values")
-    commands.add_parser("env", help="print export lines pointing Anthropic and OpenAI clients here")
+    env_parser = commands.add_parser("env", help="print export lines pointing Claude Code and the SDKs here")
+    env_parser.add_argument("--codex", action="store_true",
+                            help="print the Codex CLI's config.toml settings instead")
     unit = commands.add_parser("systemd-unit", help="print a systemd unit filled in for this installation")
     unit.add_argument("unit", nargs="?", default="llm-proxy.service",
                       choices=("llm-proxy.service", "llm-proxy-prune.service", "llm-proxy-prune.timer"))
@@ -106,4 +137,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return systemd_unit(args)
     if args.command == "prune":
         return prune(args)
-    return env()
+    return env(codex=args.codex)

@@ -39,7 +39,8 @@ _limit_malloc_arenas()
 wsgi_app = "llmproxy.wsgi:app"
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 bind = [f"{_host}:{_settings.port}"]
-worker_class = "gthread"
+# gthread, serving a busy kept-alive connection without a round trip through its main loop.
+worker_class = "llmproxy.worker.ProxyWorker"
 workers = _settings.workers
 threads = _settings.threads
 # In gthread the main loop tells the arbiter it is alive while request threads work, so this
