@@ -64,6 +64,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
                                 request_headers=headers, request_body=body)
             _log(runtime.logger.log_request, exchange)
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
+        if exchange is not None:
+            exchange.sending()
         try:
             upstream = forwarding.open_upstream(
                 runtime.upstream, request.method, route.url, headers, body,
