@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from llmproxy import providers
 from llmproxy.capture import Exchange
+from llmproxy.clientids import RESPONSE_KEY
 from llmproxy.masking import mask_headers, mask_query
 from llmproxy.sessions import FORK_REASON, Assignment, session_date
 
@@ -112,7 +113,10 @@ class EntryBuilder:
             meta["agent"] = assignment.agent
         head = _dumps({"type": kind, **fields})[:-1]
         line = b"%s,%s%s\"_meta\":%s}" % (head, serialized, b"," if serialized else b"", _dumps(meta))
-        metadata = entry_metadata(assignment.session, meta.get("request_id"), assignment.client_id, model,
+        client_id = assignment.client_id
+        if client_id and client_id.startswith(RESPONSE_KEY):  # a lookup key, not the client's name
+            client_id = None
+        metadata = entry_metadata(assignment.session, meta.get("request_id"), client_id, model,
                                   fields.get("status"))
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
                      line, session_file(assignment.upstream, assignment.session), metadata)
