@@ -21,11 +21,13 @@ def now_ns() -> int:
 
 @dataclass
 class Chunk:
-    """One SSE event as it arrived: wall-clock ns, ms since the previous event, the raw text."""
+    """One SSE event or WebSocket message as it arrived: wall-clock ns, ms since the previous
+    event, the raw text (a binary WebSocket message: its bytes, ``binary`` set)."""
 
     ts_ns: int
     delta_ms: float
     raw: bytes
+    binary: bool = False
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Exchange:
     started_ns: int = field(default_factory=now_ns)
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    transport: str = "http"             # "websocket": one client message and its server events
+    request_binary: bool = False        # the client message was a binary WebSocket message
 
     # whatever the logger keeps between log_request and log_response (its session assignment)
     state: object = None
@@ -100,12 +104,23 @@ class Exchange:
         self.chunks.append(Chunk(now_ns(), _ms(now - self._last_event), raw))
         self._last_event = now
 
-    def finish(self, error: str | None = None) -> None:
-        """The answer is over: completely, or cut (``error`` says why)."""
+    def got_message(self, raw: bytes, ts_ns: int, at: float, binary: bool = False) -> None:
+        """A WebSocket message from the upstream that arrived at ``ts_ns`` (``at`` on the
+        perf_counter clock): one chunk. The relay thread took both times; the log is written
+        later, in the logging thread."""
+        if self.ttfb_ms is None:
+            self.ttfb_ms = _ms(at - self.started)
+        self.chunks.append(Chunk(ts_ns, _ms(at - (self._last_event or self.started)), raw, binary))
+        self._last_event = at
+        self.size += len(raw)
+
+    def finish(self, error: str | None = None, at: float | None = None) -> None:
+        """The answer is over (at ``at``, perf_counter; default now): completely, or cut
+        (``error`` says why)."""
         if self.chunks is not None and self._sse_buffer:
             self._add_chunk(bytes(self._sse_buffer))
             self._sse_buffer.clear()
-        self.total_ms = _ms(time.perf_counter() - self.started)
+        self.total_ms = _ms((time.perf_counter() if at is None else at) - self.started)
         if error:
             self.error = error
             self.incomplete = True

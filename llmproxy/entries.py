@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from llmproxy import providers
-from llmproxy.capture import Exchange
+from llmproxy.capture import Chunk, Exchange
 from llmproxy.clientids import RESPONSE_KEY
 from llmproxy.masking import mask_headers, mask_query
 from llmproxy.sessions import FORK_REASON, Assignment, session_date
@@ -69,7 +69,24 @@ def _body_fields(data: bytes, content_encoding: str | None = None) -> dict:
     try:
         return {"body": data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+        return _base64_fields(data)
+
+
+def _base64_fields(data: bytes) -> dict:
+    return {"body": base64.b64encode(data).decode("ascii"), "body_encoding": "base64"}
+
+
+def _transport(exchange: Exchange) -> dict:
+    return {"transport": exchange.transport} if exchange.transport != "http" else {}
+
+
+def _chunk_fields(chunk: Chunk) -> dict:
+    fields = {"ts": rfc3339_ns(chunk.ts_ns), "delta_ms": chunk.delta_ms}
+    if chunk.binary:
+        fields.update(raw=base64.b64encode(chunk.raw).decode("ascii"), encoding="base64")
+    else:
+        fields["raw"] = chunk.raw.decode("utf-8", "replace")
+    return fields
 
 
 def _decode_content(data: bytes, content_encoding: str | None) -> bytes:
@@ -125,9 +142,11 @@ class EntryBuilder:
         """The request's own fields, serialised once and before its session is known, so the
         work (a Claude Code body is megabytes) is not done inside the sessions.db lock.
         ``exchange.request_summary`` (model, stream…) goes before the headers and body."""
+        body = (_base64_fields(exchange.request_body) if exchange.request_binary
+                else _body_fields(exchange.request_body))
         fields = {"method": exchange.method, "path": mask_query(exchange.path), **exchange.request_summary,
-                  "headers": mask_headers(exchange.request_headers),
-                  **_body_fields(exchange.request_body), "size": len(exchange.request_body)}
+                  "headers": mask_headers(exchange.request_headers), **body,
+                  "size": len(exchange.request_body), **_transport(exchange)}
         return _dumps(fields)[1:-1]
 
     def request_entries(self, exchange: Exchange, assignment: Assignment, fields: bytes) -> list[Entry]:
@@ -153,14 +172,13 @@ class EntryBuilder:
         """The answer, with its summary (model, stop_reason, usage, tool_calls) read from its body or
         events. Built after the last byte went to the client (see app.py), never on the way."""
         api = providers.api_for(exchange.route.provider, exchange.route.path)
-        content: dict = {}
+        content: dict = _transport(exchange)
         summary: dict = {}
         if exchange.chunks is not None:
-            content["chunks"] = [{"ts": rfc3339_ns(c.ts_ns), "delta_ms": c.delta_ms,
-                                  "raw": c.raw.decode("utf-8", "replace")} for c in exchange.chunks]
-            summary = providers.stream_summary(api, (c.raw for c in exchange.chunks))
+            content["chunks"] = [_chunk_fields(c) for c in exchange.chunks]
+            summary = providers.stream_summary(api, (c.raw for c in exchange.chunks if not c.binary))
         elif exchange.body is not None:
-            content = _body_fields(bytes(exchange.body), _header(exchange.response_headers, "content-encoding"))
+            content.update(_body_fields(bytes(exchange.body), _header(exchange.response_headers, "content-encoding")))
             if "body_encoding" not in content:
                 summary = providers.response_summary(api, content["body"])
         timing = {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms}

@@ -14,6 +14,7 @@ import time
 from llmproxy import forwarding
 from llmproxy.cli import load_settings_or_exit
 from llmproxy.runtime import Runtime, describe_destinations, prepare_run_dir
+from llmproxy.saturation import Saturation, pool_queue
 
 _settings = load_settings_or_exit()
 
@@ -66,7 +67,12 @@ header_map = "dangerous"
 
 
 def pre_request(worker, req):
+    _saturation.enter()
     forwarding.underscore_headers.names = {name for name, _ in req.headers if "_" in name}
+
+
+def post_request(worker, req, environ, resp):
+    _saturation.leave()
 
 
 def on_starting(server):
@@ -80,10 +86,20 @@ def on_starting(server):
         ours.info(line)
 
 
+# This worker's busy-thread count (llmproxy.saturation), fed by pre_request / post_request.
+# Replaced by the runtime's own in post_worker_init; this one only keeps the hooks safe for an
+# app without a runtime.
+_saturation = Saturation(threads)
+
+
 def post_worker_init(worker):
+    global _saturation
     runtime = Runtime.of(worker.wsgi)
     if runtime is None:
         return
+    _saturation = runtime.saturation
+    _saturation.threads = worker.cfg.threads
+    _saturation.set_waiting(pool_queue(worker))
     runtime.start()
     # gunicorn has no hook for "SIGTERM arrived". The worker then finishes its in-flight
     # requests (an SSE stream may take a while) before worker_exit, and the arbiter kills it at

@@ -13,12 +13,15 @@ import shutil
 import sqlite3
 
 from llmproxy import __version__, forwarding
+from llmproxy.websocket import RelayHub
+from llmproxy.websocket_log import MessageLog
 from llmproxy.capture import ExchangeLogger
 from llmproxy.entries import EntryBuilder
 from llmproxy.filelog import FileLogger
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.health import StatsBoard, disabled_summary, pid_alive, summarize
 from llmproxy.multiwriter import LabelMaker, MultiWriter
+from llmproxy.saturation import Saturation, summarize as summarize_threads
 from llmproxy.sessionlog import FileHealth, SessionLog
 from llmproxy.sessions import SessionStore
 from llmproxy.settings import Settings, redact_url
@@ -39,10 +42,13 @@ class Runtime:
         self.file_logger = FileLogger(settings.log_dir)
         self.board = StatsBoard(settings.run_dir / str(os.getppid()))
         self.exporter = LokiExporter(settings.loki, self.board) if settings.loki.enabled else None
+        self.saturation = Saturation(settings.threads, self.board.directory)
         self.writer = MultiWriter(self.file_logger, self.exporter,
                                   LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
             self.sessions, self.writer, EntryBuilder(settings.machine_id), self.file_health)
+        self.relays = RelayHub()                  # open WebSockets: one thread moves their bytes
+        self.ws_log = MessageLog(self.logger)     # and one writes what they carried
         self.stopping_since: float | None = None  # set when SIGTERM arrives (gunicorn_config)
 
     @staticmethod
@@ -53,14 +59,19 @@ class Runtime:
 
     def start(self) -> None:
         """Start the worker's background threads (after fork: a thread does not survive it)."""
+        self.saturation.start()
         if self.exporter is not None:
             self.exporter.start()
 
     def close(self, flush_budget: float | None = None) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``;
-        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT."""
+        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT. Open WebSockets
+        are closed first, so that what they carried reaches the logs before the Loki flush."""
+        self.relays.close()
+        self.ws_log.close()
         if self.exporter is not None:
             self.exporter.close(flush_budget)
+        self.saturation.close()
         self.upstream.close()
         self.sessions.close()
 
@@ -75,7 +86,9 @@ class Runtime:
         return summary, 503 if summary["status"] == "failing" else 200
 
     def health(self) -> dict:
-        return {"status": "ok", "version": __version__, "file_logging": self.file_health.status}
+        threads = summarize_threads(self.saturation.snapshot(), self.saturation.read_others())
+        return {"status": "ok", "version": __version__, "file_logging": self.file_health.status,
+                "threads": threads}
 
 
 def describe_destinations(settings: Settings) -> list[str]:

@@ -64,7 +64,9 @@ def _response_id(exchange: Exchange) -> str | None:
     """The id of a Responses API answer (JSON or SSE), for a later ``previous_response_id``."""
     if exchange.chunks is not None:
         for chunk in exchange.chunks[:3]:
-            for line in chunk.raw.split(b"\n"):
+            # A WebSocket message is the event's JSON itself, an SSE event has it in data: lines.
+            lines = [b"data:" + chunk.raw] if exchange.transport == "websocket" else chunk.raw.split(b"\n")
+            for line in lines:
                 if line.startswith(b"data:"):
                     doc = _json_body(line[5:].strip())
                     response = doc.get("response") if isinstance(doc, dict) else None

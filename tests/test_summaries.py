@@ -122,7 +122,7 @@ def test_answer_summary(name, route, expected):
                  "tools": [{"name": "Read"}, {"name": "Bash"}], "messages": [{"role": "user", "content": "hi"}]},
      {"model": "claude-opus-4-1", "stream": True, "tools_count": 2, "messages_count": 1}),
     (ANTHROPIC, {"model": "claude-haiku-4-5", "messages": []},
-     {"model": "claude-haiku-4-5", "stream": False, "messages_count": 0}),
+     {"model": "claude-haiku-4-5", "stream": False, "tools_count": 0, "messages_count": 0}),
     (CHAT, {"model": "gpt-4.1", "stream": True, "stream_options": {"include_usage": True},
             "tools": [{"type": "function", "function": {"name": "f"}}],
             "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]},
@@ -130,45 +130,37 @@ def test_answer_summary(name, route, expected):
     (CHAT, {"model": "gpt-3.5-turbo", "functions": [{"name": "a"}, {"name": "b"}], "messages": []},
      {"model": "gpt-3.5-turbo", "stream": False, "tools_count": 2, "messages_count": 0}),
     (COMPLETIONS, {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"},
-     {"model": "gpt-3.5-turbo-instruct", "stream": False}),
+     {"model": "gpt-3.5-turbo-instruct", "stream": False, "tools_count": 0}),
     (CHATGPT, {"model": "gpt-5-codex", "stream": True, "instructions": "…", "store": False,
                "tools": [{"type": "function", "name": "shell"}, {"type": "custom", "name": "apply_patch"}],
                "input": [{"type": "message", "role": "user", "content": []}, {"type": "reasoning"}]},
      {"model": "gpt-5-codex", "stream": True, "tools_count": 2, "messages_count": 2}),
     (RESPONSES, {"model": "gpt-4.1-mini", "input": "Tell me a joke"},
-     {"model": "gpt-4.1-mini", "stream": False, "messages_count": 1}),
+     {"model": "gpt-4.1-mini", "stream": False, "tools_count": 0, "messages_count": 1}),
     (ANTHROPIC, ["not", "an", "object"], {}),
     (CHAT, None, {}),
-    (ANTHROPIC, {"model": 42, "messages": "nope", "tools": {"a": 1}}, {"stream": False}),
+    (ANTHROPIC, {"model": 42, "messages": "nope", "tools": {"a": 1}}, {"stream": False, "tools_count": 0}),
+    (CHATGPT, {"type": "response.create", "model": "gpt-5-codex", "input": []},  # a WebSocket message
+     {"model": "gpt-5-codex", "stream": True, "tools_count": 0, "messages_count": 0}),
 ])
 def test_request_summary(route, body, expected):
     assert providers.request_summary(providers.api_for(*route), body) == expected
 
 
-def test_requests_from_real_clients_are_summarised():
-    """The corpus of requests real clients sent (when present) all yield a model and counts."""
-    corpus = Path(__file__).parent / "corpus"
-    files = sorted(corpus.rglob("*.json")) if corpus.is_dir() else []
-    if not files:
-        pytest.skip("no recorded client requests in tests/corpus/")
-    seen = 0
-    for path in files:
-        doc = json.loads(path.read_text())
-        body = doc.get("body") if isinstance(doc, dict) and "body" in doc else doc
-        if isinstance(body, str):
-            try:
-                body = json.loads(body)
-            except ValueError:
-                continue
-        if not isinstance(body, dict) or "model" not in body:
-            continue
-        path_hint = doc.get("path", "") if isinstance(doc, dict) else ""
-        route = ANTHROPIC if "messages" in body and "input" not in body and "anthropic" in str(path) else (
-            RESPONSES if "input" in body else CHAT)
-        got = providers.request_summary(providers.api_for(route[0], path_hint or route[1]), body)
-        assert got["model"] == body["model"], path
-        seen += 1
-    assert seen
+def test_requests_the_real_clients_sent_are_summarised():
+    """The requests real Claude Code and Codex sent (tests/corpus/) each yield their model,
+    stream flag and counts."""
+    records = [json.loads(line) for path in sorted((Path(__file__).parent / "corpus").glob("*.jsonl"))
+               for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r["method"] == "POST"]  # not Claude Code's HEAD / probes
+    assert {r["path"].split("?")[0] for r in records} == {"/v1/messages", "/v1/responses"}
+    for record in records:
+        body, path = record["body"], record["path"]
+        provider = "anthropic" if path.startswith("/v1/messages") else "openai"
+        got = providers.request_summary(providers.api_for(provider, path.split("?")[0]), body)
+        items = body.get("messages", body.get("input"))
+        assert got == {"model": body["model"], "stream": body.get("stream") is True,
+                       "tools_count": len(body.get("tools", [])), "messages_count": len(items)}, path
 
 
 @pytest.mark.parametrize("body", [

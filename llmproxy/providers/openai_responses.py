@@ -22,7 +22,10 @@ def handles(provider: str, path: str) -> bool:
 def request_summary(body: dict) -> dict:
     items = body.get("input")
     messages = len(items) if isinstance(items, list) else (1 if isinstance(items, str) else None)
-    return common_request(body, messages)
+    summary = common_request(body, messages)
+    if body.get("type") == "response.create":  # a WebSocket message: its answer always streams
+        summary["stream"] = True
+    return summary
 
 
 def _item(item, summary: Summary) -> None:

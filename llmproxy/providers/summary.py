@@ -60,8 +60,7 @@ def common_request(body: dict, messages: Any) -> dict:
     tools = count(body.get("tools"))
     if tools is None:
         tools = count(body.get("functions"))  # Chat Completions' legacy function calling
-    if tools is not None:
-        out["tools_count"] = tools
+    out["tools_count"] = tools or 0
     if messages is not None:
         out["messages_count"] = messages
     return out
