@@ -48,6 +48,14 @@ def queries() -> list[tuple[str, str]]:
     return found
 
 
+def readme_queries() -> list[tuple[str, str]]:
+    """The queries README.rst's Grafana section shows a user, one a line."""
+    text = Path(__file__).parents[1].joinpath("README.rst").read_text()
+    section = text.split("\nGrafana dashboard\n", 1)[1].split("\nRunning it\n", 1)[0]
+    return [(f"README: {line.strip()[:60]}", line.strip()) for line in section.splitlines()
+            if line.startswith("    ") and '{app="llm-proxy"' in line]
+
+
 def grafana_interpolated(query: str) -> str:
     for name, value in VARIABLES.items():
         query = query.replace(name, value)
@@ -127,12 +135,15 @@ def test_the_dashboard_ships_in_the_package_with_its_variables():
 
 
 def test_every_query_is_logql_that_filters_lines_first_and_extracts_only_what_it_needs():
-    found = queries()
+    found = queries() + readme_queries()
+    assert len(readme_queries()) >= 8
     trees = parse([grafana_interpolated(q) for _, q in found])
     for (where, query), tree in zip(found, trees):
         assert not nodes(tree, "⚠"), f"{where}: not LogQL by Grafana's grammar: {query}"
         for log_type, stages in pipelines(tree):
-            assert stages and stages[0]["children"][0]["name"] == "LineFilters", f"{where}: no line filter first"
+            # The README's structured-metadata queries parse no line and need no line filter.
+            if not where.startswith("README") or any(nodes(s, "JsonExpressionParser") for s in stages):
+                assert stages and stages[0]["children"][0]["name"] == "LineFilters", f"{where}: no line filter first"
             for stage in stages:
                 assert not nodes(stage, "LabelParser") and not nodes(stage, "LogfmtParser"), where
                 if nodes(stage, "JsonExpressionParser"):
@@ -210,7 +221,7 @@ def test_every_field_a_query_names_is_in_entries_the_proxy_writes(proxy):
     fields = {kind: set().union(*(flat_paths(e) for e in entries if e["type"] == kind))
               for kind in ("request", "response")}
 
-    found = queries()
+    found = queries() + readme_queries()
     for (where, query), tree in zip(found, parse([grafana_interpolated(q) for _, q in found])):
         for log_type, stages in pipelines(tree):
             have = fields.get(log_type) or fields["request"] | fields["response"]

@@ -270,3 +270,27 @@ def test_timing_splits_time_to_first_byte_into_ours_and_upstreams(proxy, fake_pr
 
 def split(entries: list[dict]) -> tuple[list[dict], list[dict]]:
     return [e for e in entries if e["type"] == "request"], [e for e in entries if e["type"] == "response"]
+
+
+def test_a_websocket_turn_is_summarised_like_a_stream(proxy, fake_provider):
+    """Codex's WebSocket mode: the response entry of a turn reads response.completed from the
+    server's messages; a turn cut off keeps what it had."""
+    from fakews import WsClient
+
+    marker = f"ws-{uuid.uuid4()}"
+    headers = [("Authorization", "Bearer sk-proj-" + "k" * 40 + "wxyz"), ("session-id", marker),
+               ("OpenAI-Beta", "responses_websockets=2026-02-06")]
+    turn = {"type": "response.create", "model": "gpt-ws", "tools": [{"type": "function", "name": "shell"}],
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}
+    client = WsClient(proxy.port, f"/openai/{fake_provider.upstream}/v1/responses", headers)
+    assert client.status == 101
+    client.send(turn)
+    events = client.events_until()
+    client.abort()
+    completed = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed"
+    requests_, responses = split(logged(proxy.log_dir, marker, 1))
+    assert (responses[0]["model"], responses[0]["stop_reason"], responses[0]["usage"]) == (
+        completed["model"], "completed", {k: v for k, v in completed["usage"].items() if v is not None})
+    assert (requests_[0]["model"], requests_[0]["stream"], requests_[0]["tools_count"],
+            requests_[0]["messages_count"]) == ("gpt-ws", True, 1, 1)
