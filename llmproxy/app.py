@@ -11,6 +11,7 @@ from werkzeug.wsgi import ClosingIterator
 from llmproxy import __version__, forwarding, websocket
 from llmproxy.capture import Exchange
 from llmproxy.errors import ProxyError, RequestRejected, error_body
+from llmproxy.metrics import CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.routing import resolve
 from llmproxy.runtime import EXTENSION_KEY, Runtime
@@ -33,6 +34,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     app = Flask("llmproxy")
     runtime = runtime or Runtime(settings)
     app.extensions[EXTENSION_KEY] = runtime
+    app.wsgi_app = runtime.metrics.wrap(app.wsgi_app)
 
     @app.get("/health")
     def health():
@@ -43,6 +45,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         summary, status = runtime.loki_health()
         return jsonify(summary), status
 
+    @app.get("/metrics")
+    def metrics():
+        return Response(runtime.metrics.render(), content_type=CONTENT_TYPE)
+
     @app.errorhandler(ProxyError)
     def proxy_error(error: ProxyError):
         provider = getattr(request, "proxy_provider", None)
@@ -52,13 +58,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def routing_error(error: HTTPException):
         """Werkzeug's own refusals (405 for a method the proxy does not know, a WebSocket
-        upgrade with POST…) in the provider's JSON shape: clients show JSON, not an HTML page."""
+        upgrade with POST…) and Flask's 500 for a bug of ours, in the provider's JSON shape:
+        clients show JSON, not an HTML page."""
         path = request.environ.get("RAW_URI") or request.path
         provider = path.lstrip("/").split("/", 1)[0]
         status = error.code or 400
         message = f"{request.method} {path.split('?')[0]}: {error.description}"
-        response = RelayedResponse(error_body(provider, RequestRejected(status, message)),
-                                   status=status, content_type="application/json")
+        refusal = RequestRejected(status, message) if status < 500 else ProxyError(message)
+        response = RelayedResponse(error_body(provider, refusal), status=refusal.status,
+                                   content_type="application/json")
         for name, value in error.get_headers():
             if name.lower() == "allow":
                 response.headers[name] = value
@@ -71,8 +79,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         request.proxy_provider = raw_uri.lstrip("/").split("/", 1)[0]
         route = resolve(raw_uri, request.headers.get("Authorization"), settings.allowed_upstreams)
         request.proxy_provider = route.provider
+        environ[PROVIDER_KEY] = route.provider  # for the metrics and the access log
         headers = forwarding.client_headers(environ)
-        if websocket.is_upgrade(environ):
+        if request.method == "GET" and websocket.is_upgrade(environ):
             return _upgrade(runtime, settings, route, headers)
         body = request.get_data(cache=False)
 
@@ -81,6 +90,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
             exchange = Exchange(route=route, method=request.method, path=_path_and_query(route.url),
                                 request_headers=headers, request_body=body)
             _log(runtime.logger.log_request, exchange)
+            session = getattr(exchange.state, "session", None)
+            if session:
+                environ[SESSION_KEY] = session
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
         if exchange is not None:
             exchange.sending()
@@ -97,9 +109,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
         resp_headers = forwarding.response_headers(upstream)
         if exchange is not None:
-            # An encoded event stream (rare) is logged as a body, decoded at the end.
-            sse = (upstream.headers.get("content-type", "").startswith("text/event-stream")
-                   and not upstream.headers.get("content-encoding"))
+            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
             exchange.got_headers(upstream.status_code, resp_headers, sse)
         # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
         # after the last byte is on the wire, so logging never delays the client.
@@ -113,8 +123,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     app.add_url_rule("/", "proxy_root", proxy, methods=METHODS, provide_automatic_options=False)
     app.add_url_rule("/<path:target>", "proxy", proxy, methods=METHODS, provide_automatic_options=False)
     # Werkzeug matches a WebSocket upgrade only to rules marked for it (GET only).
-    app.add_url_rule("/", "proxy_root_ws", proxy, methods=["GET"], websocket=True)
-    app.add_url_rule("/<path:target>", "proxy_ws", proxy, methods=["GET"], websocket=True)
+    app.add_url_rule("/", "proxy_root_ws", proxy, methods=["GET"], websocket=True,
+                     provide_automatic_options=False)
+    app.add_url_rule("/<path:target>", "proxy_ws", proxy, methods=["GET"], websocket=True,
+                     provide_automatic_options=False)
     return app
 
 

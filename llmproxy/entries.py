@@ -9,20 +9,14 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from llmproxy import providers
 from llmproxy.capture import Chunk, Exchange
-from llmproxy.clientids import RESPONSE_KEY
+from llmproxy.decoding import Decoded
 from llmproxy.masking import mask_headers, mask_query
 from llmproxy.sessions import FORK_REASON, Assignment, session_date
-
-try:  # optional: decode br answers for the log (the client always gets the bytes as sent)
-    import brotli  # type: ignore
-except ImportError:  # pragma: no cover - depends on the environment
-    brotli = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +57,18 @@ def _dumps(doc: dict) -> bytes:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _body_fields(data: bytes, content_encoding: str | None = None) -> dict:
-    """``body`` as text, or base64 with ``body_encoding`` when it is not UTF-8. Never truncated."""
-    data = _decode_content(data, content_encoding)
+def body_fields(decoded: Decoded) -> dict:
+    """``body`` as text, or base64 with ``body_encoding`` when it is not UTF-8; and why it is not
+    decoded (``body_decode_error``) or cut at the decoding cap (``body_truncated``)."""
     try:
-        return {"body": data.decode("utf-8")}
+        fields = {"body": decoded.data.decode("utf-8")}
     except UnicodeDecodeError:
-        return _base64_fields(data)
+        fields = _base64_fields(decoded.data)
+    if decoded.error:
+        fields["body_decode_error"] = decoded.error
+    if decoded.truncated:
+        fields["body_truncated"] = True
+    return fields
 
 
 def _base64_fields(data: bytes) -> dict:
@@ -89,30 +88,6 @@ def _chunk_fields(chunk: Chunk) -> dict:
     return fields
 
 
-def _decode_content(data: bytes, content_encoding: str | None) -> bytes:
-    encoding = (content_encoding or "").strip().lower()
-    try:
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            try:
-                return zlib.decompress(data)
-            except zlib.error:
-                return zlib.decompress(data, -zlib.MAX_WBITS)
-        if encoding == "br" and brotli is not None:
-            return brotli.decompress(data)
-    except Exception:  # a broken body is logged as it came (base64 when not UTF-8)
-        return data
-    return data
-
-
-def _header(headers: list[tuple[str, str]], name: str) -> str | None:
-    for n, v in headers:
-        if n.lower() == name:
-            return v
-    return None
-
-
 class EntryBuilder:
     """Turns exchanges into entries for one machine."""
 
@@ -126,24 +101,26 @@ class EntryBuilder:
                 "session": assignment.session}
         if request_id:
             meta["request_id"] = exchange.request_id
+        if assignment.client_id:
+            meta["client_session_id"] = assignment.client_id
         if assignment.agent:
             meta["agent"] = assignment.agent
+        if assignment.thread and request_id:
+            meta["thread"] = assignment.thread
         head = _dumps({"type": kind, **fields})[:-1]
         line = b"%s,%s%s\"_meta\":%s}" % (head, serialized, b"," if serialized else b"", _dumps(meta))
-        client_id = assignment.client_id
-        if client_id and client_id.startswith(RESPONSE_KEY):  # a lookup key, not the client's name
-            client_id = None
-        metadata = entry_metadata(assignment.session, meta.get("request_id"), client_id, model,
+        metadata = entry_metadata(assignment.session, meta.get("request_id"), assignment.client_id, model,
                                   fields.get("status"))
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
                      line, session_file(assignment.upstream, assignment.session), metadata)
 
-    def request_fields(self, exchange: Exchange) -> bytes:
+    def request_fields(self, exchange: Exchange, decoded: Decoded) -> bytes:
         """The request's own fields, serialised once and before its session is known, so the
         work (a Claude Code body is megabytes) is not done inside the sessions.db lock.
+        ``decoded`` is the request body decoded for the log; ``size`` counts the bytes as sent.
         ``exchange.request_summary`` (model, stream…) goes before the headers and body."""
         body = (_base64_fields(exchange.request_body) if exchange.request_binary
-                else _body_fields(exchange.request_body))
+                else body_fields(decoded))
         fields = {"method": exchange.method, "path": mask_query(exchange.path), **exchange.request_summary,
                   "headers": mask_headers(exchange.request_headers), **body,
                   "size": len(exchange.request_body), **_transport(exchange)}
@@ -157,12 +134,13 @@ class EntryBuilder:
             start = {"provider": exchange.route.provider, "upstream": assignment.upstream}
             if assignment.client_id:
                 start["client_session_id"] = assignment.client_id
-            if assignment.parent_session:
-                start["parent_session"] = assignment.parent_session
             entries.append(self._entry("session_start", exchange, assignment, ts - 2, start, request_id=False))
-        if assignment.parent_session:
-            fork = {"from_seq": assignment.fork_from_seq, "parent_session": assignment.parent_session,
-                    "reason": FORK_REASON}
+        if assignment.fork:
+            # The branch stays in its session: parent_session is that session (the field keeps
+            # the predecessor's shape), thread names the new branch.
+            fork = {"from_seq": assignment.fork.from_seq, "parent_session": assignment.session,
+                    "reason": FORK_REASON, "from_thread": assignment.fork.from_thread,
+                    "thread": assignment.thread}
             entries.append(self._entry("fork", exchange, assignment, ts - 1, fork))
         entries.append(self._entry("request", exchange, assignment, ts, {"seq": assignment.seq},
                                    serialized=fields, model=exchange.request_summary.get("model")))
@@ -177,10 +155,13 @@ class EntryBuilder:
         if exchange.chunks is not None:
             content["chunks"] = [_chunk_fields(c) for c in exchange.chunks]
             summary = providers.stream_summary(api, (c.raw for c in exchange.chunks if not c.binary))
-        elif exchange.body is not None:
-            content.update(_body_fields(bytes(exchange.body), _header(exchange.response_headers, "content-encoding")))
-            if "body_encoding" not in content:
-                summary = providers.response_summary(api, content["body"])
+        decoded = exchange.decoded_body()
+        if decoded is not None:
+            content.update(body_fields(decoded))
+            if not summary:
+                summary = providers.response_summary(api, decoded.data)
+        if exchange.stream_truncated:
+            content["body_truncated"] = True
         timing = {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms}
         if exchange.upstream_ms is not None:
             timing["upstream_ms"] = exchange.upstream_ms

@@ -9,6 +9,7 @@ own, so that logging never holds up a byte.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import selectors
@@ -145,17 +146,12 @@ def open_handshake(route: Route, target: str, headers: list[tuple[str, str]],
         raise
 
 
-_tls = threading.local()
-
-
+@functools.lru_cache(maxsize=1)
 def _tls_context() -> ssl.SSLContext:
     """Verified TLS with the CA bundle the HTTP path (requests) uses; HTTP/1.1 only, since a
-    WebSocket is an HTTP/1.1 upgrade."""
-    context = getattr(_tls, "context", None)
-    if context is None:
-        context = ssl.create_default_context(cafile=requests.certs.where())
-        context.set_alpn_protocols(["http/1.1"])
-        _tls.context = context
+    WebSocket is an HTTP/1.1 upgrade. One per worker: loading the bundle takes milliseconds."""
+    context = ssl.create_default_context(cafile=requests.certs.where())
+    context.set_alpn_protocols(["http/1.1"])
     return context
 
 

@@ -92,8 +92,9 @@ class Conversation:
         self._parts: dict[str, list] = {"client": [], "upstream": []}
         self._stopped: dict[str, str] = {}        # direction → why its frames are no longer read
         self._pending: deque[Exchange] = deque()   # requests whose answer is still coming
-        self._last: Exchange | None = None
+        self._last: tuple[object, str] | None = None  # the last request's (session state, request_id)
         self._early: list[tuple[bytes, int, float, bool]] = []  # server messages before any request
+        self._follow_ups: set[int] = set()  # pending entries that answer nothing: no answer to cut
 
     # Tap: called in the relay thread; the work is done in the logging thread.
     def data(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
@@ -145,7 +146,7 @@ class Conversation:
             exchange.got_message(early, early_ns, at, early_binary)
         self._early.clear()
         self._pending.append(exchange)
-        self._last = exchange
+        self._last = exchange.state, exchange.request_id
 
     def _event(self, raw: bytes, binary: bool, ts_ns: int, at: float) -> None:
         if not self._pending:
@@ -155,7 +156,8 @@ class Conversation:
             # More from the server after the last answer ended: a response entry of its own,
             # under the same request.
             follow_up = self._exchange(b"", False, ts_ns, at)
-            follow_up.state, follow_up.request_id = self._last.state, self._last.request_id
+            follow_up.state, follow_up.request_id = self._last
+            self._follow_ups.add(id(follow_up))
             self._pending.append(follow_up)
         exchange = self._pending[0]
         exchange.got_message(raw, ts_ns, at, binary)
@@ -168,7 +170,8 @@ class Conversation:
         why = next(iter(self._stopped.values()), reason)
         while self._pending:
             exchange = self._pending.popleft()
-            exchange.finish(f"WebSocket closed before the answer ended: {why}", at=at)
+            cut = id(exchange) not in self._follow_ups
+            exchange.finish(f"WebSocket closed before the answer ended: {why}" if cut else None, at=at)
             self.owner.logger.log_response(exchange)
 
 

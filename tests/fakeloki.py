@@ -72,6 +72,7 @@ class FakeLoki:
         self.streams: dict[frozenset, dict] = {}
         self.pushes: list[Push] = []
         self.rejected: list[str] = []
+        self.queries: list[dict] = []             # query_range parameters, in arrival order
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.port = 0
@@ -496,6 +497,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path != "/loki/api/v1/query_range":
             return self._reply(404, "404 page not found")
         params = {k: v[0] for k, v in parse_qs(url.query).items()}
+        with loki.lock:
+            loki.queries.append(params)
         try:
             doc = loki.query_range(params["query"], int(params["start"]) if "start" in params else None,
                                    int(params["end"]) if "end" in params else None,

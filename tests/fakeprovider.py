@@ -9,6 +9,7 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-status: 429``      answer with that status and a provider-shaped error body
 - ``x-fake-retry-after: S``   add ``retry-after: S``
 - ``x-fake-gzip: 1``          gzip the body (``Content-Encoding: gzip``)
+- ``x-fake-encoding: gzip, br`` encode the body or stream with that stack (see contentcoding.py)
 - ``x-fake-hang-ms: D``       wait D ms before sending the response headers
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
@@ -19,7 +20,8 @@ The real CLIs cannot set such headers per turn, so the newest user message can s
 (see :func:`scripted_answer`): a line ``fake-reply: TEXT`` is answered with TEXT; a line
 ``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
 ``function_call``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
-``/v1/messages/count_tokens`` is answered too.
+``/v1/messages/count_tokens`` and ``GET …/models`` (which Codex asks when signed in with
+ChatGPT) are answered too.
 
 A WebSocket upgrade (the Responses API's WebSocket mode) is served by :mod:`fakews`.
 """
@@ -38,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import fakews
+from contentcoding import StreamEncoder, encode, header_value
 
 WORDS = ["Hello", " from", " the", " fake", " provider", "."]
 
@@ -347,6 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
         answer = scripted_answer(path, request, body, [WORDS[i % len(WORDS)] for i in range(count)])
         words = answer.words
         stream = isinstance(request, dict) and request.get("stream") is True
+        if self.command == "GET" and path.endswith("/models"):
+            # OpenAI's list and the Codex backend's: an empty one sends Codex to its built-in presets.
+            return self._send_json(200, {"object": "list", "data": [], "models": []})
         if path.endswith("/messages/count_tokens"):
             return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
         if path.endswith("/messages"):
@@ -399,6 +405,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _body_bytes(self, data: bytes) -> tuple[bytes, dict]:
         if self._opt("gzip") == "1":
             return gzip.compress(data), {"Content-Encoding": "gzip"}
+        if self._opt("encoding"):
+            return encode(data, self._opt("encoding")), {"Content-Encoding": header_value(self._opt("encoding"))}
         return data, {}
 
     def _send_json(self, status: int, doc, extra: dict | None = None):
@@ -420,6 +428,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
+        encoder = StreamEncoder(self._opt("encoding")) if self._opt("encoding") else None
+        if encoder:
+            self.send_header("Content-Encoding", header_value(self._opt("encoding")))
         self.end_headers()
         cut = int(self._opt("cut-after", "0"))
         stamp = self._opt("stamp") == "1"
@@ -434,8 +445,12 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(delay)
                 if stamp:
                     event = b": sent %.6f\n%s" % (time.time(), event)
+                event = encoder.piece(event) if encoder else event
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
+            tail = encoder.end() if encoder else b""
+            if tail:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(tail), tail))
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:

@@ -1,10 +1,13 @@
 """The fake provider's WebSocket side, and a WebSocket client for tests; frames by wsproto.
 
-The Responses API over WebSocket: the client sends ``{"type": "response.create", …}`` messages,
+The Responses API over WebSocket, at any path ending in ``/responses`` (``/v1/responses``,
+``/backend-api/codex/responses``): the client sends ``{"type": "response.create", …}`` messages,
 the server answers each with the events the SSE stream carries, one JSON text message each
-(built by :func:`fakeprovider.response_events`). The upgrade takes the fake's ``x-fake-*``
+(:func:`fakeprovider.response_event_dicts`, steered like HTTP turns by ``fake-reply:`` lines). The upgrade takes the fake's ``x-fake-*``
 headers (``x-fake-status`` for a refusal, ``x-fake-events``, ``x-fake-delay-ms``,
-``x-fake-cut-after``) and ``x-fake-echo: 1``: send every message back as it came.
+``x-fake-cut-after``), ``x-fake-echo: 1`` (send every message back as it came) and, as the
+Realtime API does, ``x-fake-greet: 1`` (a ``session.created`` message before any request) and
+``x-fake-after: 1`` (a ``rate_limits.updated`` message after each answer).
 Every connection is kept in ``FakeProvider.websockets`` with the exact bytes both ways.
 """
 
@@ -45,16 +48,12 @@ class FakeSocket:
             self.ended, self.ended_at = how, time.monotonic()
 
 
-def _events(words: list[str], model: str, response_id: str) -> list[str]:
-    from fakeprovider import response_events
-
-    return [event.split(b"\ndata: ", 1)[1].strip().decode() for event in response_events(words, model, response_id)]
-
-
 def serve(handler) -> None:
     """Answer an upgrade request the fake provider received (``handler``: its request handler)."""
     fake = handler.server.fake
     path = handler.path.split("?")[0]
+    if not path.endswith("/responses"):
+        return handler._send_json(404, {"error": {"message": f"no WebSocket at {path}", "type": "not_found"}})
     status = int(handler._opt("status", "101"))
     if status != 101:
         return handler._error(status, path)
@@ -85,12 +84,14 @@ class _Session:
         self.echo = handler._opt("echo") == "1"
         self.delay = float(handler._opt("delay-ms", "0")) / 1000
         self.cut = int(handler._opt("cut-after", "0"))
-        count = int(handler._opt("events", "6"))
         from fakeprovider import WORDS
-        self.words = [WORDS[i % len(WORDS)] for i in range(count)]
+
+        self.words = [WORDS[i % len(WORDS)] for i in range(int(handler._opt("events", str(len(WORDS)))))]
 
     def run(self) -> None:
         try:
+            if self.handler._opt("greet") == "1":
+                self._send(Message(data=json.dumps({"type": "session.created", "session": {"id": "sess_fake"}})))
             while self.record.ended is None:
                 if not self._receive(IDLE_LIMIT):
                     return
@@ -101,7 +102,8 @@ class _Session:
 
     def _receive(self, timeout: float) -> bool:
         """Read what is there (waiting up to ``timeout``); False once the client has gone."""
-        ready, _, _ = select.select([self.sock], [], [], timeout)
+        pending = getattr(self.sock, "pending", lambda: 0)()  # TLS: decrypted, unseen by select
+        ready = pending or select.select([self.sock], [], [], timeout)[0]
         if not ready:
             self.record.end("idle")
             return False
@@ -139,8 +141,14 @@ class _Session:
         if request.get("type") != "response.create":
             return self._send(Message(data=json.dumps({"type": "error", "error": {
                 "type": "invalid_request_error", "message": f"unknown message type {request.get('type')!r}"}})))
-        words = self.words if request.get("generate", True) and request.get("input") else []
-        for i, event in enumerate(_events(words, request.get("model", "fake-model"), f"resp_{uuid.uuid4().hex}")):
+        from fakeprovider import response_event_dicts, scripted_answer
+
+        answer = scripted_answer(self.record.path, request, json.dumps(request).encode(), self.words)
+        events = response_event_dicts(answer.words, request.get("model", "fake-model"), f"resp_{uuid.uuid4().hex}",
+                                      answer.tool, answer.ident)
+        if request.get("generate") is False:  # Codex's prewarm: a response id, nothing generated
+            events = [events[0], {**events[-1], "response": {**events[-1]["response"], "output": []}}]
+        for i, event in enumerate(json.dumps(e) for e in events):
             if self.cut and i == self.cut:
                 self.sock.shutdown(socket.SHUT_RDWR)
                 self.record.end("cut")
@@ -148,6 +156,8 @@ class _Session:
             if self.delay and not self._wait(self.delay):
                 return
             self._send(Message(data=event))
+        if self.handler._opt("after") == "1":
+            self._send(Message(data=json.dumps({"type": "rate_limits.updated", "rate_limits": []})))
 
     def _wait(self, seconds: float) -> bool:
         """Pause between events, noticing at once a client that has gone."""

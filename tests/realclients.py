@@ -2,7 +2,8 @@
 
 ``scripts/test`` installs the CLIs pinned in ``tests/npm/package.json`` (and its lock file) into
 a cache that survives between runs (``$LLM_PROXY_TEST_CACHE``, default
-``~/.cache/llm-proxy-tests``), then runs pytest in a loopback-only network namespace. Both CLIs
+``~/.cache/llm-proxy-tests``; one directory per pinned set, named by the files' checksum, see
+scripts/bootstrap.sh), then runs pytest in a loopback-only network namespace. Both CLIs
 try to reach their vendors' hosts on their own, so they are run only where the namespace has
 nothing but ``lo``: :func:`unavailable` says why not otherwise.
 
@@ -14,18 +15,23 @@ the prompt (``fake-reply:`` / ``fake-tool:`` lines, see tests/fakeprovider.py).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from llmproxy.masking import mask_headers, mask_query
 
-CACHE = Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")
-BIN = CACHE / "npm" / "node_modules" / ".bin"
 PACKAGES = Path(__file__).parent / "npm" / "package.json"
+CACHE = Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")
+NPM = CACHE / ("npm-" + hashlib.sha256(PACKAGES.read_bytes() + PACKAGES.with_name("package-lock.json")
+                                      .read_bytes()).hexdigest()[:16])
+BIN = NPM / "node_modules" / ".bin"
 CLIENT_TIMEOUT = 120  # seconds for one CLI run; a turn against the fake takes a few
 ANTHROPIC_KEY = "sk-ant-api03-" + "R3alCl1ent" * 8 + "abcd"
 OPENAI_KEY = "sk-proj-" + "R3alCl1ent" * 8 + "wxyz"
@@ -43,7 +49,7 @@ def unavailable() -> str | None:
     if interfaces() != ["lo"]:
         return (f"not in a loopback-only network namespace (interfaces: {', '.join(interfaces())}); "
                 "./scripts/test runs the suite in one when it is root and unshare works")
-    missing = [name for name in ("claude", "codex") if not (BIN / name).exists()]
+    missing = [name for name in ("claude", "codex") if not (NPM / ".installed").exists() or not (BIN / name).exists()]
     if missing:
         return (f"{', '.join(missing)} not installed in {BIN} (./scripts/test installs "
                 f"{PACKAGES.relative_to(PACKAGES.parent.parent.parent)} with npm; see its output)")
@@ -52,7 +58,7 @@ def unavailable() -> str | None:
 
 def versions() -> dict[str, str]:
     """The installed versions of the pinned packages, for recordings and reports."""
-    lock = json.loads((CACHE / "npm" / "package-lock.json").read_text())
+    lock = json.loads((NPM / "package-lock.json").read_text())
     return {name: lock["packages"][f"node_modules/{name}"]["version"]
             for name in json.loads(PACKAGES.read_text())["dependencies"]}
 
@@ -86,6 +92,15 @@ class Client:
                     "CODEX_HOME": str(self.codex_home), "TERM": "dumb", "LANG": "C.UTF-8",
                     "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
 
+    def setup(self, *args: str) -> str:
+        """What ``llm-proxy env ARGS`` tells a user of this proxy, the fake standing in for the real hosts."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PROXY_")}
+        env.update(LLM_PROXY_HOST="127.0.0.1", LLM_PROXY_PORT=str(urlsplit(self.proxy_url).port),
+                   LLM_PROXY_ENV_FILE=str(self.home / "no-such.env"))
+        out = subprocess.run([str(Path(sys.executable).with_name("llm-proxy")), "env", *args], env=env,
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return re.sub(r"/(api\.anthropic\.com|api\.openai\.com)\b", f"/{self.upstream}", out)
+
     def run(self, name: str, *args: str, env: dict[str, str] | None = None) -> Run:
         argv = [str(BIN / name), *args]
         proc = subprocess.run(argv, env={**self.env, **(env or {})}, cwd=self.project,
@@ -96,9 +111,9 @@ class Client:
     # Claude Code ---------------------------------------------------------------------------
 
     def claude(self, *args: str) -> Run:
-        return self.run("claude", *args, env={
-            "ANTHROPIC_BASE_URL": f"{self.proxy_url}/anthropic/{self.upstream}",
-            "ANTHROPIC_API_KEY": ANTHROPIC_KEY}).check()
+        base_url, = re.findall(r"^export ANTHROPIC_BASE_URL=(\S+)$", self.setup(), re.MULTILINE)
+        return self.run("claude", *args, env={"ANTHROPIC_BASE_URL": base_url,
+                                              "ANTHROPIC_API_KEY": ANTHROPIC_KEY}).check()
 
     def claude_session_ids(self) -> list[str]:
         """Claude Code's own session ids: its transcripts, ``~/.claude/projects/*/<id>.jsonl``."""
@@ -106,15 +121,13 @@ class Client:
 
     # Codex -----------------------------------------------------------------------------------
 
-    def configure_codex(self) -> None:
-        """A custom provider with an API key: plain HTTP + SSE to ``/v1/responses``."""
-        (self.codex_home / "config.toml").write_text(
-            'model_provider = "llm-proxy"\n\n'
-            "[model_providers.llm-proxy]\n"
-            'name = "OpenAI through llm-proxy"\n'
-            f'base_url = "{self.proxy_url}/openai/{self.upstream}/v1"\n'
-            'env_key = "OPENAI_API_KEY"\n'
-            'wire_api = "responses"\n')
+    def configure_codex(self, choose_provider: bool = True) -> None:
+        """``llm-proxy env --codex`` as config.toml, its provider for a key in $OPENAI_API_KEY chosen
+        there (``choose_provider``) or left for ``codex -c model_provider=llm-proxy``."""
+        config = self.setup("--codex")
+        if choose_provider:
+            config = config.replace('# model_provider = "llm-proxy"', 'model_provider = "llm-proxy"', 1)
+        (self.codex_home / "config.toml").write_text(config)
 
     def codex(self, *args: str) -> Run:
         return self.run("codex", *args, env={"OPENAI_API_KEY": OPENAI_KEY}).check()
@@ -188,12 +201,14 @@ def claude_resume(client: Client) -> Session:
 
 
 def codex_turns(client: Client, turns: int = 3) -> Session:
-    """``codex exec`` then ``codex exec resume --last`` until ``turns`` prompts were answered."""
-    client.configure_codex()
+    """``codex exec`` then ``codex exec resume --last`` until ``turns`` prompts were answered,
+    the custom provider chosen per run."""
+    client.configure_codex(choose_provider=False)
     expected = [f"codex-answer-{n}" for n in range(1, turns + 1)]
-    runs = [client.codex("exec", "--skip-git-repo-check", f"First question.\nfake-reply: {expected[0]}")]
-    runs += [client.codex("exec", "resume", "--last", "--skip-git-repo-check",
-                          f"Question {n}.\nfake-reply: {expected[n - 1]}") for n in range(2, turns + 1)]
+    provider = ("-c", "model_provider=llm-proxy", "--skip-git-repo-check")
+    runs = [client.codex("exec", *provider, f"First question.\nfake-reply: {expected[0]}")]
+    runs += [client.codex("exec", "resume", "--last", *provider, f"Question {n}.\nfake-reply: {expected[n - 1]}")
+             for n in range(2, turns + 1)]
     return Session(runs, expected, client.codex_session_ids())
 
 

@@ -51,7 +51,7 @@ def queries() -> list[tuple[str, str]]:
 def readme_queries() -> list[tuple[str, str]]:
     """The queries README.rst's Grafana section shows a user, one a line."""
     text = Path(__file__).parents[1].joinpath("README.rst").read_text()
-    section = text.split("\nGrafana dashboard\n", 1)[1].split("\nRunning it\n", 1)[0]
+    section = text.split("\nGrafana dashboard\n", 1)[1].split("\nRunning under systemd\n", 1)[0]
     return [(f"README: {line.strip()[:60]}", line.strip()) for line in section.splitlines()
             if line.startswith("    ") and '{app="llm-proxy"' in line]
 

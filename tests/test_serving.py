@@ -22,7 +22,7 @@ def test_llm_proxy_serve_answers_health_and_stops_on_sigterm(start_proxy):
     assert server.stop(signal.SIGTERM, timeout=60) == 0
     assert time.monotonic() - started < 45  # graceful_timeout is the Loki flush budget + 15 s
     output = server.output()
-    assert "Using worker: gthread" in output
+    assert "Using worker: llmproxy.worker.ProxyWorker" in output
     assert "Shutting down: Master" in output
 
 
@@ -51,7 +51,7 @@ def test_gunicorn_settings_follow_configuration(monkeypatch, tmp_path):
     code = ("import llmproxy.gunicorn_config as c; "
             "print(c.bind, c.workers, c.threads, c.worker_class, c.graceful_timeout, c.timeout, c.wsgi_app)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
-    assert out.split() == ["['[::1]:9123']", "3", "7", "gthread", "60", "60", "llmproxy.wsgi:app"]
+    assert out.split() == ["['[::1]:9123']", "3", "7", "llmproxy.worker.ProxyWorker", "60", "60", "llmproxy.wsgi:app"]
 
 
 def test_health_from_the_app_object(tmp_path):
@@ -62,4 +62,7 @@ def test_health_from_the_app_object(tmp_path):
     app = create_app(load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)}))
     response = app.test_client().get("/health")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "version": __version__, "file_logging": "ok"}
+    assert response.get_json() == {
+        "status": "ok", "version": __version__, "file_logging": "ok",
+        "threads": {"threads": 32, "busy": 0, "waiting": None, "saturated_workers": 0,
+                    "saturated_seconds": 0.0, "workers": 1}}  # no gunicorn: nothing counts threads

@@ -55,32 +55,33 @@ def shared(tmp_path_factory):
     fake.stop()
 
 
-def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared):
+@pytest.mark.parametrize("path", ["/v1/responses", "/backend-api/codex/responses"])
+def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared, path):
     server, fake = shared
-    client = open_ws(server, fake)
+    session = f"ws-turn-{path.count('/')}"
+    client = open_ws(server, fake, path, handshake(session))
     assert client.status == 101
     # The upgrade reached the provider as the client made it.
-    upgrade = next(r for r in reversed(fake.received) if r.header("x-client-request-id") == "req-1")
-    assert upgrade.method == "GET" and upgrade.path == "/v1/responses"
+    upgrade = next(r for r in reversed(fake.received) if r.header("session-id") == session)
+    assert upgrade.method == "GET" and upgrade.path == path
     assert upgrade.header("Authorization") == f"Bearer {KEY}"
     assert upgrade.header("Upgrade").lower() == "websocket" and upgrade.header("Sec-WebSocket-Key")
     assert upgrade.header("Sec-WebSocket-Version") == "13"
     assert upgrade.header("OpenAI-Beta") == "responses_websockets=2026-02-06"
-    assert upgrade.header("session-id") == "ws-session-1"
     assert ("x-fake-ws", "1") in [(n.decode(), v.decode()) for n, v in client.headers]
 
     # Codex: a prewarm without generation, then the turn continuing it; then TCP closes.
     client.send(create(generate=False, input=[]))
     prewarm = client.events_until()
     assert [e["type"] for e in prewarm] == ["response.created", "response.completed"]
+    assert prewarm[-1]["response"]["output"] == []
     client.send(create(previous_response_id=prewarm[0]["response"]["id"]))
     turn = client.events_until()
     assert "".join(e.get("delta", "") for e in turn) == "Hello from the fake provider."
     client.abort()
 
     def logged():
-        found = [e for e in entries(server.log_dir) if e.get("transport") == "websocket"
-                 and e["type"] in ("request", "response")]
+        found = [e for e in session_entries(server.log_dir, session) if e["type"] in ("request", "response")]
         return found if len(found) == 4 else None
 
     found = wait_until(logged, timeout=5, message="4 WebSocket entries")
@@ -89,7 +90,8 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared)
     assert len({e["_meta"]["session"] for e in found}) == 1
     assert [e["seq"] for e in requests_] == [1, 2] and [e["seq"] for e in responses] == [1, 2]
     assert json.loads(requests_[1]["body"])["previous_response_id"] == prewarm[0]["response"]["id"]
-    assert requests_[0]["method"] == "GET" and requests_[0]["path"] == "/v1/responses"
+    assert all(e["transport"] == "websocket" for e in found)
+    assert requests_[0]["method"] == "GET" and requests_[0]["path"] == path
     assert requests_[0]["headers"]["Authorization"] == "Bearer sk-proj-...wxyz"
     assert KEY not in json.dumps(found)
     answer = responses[1]
@@ -97,9 +99,6 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared)
     assert [json.loads(c["raw"]) for c in answer["chunks"]] == turn
     assert all(c["delta_ms"] >= 0 for c in answer["chunks"])
     assert 0 <= answer["timing"]["ttfb_ms"] <= answer["timing"]["total_ms"]
-    start = next(e for e in entries(server.log_dir) if e["type"] == "session_start"
-                 and e["_meta"]["session"] == found[0]["_meta"]["session"])
-    assert start["client_session_id"] == "ws-session-1"
 
 
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])
@@ -147,6 +146,28 @@ def test_messages_are_logged_decompressed_and_binary_ones_as_base64(shared):
     assert json.loads(text_echo["raw"])["note"] == "a" * 5000
     assert binary_echo["encoding"] == "base64" and base64.b64decode(binary_echo["raw"]) == bytes(range(256))
     assert response_bin["incomplete"] and response_bin["chunks"] == []
+
+
+def test_server_messages_outside_an_answer_are_logged_with_the_nearest_request(shared):
+    server, fake = shared
+    client = open_ws(server, fake, headers=handshake("ws-realtime", greet="1", after="1"))
+    assert json.loads(client.receive())["type"] == "session.created"
+    client.send(create())
+    client.events_until()
+    assert json.loads(client.receive())["type"] == "rate_limits.updated"
+    client.abort()
+
+    def logged():
+        found = [e for e in session_entries(server.log_dir, "ws-realtime") if e["type"] == "response"]
+        return found if len(found) == 2 else None
+
+    answer, follow_up = wait_until(logged, timeout=5, message="answer and follow-up")
+    types = [json.loads(c["raw"])["type"] for c in answer["chunks"]]
+    assert types[0] == "session.created" and types[1] == "response.created" and types[-1] == "response.completed"
+    assert "incomplete" not in answer
+    assert [json.loads(c["raw"])["type"] for c in follow_up["chunks"]] == ["rate_limits.updated"]
+    assert follow_up["seq"] == answer["seq"] and follow_up["_meta"]["request_id"] == answer["_meta"]["request_id"]
+    assert "incomplete" not in follow_up and "error" not in follow_up
 
 
 def test_a_client_that_leaves_mid_stream_closes_the_upstream_within_a_second(shared):
@@ -220,6 +241,7 @@ def test_routing_errors_are_json_never_html(shared, method, headers, status):
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.json()["error"]["type"] == "invalid_request_error"
     assert "<html" not in resp.text.lower()
+    assert "GET" in resp.headers["Allow"]
 
 
 @pytest.mark.parametrize("threads", ["32", "2"])
@@ -274,3 +296,38 @@ def test_stopping_the_proxy_closes_open_websockets_and_logs_their_open_answers(s
     wait_until(lambda: record.ended, timeout=1.0, message="upstream closed")
     cut = [e for e in session_entries(server.log_dir, "ws-stop") if e["type"] == "response"]
     assert len(cut) == 1 and cut[0]["incomplete"] and "shutting down" in cut[0]["error"]
+
+
+@pytest.fixture
+def app_client(tmp_path):
+    from llmproxy.app import create_app
+    from llmproxy.runtime import Runtime
+    from llmproxy.settings import load_settings
+
+    settings = load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)})
+    return create_app(settings, Runtime(settings)).test_client()
+
+
+def test_an_upgrade_the_server_cannot_hand_over_is_refused_before_anything_goes_upstream(app_client, fake_provider):
+    before = len(fake_provider.received)
+    resp = app_client.get(f"/openai/{fake_provider.upstream}/v1/responses",
+                          headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert resp.status_code == 501 and resp.json["error"]["code"] == "websocket_unsupported"
+    assert len(fake_provider.received) == before
+
+
+def test_a_bug_in_the_proxy_is_a_json_500_too(app_client, monkeypatch):
+    from werkzeug.exceptions import InternalServerError
+
+    from llmproxy import app as app_module
+
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app_module, "resolve", broken)
+    resp = app_client.post("/anthropic/api.anthropic.com/v1/messages", json={})
+    assert resp.status_code == 500
+    assert resp.json == {"type": "error", "error": {"type": "api_error",
+                                                    "message": "POST /anthropic/api.anthropic.com/v1/messages: "
+                                                               + InternalServerError.description}}

@@ -137,12 +137,14 @@ def summarize(own: dict, own_pid: int, others: list[dict], failing_after: float)
     errors = [d for d in docs if d.get("last_error_time")]
     newest_error = max(errors, key=lambda d: d["last_error_time"]) if errors else {}
     successes = [d["last_success_time"] for d in docs if d.get("last_success_time")]
+    failing = [d["failing_since"] for d in live if d.get("failing_since")]
     return {
         "status": status,
         **total,
         "last_error": newest_error.get("last_error"),
         "last_error_time": _iso(newest_error.get("last_error_time")),
         "last_success_time": _iso(max(successes) if successes else None),
+        "failing_since": _iso(min(failing) if failing else None),  # first error Loki has not answered since
         "workers": len(live),
         # one worker that found Loki refusing it is enough: the others follow on their next push
         "structured_metadata": "refused" if any(d.get("structured_metadata") == "refused" for d in docs)
@@ -152,5 +154,5 @@ def summarize(own: dict, own_pid: int, others: list[dict], failing_after: float)
 
 def disabled_summary() -> dict:
     return {"status": "disabled", **{name: 0 for name in COUNTERS}, "queue_depth": 0, "last_error": None,
-            "last_error_time": None, "last_success_time": None, "workers": 0, "spooled_entries": 0,
+            "last_error_time": None, "last_success_time": None, "failing_since": None, "workers": 0, "spooled_entries": 0,
             "spool_bytes": 0, "structured_metadata": "off"}
