@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from llmproxy import __version__, forwarding
+from llmproxy import __version__, forwarding, websocket
 from llmproxy.capture import Exchange
-from llmproxy.errors import ProxyError, error_body
+from llmproxy.errors import ProxyError, RequestRejected, error_body
+from llmproxy.metrics import CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.routing import resolve
 from llmproxy.runtime import EXTENSION_KEY, Runtime
@@ -32,6 +34,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
     app = Flask("llmproxy")
     runtime = runtime or Runtime(settings)
     app.extensions[EXTENSION_KEY] = runtime
+    app.wsgi_app = runtime.metrics.wrap(app.wsgi_app)
 
     @app.get("/health")
     def health():
@@ -42,11 +45,32 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         summary, status = runtime.loki_health()
         return jsonify(summary), status
 
+    @app.get("/metrics")
+    def metrics():
+        return Response(runtime.metrics.render(), content_type=CONTENT_TYPE)
+
     @app.errorhandler(ProxyError)
     def proxy_error(error: ProxyError):
         provider = getattr(request, "proxy_provider", None)
         return RelayedResponse(error_body(provider, error), status=error.status,
                                content_type="application/json")
+
+    @app.errorhandler(HTTPException)
+    def routing_error(error: HTTPException):
+        """Werkzeug's own refusals (405 for a method the proxy does not know, a WebSocket
+        upgrade with POST…) and Flask's 500 for a bug of ours, in the provider's JSON shape:
+        clients show JSON, not an HTML page."""
+        path = request.environ.get("RAW_URI") or request.path
+        provider = path.lstrip("/").split("/", 1)[0]
+        status = error.code or 400
+        message = f"{request.method} {path.split('?')[0]}: {error.description}"
+        refusal = RequestRejected(status, message) if status < 500 else ProxyError(message)
+        response = RelayedResponse(error_body(provider, refusal), status=refusal.status,
+                                   content_type="application/json")
+        for name, value in error.get_headers():
+            if name.lower() == "allow":
+                response.headers[name] = value
+        return response
 
     def proxy(target: str = ""):
         environ = request.environ
@@ -55,7 +79,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         request.proxy_provider = raw_uri.lstrip("/").split("/", 1)[0]
         route = resolve(raw_uri, request.headers.get("Authorization"), settings.allowed_upstreams)
         request.proxy_provider = route.provider
+        environ[PROVIDER_KEY] = route.provider  # for the metrics and the access log
         headers = forwarding.client_headers(environ)
+        if request.method == "GET" and websocket.is_upgrade(environ):
+            return _upgrade(runtime, settings, route, headers)
         body = request.get_data(cache=False)
 
         exchange = None
@@ -63,7 +90,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
             exchange = Exchange(route=route, method=request.method, path=_path_and_query(route.url),
                                 request_headers=headers, request_body=body)
             _log(runtime.logger.log_request, exchange)
+            session = getattr(exchange.state, "session", None)
+            if session:
+                environ[SESSION_KEY] = session
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
+        if exchange is not None:
+            exchange.sending()
         try:
             upstream = forwarding.open_upstream(
                 runtime.upstream, request.method, route.url, headers, body,
@@ -77,9 +109,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
         resp_headers = forwarding.response_headers(upstream)
         if exchange is not None:
-            # An encoded event stream (rare) is logged as a body, decoded at the end.
-            sse = (upstream.headers.get("content-type", "").startswith("text/event-stream")
-                   and not upstream.headers.get("content-encoding"))
+            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
             exchange.got_headers(upstream.status_code, resp_headers, sse)
         # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
         # after the last byte is on the wire, so logging never delays the client.
@@ -92,7 +122,62 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
 
     app.add_url_rule("/", "proxy_root", proxy, methods=METHODS, provide_automatic_options=False)
     app.add_url_rule("/<path:target>", "proxy", proxy, methods=METHODS, provide_automatic_options=False)
+    # Werkzeug matches a WebSocket upgrade only to rules marked for it (GET only).
+    app.add_url_rule("/", "proxy_root_ws", proxy, methods=["GET"], websocket=True,
+                     provide_automatic_options=False)
+    app.add_url_rule("/<path:target>", "proxy_ws", proxy, methods=["GET"], websocket=True,
+                     provide_automatic_options=False)
     return app
+
+
+def _upgrade(runtime: Runtime, settings: Settings, route, headers: list[tuple[str, str]]):
+    """A WebSocket opening handshake, sent upstream as the client made it.
+
+    A 101 hands both connections to the worker's relay thread and ends the request (gunicorn
+    writes nothing to the client; see :func:`llmproxy.websocket.take_over`). Any other answer
+    is relayed like a plain response, so the client can fall back to HTTP.
+    """
+    environ = request.environ
+    websocket.check_can_take_over(environ)
+    headers = websocket.handshake_headers(environ, headers)
+    path = _path_and_query(route.url)
+    exchange = None
+    if route.conversation:
+        exchange = Exchange(route=route, method="GET", path=path, request_headers=headers, request_body=b"",
+                            transport="websocket")
+    try:
+        handshake = websocket.open_handshake(route, path, headers, settings.upstream_connect_timeout,
+                                             settings.upstream_read_timeout)
+    except ProxyError as error:
+        log.warning("WebSocket %s: %s", route.url.split("?")[0], error.message)
+        if exchange is not None:
+            _log(runtime.logger.log_request, exchange)
+            exchange.fail(error.status, error.message)
+            _log(runtime.logger.log_response, exchange)
+        raise
+
+    if handshake.status == 101:
+        client = websocket.take_over(environ)
+        try:
+            client.sendall(handshake.head)
+        except OSError:
+            client.close()
+            handshake.sock.close()
+            return RelayedResponse(b"", status=101)
+        tap = None
+        if route.conversation:
+            tap = runtime.ws_log.conversation(route, path, headers, 101, handshake.headers)
+        runtime.relays.add(client, handshake.sock, tap, handshake.early)
+        return RelayedResponse(b"", status=101)
+
+    resp_headers = forwarding.without_hop_by_hop(handshake.headers)
+    on_close = []
+    if exchange is not None:
+        _log(runtime.logger.log_request, exchange)
+        exchange.got_headers(handshake.status, resp_headers, sse=False)
+        on_close.append(lambda: _log_response(runtime, exchange))
+    body_iter = ClosingIterator(websocket.answer_body(handshake, exchange), on_close)
+    return RelayedResponse(body_iter, status=handshake.status, headers=resp_headers, direct_passthrough=True)
 
 
 def _log_response(runtime: Runtime, exchange: Exchange) -> None:

@@ -17,6 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from llmproxy import logtree
+from llmproxy.entries import entry_metadata
+from llmproxy.logtree import SessionFiles
 from llmproxy.loki import LokiExporter, LokiEntry
 from llmproxy.loki.split import split_entry
 from llmproxy.multiwriter import LabelMaker
@@ -49,29 +52,35 @@ class SessionReport:
 
 
 def session_files(log_dir: Path, session: str | None, since: str | None, until: str | None,
-                  upstream: str | None) -> Iterator[Path]:
-    for path in sorted(log_dir.glob("*/*/*.jsonl")):
-        day, host = path.parent.name, path.parent.parent.name
-        if session and path.stem != session:
+                  upstream: str | None) -> Iterator[SessionFiles]:
+    """Sessions of the tree, plain or compressed by ``llm-proxy prune``."""
+    for files in logtree.sessions(log_dir):
+        if session and files.session != session:
             continue
-        if upstream and host != upstream:
+        if upstream and files.upstream != upstream:
             continue
-        if since and day < since or until and day > until:
+        if since and files.day < since or until and files.day > until:
             continue
-        yield path
+        yield files
 
 
-def read_entries(path: Path, labels: LabelMaker) -> list[LokiEntry]:
-    """The file's lines as Loki entries with the labels the exporter gave them."""
-    raw_lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
+def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
+    """The session's lines as Loki entries with the labels and structured metadata the exporter
+    gave them (the metadata is read back from the lines: ids, the model, the status)."""
+    raw_lines = [line for line in logtree.read_session(files).split(b"\n") if line.strip()]
     docs = [json.loads(line) for line in raw_lines]
     provider = next((d.get("provider") for d in docs if d.get("type") == "session_start"), None)
-    provider = provider or PROVIDER_BY_HOST.get(path.parent.parent.name, "anthropic")
+    provider = provider or PROVIDER_BY_HOST.get(files.upstream, "anthropic")
+    requested = {(d.get("_meta") or {}).get("request_id"): d.get("model") for d in docs if d.get("type") == "request"}
     entries = []
     for line, doc in zip(raw_lines, docs):
         meta = doc.get("_meta") or {}
         maker = LabelMaker(labels.environment, meta.get("machine") or labels.machine)
-        entries.append(LokiEntry(parse_ts(meta["ts"]), line, maker(provider, doc.get("type", "unknown"))))
+        kind = doc.get("type", "unknown")
+        model = doc.get("model") or (requested.get(meta.get("request_id")) if kind == "response" else None)
+        metadata = entry_metadata(meta.get("session") or files.session, meta.get("request_id"),
+                                  meta.get("client_session_id"), model, doc.get("status"))
+        entries.append(LokiEntry(parse_ts(meta["ts"]), line, maker(provider, kind), metadata))
     return entries
 
 
@@ -97,14 +106,14 @@ class Backfill:
             start = last if last > start else start + 1
         return found
 
-    def run_session(self, path: Path) -> SessionReport:
-        report = SessionReport(path.stem)
-        entries = read_entries(path, self.labels)
+    def run_session(self, files: SessionFiles) -> SessionReport:
+        report = SessionReport(files.session)
+        entries = read_entries(files, self.labels)
         report.read = len(entries)
         parts = [p for e in entries for p in split_entry(e, self.exporter.settings.max_line_bytes)]
         missing = parts
         if self.check:
-            held = self.held(path.stem, parts)
+            held = self.held(files.session, parts)
             missing = [p for p in parts if (p.ts_ns, p.line.decode()) not in held]
             report.present = len(parts) - len(missing)
         if not missing:
@@ -116,11 +125,11 @@ class Backfill:
             report.undelivered = len(outcome.undelivered)
             return report
         if outcome.failed:
-            held = self.held(path.stem, parts)
+            held = self.held(files.session, parts)
             report.refused = [p for p in missing if (p.ts_ns, p.line.decode()) not in held]
             report.pushed = len(missing) - len(report.refused)
             if report.refused and self.extra_label:
-                own_stream = [LokiEntry(p.ts_ns, p.line, p.labels + (self.extra_label,)) for p in report.refused]
+                own_stream = [replace(p, labels=p.labels + (self.extra_label,)) for p in report.refused]
                 extra = self.exporter.send_entries(own_stream)
                 report.extra_pushed = extra.sent
                 report.errors += extra.errors
@@ -162,11 +171,11 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
                         check=not args.no_check, extra_label=args.extra_label)
     total = SessionReport("total")
     failed_sessions = 0
-    for path in session_files(log_dir, args.session, args.since, args.until, args.upstream):
+    for files in session_files(log_dir, args.session, args.since, args.until, args.upstream):
         try:
-            report = backfill.run_session(path)
+            report = backfill.run_session(files)
         except (RuntimeError, ValueError, OSError) as exc:
-            print(f"{path.stem}: error: {exc}", file=out)
+            print(f"{files.session}: error: {exc}", file=out)
             failed_sessions += 1
             continue
         status = "ok" if report.ok else "FAILED"

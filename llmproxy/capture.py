@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmproxy import decoding
+from llmproxy.decoding import Decoded
 from llmproxy.routing import Route
 
 
@@ -21,11 +23,13 @@ def now_ns() -> int:
 
 @dataclass
 class Chunk:
-    """One SSE event as it arrived: wall-clock ns, ms since the previous event, the raw text."""
+    """One SSE event or WebSocket message as it arrived: wall-clock ns, ms since the previous
+    event, the raw text (a binary WebSocket message: its bytes, ``binary`` set)."""
 
     ts_ns: int
     delta_ms: float
     raw: bytes
+    binary: bool = False
 
 
 @dataclass
@@ -40,60 +44,129 @@ class Exchange:
     started_ns: int = field(default_factory=now_ns)
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    transport: str = "http"             # "websocket": one client message and its server events
+    request_binary: bool = False        # the client message was a binary WebSocket message
 
     # whatever the logger keeps between log_request and log_response (its session assignment)
     state: object = None
+    request_summary: dict = field(default_factory=dict)  # model, stream… as the request asked
 
     # the answer
     status: int | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytearray | None = None       # non-SSE answer body as received (still content-encoded)
-    chunks: list[Chunk] | None = None   # SSE events
+    chunks: list[Chunk] | None = None   # SSE events, decoded
     size: int = 0
     ttfb_ms: float | None = None
     total_ms: float | None = None
+    proxy_ms: float | None = None       # our own time before the request went upstream
+    upstream_ms: float | None = None    # from sending upstream to its response headers
     error: str | None = None
     incomplete: bool = False
+    stream_truncated: bool = False      # an encoded stream decoded up to MAX_DECODED_BYTES only
 
     _sse_buffer: bytearray = field(default_factory=bytearray, repr=False)
     _last_event: float = 0.0
+    # An encoded stream: each piece as it arrived (perf_counter, time_ns, bytes), decoded once the
+    # last byte is relayed, so the events keep their arrival times and the relay does no work.
+    _encoded: list[tuple[float, int, bytes]] | None = field(default=None, repr=False)
+    _decoded: Decoded | None = field(default=None, repr=False)
+    _sent: float = 0.0
+
+    def sending(self) -> None:
+        """The request goes upstream now: what came before was the proxy's own time."""
+        self._sent = time.perf_counter()
+        self.proxy_ms = _ms(self._sent - self.started)
 
     def got_headers(self, status: int, headers: list[tuple[str, str]], sse: bool) -> None:
         self.status = status
         self.response_headers = headers
-        self.ttfb_ms = _ms(time.perf_counter() - self.started)
+        now = time.perf_counter()
+        self.ttfb_ms = _ms(now - self.started)
+        if self._sent:
+            self.upstream_ms = _ms(now - self._sent)
         self._last_event = time.perf_counter()
         if sse:
             self.chunks = []
+            if decoding.codings(self.response_header("content-encoding")):
+                self._encoded = []
         else:
             self.body = bytearray()
+
+    def request_header(self, name: str) -> str | None:
+        return _header(self.request_headers, name)
+
+    def response_header(self, name: str) -> str | None:
+        return _header(self.response_headers, name)
 
     def got_data(self, data: bytes) -> None:
         self.size += len(data)
         if self.chunks is None:
             if self.body is not None:
                 self.body += data
-            return
+        elif self._encoded is not None:
+            self._encoded.append((time.perf_counter(), now_ns(), data))
+        else:
+            self._take_events(data, time.perf_counter(), now_ns())
+
+    def _take_events(self, data: bytes, at: float, at_ns: int) -> None:
         buf = self._sse_buffer
         buf += data
         while True:
             end, sep = _event_end(buf)
             if end < 0:
                 break
-            self._add_chunk(bytes(buf[:end + sep]))
+            self._add_chunk(bytes(buf[:end + sep]), at, at_ns)
             del buf[:end + sep]
 
-    def _add_chunk(self, raw: bytes) -> None:
-        now = time.perf_counter()
-        self.chunks.append(Chunk(now_ns(), _ms(now - self._last_event), raw))
-        self._last_event = now
+    def _add_chunk(self, raw: bytes, at: float, at_ns: int) -> None:
+        self.chunks.append(Chunk(at_ns, _ms(at - self._last_event), raw))
+        self._last_event = at
 
-    def finish(self, error: str | None = None) -> None:
-        """The answer is over: completely, or cut (``error`` says why)."""
+    def _decode_stream(self) -> None:
+        """Replay an encoded stream's pieces through the decoder, with their arrival times. What
+        cannot be decoded is kept as the body, as it came, with the reason."""
+        pieces, self._encoded = self._encoded, None
+        try:
+            decoder = decoding.StreamDecoder(self.response_header("content-encoding"))
+        except decoding.DecodeError as exc:
+            self._decoded = Decoded(b"".join(p for _, _, p in pieces), error=str(exc))
+            return
+        for i, (at, at_ns, data) in enumerate(pieces):
+            try:
+                self._take_events(decoder.feed(data), at, at_ns)
+            except decoding.DecodeError as exc:
+                self._decoded = Decoded(b"".join(p for _, _, p in pieces[i:]), error=str(exc))
+                return
+            if decoder.truncated:
+                self.stream_truncated = True
+                return
+
+    def decoded_body(self) -> Decoded | None:
+        """The non-SSE body as the log shows it (or what of an encoded stream did not decode)."""
+        if self._decoded is None and self.body is not None:
+            self._decoded = decoding.decode(bytes(self.body), self.response_header("content-encoding"))
+        return self._decoded
+
+    def got_message(self, raw: bytes, ts_ns: int, at: float, binary: bool = False) -> None:
+        """A WebSocket message from the upstream that arrived at ``ts_ns`` (``at`` on the
+        perf_counter clock): one chunk. The relay thread took both times; the log is written
+        later, in the logging thread."""
+        if self.ttfb_ms is None:
+            self.ttfb_ms = _ms(at - self.started)
+        self.chunks.append(Chunk(ts_ns, _ms(at - (self._last_event or self.started)), raw, binary))
+        self._last_event = at
+        self.size += len(raw)
+
+    def finish(self, error: str | None = None, at: float | None = None) -> None:
+        """The answer is over (at ``at``, perf_counter; default now): completely, or cut
+        (``error`` says why)."""
+        if self._encoded is not None:
+            self._decode_stream()
         if self.chunks is not None and self._sse_buffer:
-            self._add_chunk(bytes(self._sse_buffer))
+            self._add_chunk(bytes(self._sse_buffer), time.perf_counter(), now_ns())
             self._sse_buffer.clear()
-        self.total_ms = _ms(time.perf_counter() - self.started)
+        self.total_ms = _ms((time.perf_counter() if at is None else at) - self.started)
         if error:
             self.error = error
             self.incomplete = True
@@ -103,6 +176,14 @@ class Exchange:
         self.status = status
         self.error = error
         self.total_ms = _ms(time.perf_counter() - self.started)
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The first value of header ``name`` (lower case), or None."""
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
 
 
 def _event_end(buf: bytearray) -> tuple[int, int]:

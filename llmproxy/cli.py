@@ -1,9 +1,11 @@
-"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``."""
+"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``, ``systemd-unit``, ``prune``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from llmproxy import __version__
@@ -42,12 +44,63 @@ def check_config() -> int:
     return 0
 
 
-def env() -> int:
+def env(codex: bool = False) -> int:
+    """Client setup for this proxy: shell exports, or with ``codex`` a Codex ``config.toml`` part."""
     settings = load_settings_or_exit(create_dirs=False)
-    base = settings.base_url
-    print(f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com")
-    print(f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1")
+    print(codex_config(settings.base_url) if codex else shell_exports(settings.base_url), end="")
     return 0
+
+
+def shell_exports(base: str) -> str:
+    """For ``eval``: Claude Code and the SDKs read these; Codex does not (0.171 ignores the second)."""
+    return (f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com\n"
+            f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1\n"
+            "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n")
+
+
+def codex_config(base: str) -> str:
+    """The Codex CLI's two ways through the proxy, as checked against Codex 0.171.0."""
+    url = f"{base}/openai/api.openai.com/v1"
+    return f"""\
+# Codex CLI through llm-proxy: put this at the top of $CODEX_HOME/config.toml
+# (~/.codex/config.toml), before any [table].
+
+# ChatGPT sign-in, or a key saved with `codex login --with-api-key`: the built-in
+# provider (it tries a WebSocket first and ignores OPENAI_BASE_URL and OPENAI_API_KEY).
+openai_base_url = "{url}"
+
+# A key in $OPENAI_API_KEY: choose this provider here, or per run with
+# `codex -c model_provider=llm-proxy` (plain HTTP and SSE).
+# model_provider = "llm-proxy"
+
+[model_providers.llm-proxy]
+name = "OpenAI through llm-proxy"
+base_url = "{url}"
+env_key = "OPENAI_API_KEY"
+wire_api = "responses"
+"""
+
+
+def systemd_unit(args: argparse.Namespace) -> int:
+    from llmproxy import systemd
+
+    environ = dict(os.environ)
+    if args.env_file.is_file():  # the service's settings, read as systemd reads them
+        environ.update(systemd.read_env_file(args.env_file))
+    environ["LLM_PROXY_ENV_FILE"] = "/dev/null"
+    try:
+        settings = load_settings(environ, create_dirs=False)
+    except SettingsError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BAD_CONFIG
+    sys.stdout.write(systemd.render(args.unit, settings, args.user, args.env_file))
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    from llmproxy import prune as pruning
+
+    return pruning.run(load_settings_or_exit(create_dirs=False), dry_run=args.dry_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,7 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("serve", help="run the proxy under gunicorn (what systemd runs); "
                         "further options go to gunicorn, e.g. --log-level debug")
     commands.add_parser("check-config", help="validate the configuration and print the effective values")
-    commands.add_parser("env", help="print export lines pointing Anthropic and OpenAI clients here")
+    env_parser = commands.add_parser("env", help="print export lines pointing Claude Code and the SDKs here")
+    env_parser.add_argument("--codex", action="store_true",
+                            help="print the Codex CLI's config.toml settings instead")
+    unit = commands.add_parser("systemd-unit", help="print a systemd unit filled in for this installation")
+    unit.add_argument("unit", nargs="?", default="llm-proxy.service",
+                      choices=("llm-proxy.service", "llm-proxy-prune.service", "llm-proxy-prune.timer"))
+    unit.add_argument("--user", default="llmproxy", help="service user (default llmproxy)")
+    unit.add_argument("--env-file", type=Path, default=Path("/etc/llm-proxy.env"),
+                      help="EnvironmentFile= (default /etc/llm-proxy.env; read for the log dir if present)")
+    pruning = commands.add_parser("prune", help="compress old session logs, delete expired ones "
+                                  "(LLM_PROXY_LOG_COMPRESS_AFTER, LLM_PROXY_LOG_RETENTION)")
+    pruning.add_argument("--dry-run", action="store_true", help="print what would be done and the bytes freed")
     args, extra = parser.parse_known_args(argv)
 
     if args.command == "serve":
@@ -69,4 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "check-config":
         return check_config()
-    return env()
+    if args.command == "systemd-unit":
+        return systemd_unit(args)
+    if args.command == "prune":
+        return prune(args)
+    return env(codex=args.codex)

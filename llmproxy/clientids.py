@@ -19,6 +19,11 @@ _THREAD_PATH = re.compile(r"/v1/threads/([^/?]+)/")
 RESPONSE_KEY = "response:"
 
 
+def session_name(client_id: str | None) -> str | None:
+    """What the client calls its session (``client_session_id``): a response key names none."""
+    return None if client_id is None or client_id.startswith(RESPONSE_KEY) else client_id
+
+
 def _valid(value: Any) -> str | None:
     return value if isinstance(value, str) and VALID_ID.fullmatch(value) else None
 

@@ -55,6 +55,27 @@ class UpstreamTimeout(ProxyError):
     code = "upstream_timeout"
 
 
+class RequestRejected(ProxyError):
+    """A request the proxy's router refuses (a method it does not know, a WebSocket upgrade
+    with a method other than GET…): Werkzeug's own HTTP exceptions, answered as JSON."""
+
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+    code = "request_rejected"
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class WebSocketUnsupported(ProxyError):
+    """The server in front of the app cannot hand over its client socket (not gunicorn's
+    plain-socket workers): the upgrade is refused before anything is sent upstream."""
+
+    status = 501
+    code = "websocket_unsupported"
+
+
 def error_body(provider: str | None, error: ProxyError) -> bytes:
     """The JSON body in the provider's own error shape.
 

@@ -101,8 +101,15 @@ def upstream_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
 
 def response_headers(resp: requests.Response) -> list[tuple[str, str]]:
     """Upstream response headers minus hop-by-hop ones; repeated headers (Set-Cookie) kept apart."""
-    connection_tokens = {t.strip().lower() for t in resp.raw.headers.get("connection", "").split(",")}
-    return [(n, v) for n, v in resp.raw.headers.items()
+    return without_hop_by_hop(resp.raw.headers.items())
+
+
+def without_hop_by_hop(headers) -> list[tuple[str, str]]:
+    """Response headers as the client gets them: no hop-by-hop ones, none ``Connection`` names."""
+    headers = list(headers)
+    connection_tokens = {t.strip().lower() for n, v in headers if n.lower() == "connection"
+                         for t in v.split(",")}
+    return [(n, v) for n, v in headers
             if n.lower() not in _RESPONSE_DROP and n.lower() not in connection_tokens]
 
 

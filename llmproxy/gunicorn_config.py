@@ -8,10 +8,13 @@ hand lifecycle work to :mod:`llmproxy.runtime`.
 import ctypes
 import logging
 import os
+import resource
+import shutil
 import signal
 import time
 
 from llmproxy import forwarding
+from llmproxy import metrics
 from llmproxy.cli import load_settings_or_exit
 from llmproxy.runtime import Runtime, describe_destinations, prepare_run_dir
 from llmproxy.saturation import Saturation, pool_queue
@@ -34,6 +37,21 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 _limit_malloc_arenas()
 
+
+def _raise_open_files_limit() -> None:
+    """Every open WebSocket holds two descriptors of its worker for as long as it lives; the
+    usual soft limit of 1024 would stop a worker at about 500 of them. Raise the soft limit to
+    the hard one, as servers that hold many connections do; workers inherit it."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a hard limit the kernel refuses as soft (macOS): keep it
+        pass
+
+
+_raise_open_files_limit()
+
 wsgi_app = "llmproxy.wsgi:app"
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 bind = [f"{_host}:{_settings.port}"]
@@ -46,7 +64,7 @@ threads = _settings.threads
 timeout = 60
 # worker_exit flushes Loki within LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT; the arbiter must not SIGKILL
 # the worker before that budget is spent.
-graceful_timeout = int(_settings.loki.shutdown_timeout) + 15
+graceful_timeout = _settings.graceful_timeout
 # Clients (Claude Code, SDKs) reuse connections between calls.
 keepalive = 30
 proc_name = "llm-proxy"
@@ -57,9 +75,12 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm
 # test run beside a live proxy) would fight over it, and llm-proxy does not use it.
 control_socket_disable = True
 errorlog = "-"
+loglevel = _settings.log_level
 accesslog = "-"
 # Path without the query string: a query may carry a key (?key=…), and nothing secret is logged.
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+# The app puts the provider and the session id into the WSGI environ ("-" for other paths).
+access_log_format = ('%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms '
+                     f'provider=%({{{metrics.PROVIDER_KEY}}}e)s session=%({{{metrics.SESSION_KEY}}}e)s')
 
 
 # Codex sends a ``session_id`` header. gunicorn's default drops header names with underscores;
@@ -83,6 +104,7 @@ def on_starting(server):
     ours.setLevel(server.log.error_log.level)
     ours.propagate = False
     prepare_run_dir(_settings)
+    metrics.prepare_multiprocess_dir(server.pid)
     for line in describe_destinations(_settings):
         ours.info(line)
 
@@ -112,6 +134,14 @@ def post_worker_init(worker):
         handle_exit(sig, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def on_exit(server):
+    shutil.rmtree(metrics.multiprocess_dir(server.pid), ignore_errors=True)
+
+
+def child_exit(server, worker):
+    metrics.worker_gone(worker.pid)
 
 
 def worker_exit(server, worker):

@@ -28,9 +28,16 @@ def mask_token(token: str) -> str:
     return f"{prefix}...{suffix}"
 
 
+# Browsers cannot set Authorization on a WebSocket, so OpenAI's Realtime API takes the key as a
+# subprotocol: ``Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.sk-…``.
+_KEY_IN_PROTOCOL = re.compile(r"(?<=api-key\.)([^,\s]+)", re.IGNORECASE)
+
+
 def mask_value(name: str, value: str) -> str:
     """The value of header ``name`` as it may be logged."""
     lname = name.lower()
+    if lname == "sec-websocket-protocol":
+        return _KEY_IN_PROTOCOL.sub(lambda m: mask_token(m.group(1)), value)
     if lname not in SECRET_HEADERS:
         return value
     if lname in ("cookie", "set-cookie"):

@@ -11,13 +11,17 @@ import logging
 import os
 import shutil
 import sqlite3
+from urllib.parse import urlsplit
 
 from llmproxy import __version__, forwarding
+from llmproxy.websocket import RelayHub
+from llmproxy.websocket_log import MessageLog
 from llmproxy.capture import ExchangeLogger
 from llmproxy.entries import EntryBuilder
 from llmproxy.filelog import FileLogger
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.health import StatsBoard, disabled_summary, pid_alive, summarize
+from llmproxy.metrics import Metrics
 from llmproxy.multiwriter import LabelMaker, MultiWriter
 from llmproxy.saturation import Saturation, summarize as summarize_threads
 from llmproxy.sessionlog import FileHealth, SessionLog
@@ -39,12 +43,17 @@ class Runtime:
         self.sessions = SessionStore(settings.log_dir / "sessions.db")
         self.file_logger = FileLogger(settings.log_dir)
         self.board = StatsBoard(settings.run_dir / str(os.getppid()))
-        self.exporter = LokiExporter(settings.loki, self.board) if settings.loki.enabled else None
         self.saturation = Saturation(settings.threads, self.board.directory)
+        self.relays = RelayHub()                  # open WebSockets: one thread moves their bytes
+        self.metrics = Metrics(self.saturation, lambda: self.relays.open_count,
+                               *loki_labels(settings))
+        self.exporter = (LokiExporter(settings.loki, self.board, metrics=self.metrics)
+                         if settings.loki.enabled else None)
         self.writer = MultiWriter(self.file_logger, self.exporter,
                                   LabelMaker(settings.loki.environment, settings.machine_id))
         self.logger: ExchangeLogger = logger or SessionLog(
             self.sessions, self.writer, EntryBuilder(settings.machine_id), self.file_health)
+        self.ws_log = MessageLog(self.logger)     # what the WebSockets carried is written here
         self.stopping_since: float | None = None  # set when SIGTERM arrives (gunicorn_config)
 
     @staticmethod
@@ -56,12 +65,17 @@ class Runtime:
     def start(self) -> None:
         """Start the worker's background threads (after fork: a thread does not survive it)."""
         self.saturation.start()
+        self.metrics.start()
         if self.exporter is not None:
             self.exporter.start()
 
     def close(self, flush_budget: float | None = None) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``;
-        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT."""
+        ``flush_budget`` (seconds) defaults to LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT. Open WebSockets
+        are closed first, so that what they carried reaches the logs before the Loki flush."""
+        self.relays.close()
+        self.ws_log.close()
+        self.metrics.close()
         if self.exporter is not None:
             self.exporter.close(flush_budget)
         self.saturation.close()
@@ -82,6 +96,16 @@ class Runtime:
         threads = summarize_threads(self.saturation.snapshot(), self.saturation.read_others())
         return {"status": "ok", "version": __version__, "file_logging": self.file_health.status,
                 "threads": threads}
+
+
+def loki_labels(settings: Settings) -> tuple[str, str]:
+    """``host`` and ``tenant`` of the exporter's metrics, as Alloy labels them (no credentials)."""
+    if not settings.loki.enabled:
+        return "", ""
+    parts = urlsplit(settings.loki.push_url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return (f"{host}:{parts.port}" if parts.port else host), settings.loki.tenant_id or ""
 
 
 def describe_destinations(settings: Settings) -> list[str]:

@@ -12,8 +12,10 @@ import logging
 import sqlite3
 from typing import Any, Protocol
 
+from llmproxy import providers
 from llmproxy.capture import Exchange, now_ns
-from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id
+from llmproxy import decoding
+from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id, session_name
 from llmproxy.entries import Entry, EntryBuilder
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.sessions import Assignment, SessionStore, conversation_messages, message_hashes, new_session_id
@@ -63,14 +65,17 @@ def _response_id(exchange: Exchange) -> str | None:
     """The id of a Responses API answer (JSON or SSE), for a later ``previous_response_id``."""
     if exchange.chunks is not None:
         for chunk in exchange.chunks[:3]:
-            for line in chunk.raw.split(b"\n"):
+            # A WebSocket message is the event's JSON itself, an SSE event has it in data: lines.
+            lines = [b"data:" + chunk.raw] if exchange.transport == "websocket" else chunk.raw.split(b"\n")
+            for line in lines:
                 if line.startswith(b"data:"):
                     doc = _json_body(line[5:].strip())
                     response = doc.get("response") if isinstance(doc, dict) else None
                     if isinstance(response, dict) and isinstance(response.get("id"), str):
                         return response["id"]
         return None
-    doc = _json_body(bytes(exchange.body or b""))
+    decoded = exchange.decoded_body()
+    doc = _json_body(decoded.data) if decoded is not None else None
     return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
 
 
@@ -86,12 +91,15 @@ class SessionLog:
 
     def log_request(self, exchange: Exchange) -> None:
         route = exchange.route
-        body = _json_body(exchange.request_body)
+        # Codex may send its request zstd-encoded: the session id and messages are inside.
+        decoded = decoding.decode(exchange.request_body, exchange.request_header("content-encoding"))
+        body = _json_body(decoded.data)
         client_id = client_session_id(route.provider, route.path, exchange.request_headers, body)
         agent = agent_name(exchange.request_headers)
         hashes = message_hashes(conversation_messages(route.provider, body)) if client_id else []
 
-        fields = self.builder.request_fields(exchange)
+        exchange.request_summary = providers.request_summary(providers.api_for(route.provider, route.path), body)
+        fields = self.builder.request_fields(exchange, decoded)
 
         def write_request(assignment: Assignment) -> None:
             for entry in self.builder.request_entries(exchange, assignment, fields):
@@ -105,7 +113,7 @@ class SessionLog:
             self.health.failed(exc)
             assignment = Assignment(session=new_session_id(exchange.started_ns), seq=1,
                                     upstream=route.upstream, started_session=True, agent=agent,
-                                    client_id=client_id)
+                                    client_id=session_name(client_id))
             write_request(assignment)
         exchange.state = assignment
 

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from llmproxy.clientids import session_name
 from llmproxy.writelock import WriteLock
 
 SCHEMA = """
@@ -28,8 +29,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     provider TEXT NOT NULL,
     upstream TEXT NOT NULL,
     client_id TEXT,
-    parent TEXT,
-    fork_from_seq INTEGER,
     created_ns INTEGER NOT NULL,
     last_seq INTEGER NOT NULL
 );
@@ -63,39 +62,101 @@ def session_date(session_id: str) -> str:
     return f"{session_id[0:4]}-{session_id[4:6]}-{session_id[6:8]}"
 
 
-def _feed(h, value: Any) -> None:
-    """Feed a canonical form of a JSON value to a hash: dict keys sorted, ``cache_control``
-    left out (clients move that marker between turns). Strings go in as UTF-8 bytes, tagged and
-    length-prefixed, so no JSON escaping of megabyte tool results is needed."""
-    if isinstance(value, dict):
-        keys = sorted(k for k in value if k != "cache_control")
-        h.update(b"{%d" % len(keys))
-        for key in keys:
-            _feed(h, key)
-            _feed(h, value[key])
-        h.update(b"}")
-    elif isinstance(value, list):
-        h.update(b"[%d" % len(value))
-        for item in value:
-            _feed(h, item)
-        h.update(b"]")
-    elif isinstance(value, str):
+# What a message's identity leaves out, and why (README "Where the logs go" lists the rules):
+# per-request markers clients move between turns;
+_ANNOTATIONS = frozenset({"cache_control"})
+# the client's instructions, regenerated per request (Claude Code's reminders in the middle of
+# ``messages``, Codex's developer items), not turns of the conversation;
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
+# the model's hidden reasoning, which clients keep or drop for earlier turns as they like;
+_REASONING = frozenset({"thinking", "redacted_thinking", "reasoning"})
+# item ids and states the server assigns (Responses API); a ``store: false`` client drops them.
+_ITEM_FIELDS = frozenset({"id", "status"})
+# One kind of text block, whatever the API calls it (the role says who spoke).
+_TEXT_TYPES = {"input_text": "text", "output_text": "text"}
+_REMINDER = "<system-reminder>"  # context Claude Code prepends to a user message, fresh each request
+
+
+def _feed(out: list[bytes], value: Any) -> None:
+    """Append a JSON value's canonical bytes: dict keys sorted; annotations, and null, false and
+    empty lists (the APIs' defaults: ``"is_error": false`` is no error) left out. Strings go in as UTF-8 bytes, tagged and length-prefixed, so no JSON
+    escaping of megabyte tool results is needed."""
+    if isinstance(value, str):
         data = value.encode("utf-8", "surrogatepass")
-        h.update(b"s%d:" % len(data))
-        h.update(data)
-    else:  # numbers, booleans, null
-        h.update(b"v" + json.dumps(value).encode())
+        out.append(b"s%d:" % len(data))
+        out.append(data)
+    elif isinstance(value, dict):
+        keys = sorted(k for k, v in value.items()
+                      if v is not None and v is not False and v != [] and k not in _ANNOTATIONS)
+        out.append(b"{%d" % len(keys))
+        for key in keys:
+            _feed(out, key)
+            _feed(out, value[key])
+        out.append(b"}")
+    elif isinstance(value, list):
+        out.append(b"[%d" % len(value))
+        for item in value:
+            _feed(out, item)
+        out.append(b"]")
+    else:  # numbers, booleans
+        out.append(b"v" + json.dumps(value).encode())
+
+
+def _content(value: Any) -> Any:
+    """Content in one spelling: a string is the list of one text block; reasoning blocks and
+    Claude Code's reminders are left out."""
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}]
+    if not isinstance(value, list):
+        return value
+    blocks = []
+    for block in value:
+        if isinstance(block, dict):
+            kind = block.get("type")
+            if kind in _REASONING:
+                continue
+            text = block.get("text")
+            if kind == "text" and isinstance(text, str) and text.startswith(_REMINDER):
+                continue
+            block = {k: _content(v) if k == "content" else v for k, v in block.items()}
+            if kind in _TEXT_TYPES:
+                block["type"] = _TEXT_TYPES[kind]
+        blocks.append(block)
+    return blocks
+
+
+def _canonical(message: Any) -> Any:
+    """A message or Responses input item as its identity sees it; None when it is no turn of
+    the conversation (an instruction, reasoning)."""
+    if not isinstance(message, dict):
+        return message
+    if message.get("role") in _INSTRUCTION_ROLES or message.get("type") in _REASONING:
+        return None
+    doc = {}
+    for key, value in message.items():
+        if key in _ITEM_FIELDS:
+            continue
+        if key == "content" or (key == "output" and message.get("type") == "function_call_output"):
+            value = _content(value)
+        doc[key] = value
+    if "role" in doc and "type" not in doc:  # a Responses message item may omit its type
+        doc["type"] = "message"
+    return doc
 
 
 def message_hashes(messages: Any) -> list[str]:
-    """Canonical hash of each message: keys sorted, ``cache_control`` ignored."""
+    """The canonical hash of each turn of a conversation, the same for every spelling a provider
+    accepts of the same content (see the rules above)."""
     if not isinstance(messages, list):
         return []
     digests = []
     for message in messages:
-        h = hashlib.sha256()
-        _feed(h, message)
-        digests.append(h.hexdigest()[:16])
+        doc = _canonical(message)
+        if doc is None:
+            continue
+        out: list[bytes] = []
+        _feed(out, doc)
+        digests.append(hashlib.sha256(b"".join(out)).hexdigest()[:16])
     return digests
 
 
@@ -113,6 +174,15 @@ def conversation_messages(provider: str, body: Any) -> list:
 
 
 @dataclass
+class Fork:
+    """Where a conversation departed from its history: the user rewound or edited it, or a
+    compaction rewrote it. The new branch goes on as ``thread`` of the same session."""
+
+    from_seq: int       # the last request whose history the new branch still shares
+    from_thread: str    # the thread it departed from
+
+
+@dataclass
 class Assignment:
     """Where one request's entries go."""
 
@@ -120,10 +190,10 @@ class Assignment:
     seq: int
     upstream: str
     started_session: bool = False       # a session_start entry is due
-    parent_session: str | None = None   # set when this request forks a session
-    fork_from_seq: int | None = None
     agent: str | None = None
-    client_id: str | None = None
+    client_id: str | None = None        # the client's name for the session, when it gave one
+    thread: str | None = None           # the conversation thread (branch) the request continues
+    fork: Fork | None = None            # set when this request starts a branch: a fork entry is due
 
 
 def _common_prefix(a: list[str], b: list[str]) -> int:
@@ -207,72 +277,67 @@ class SessionStore:
         return assignment
 
     def _assign(self, conn, provider, upstream, client_id, agent, hashes, now_ns) -> Assignment:
-        session = None
+        row = None
         if client_id is not None:
-            row = conn.execute("SELECT session FROM client_ids WHERE provider=? AND upstream=? AND client_id=?",
+            row = conn.execute("SELECT s.id, s.last_seq, s.client_id FROM client_ids c JOIN sessions s ON s.id = c.session"
+                               " WHERE c.provider=? AND c.upstream=? AND c.client_id=?",
                                (provider, upstream, client_id)).fetchone()
-            session = row[0] if row else None
-
-        if session is None:
+        if row is None:
             assignment = self._create(conn, provider, upstream, client_id, now_ns)
-            if client_id is not None and hashes:
-                self._save_thread(conn, assignment.session, agent or "t1", hashes, [[1, len(hashes)]])
             assignment.agent = agent
+            if client_id is not None and hashes:
+                assignment.thread = agent or "t1"
+                self._save_thread(conn, assignment.session, assignment.thread, hashes, [[1, len(hashes)]])
             return assignment
 
-        seq = conn.execute("SELECT last_seq FROM sessions WHERE id=?", (session,)).fetchone()[0] + 1
-        assignment = Assignment(session=session, seq=seq, upstream=upstream, agent=agent, client_id=client_id)
+        session, seq, named = row[0], row[1] + 1, row[2]
+        assignment = Assignment(session=session, seq=seq, upstream=upstream, agent=agent, client_id=named)
         if hashes:
-            fork = self._follow_thread(conn, session, seq, agent, hashes)
-            if fork is not None:
-                parent, key, from_seq = fork
-                assignment = self._create(conn, provider, upstream, client_id, now_ns, parent, from_seq)
-                assignment.agent = agent
-                self._save_thread(conn, assignment.session, key, hashes, [[1, len(hashes)]])
-                return assignment
+            assignment.thread, assignment.fork = self._follow_thread(conn, session, seq, agent, hashes)
         conn.execute("UPDATE sessions SET last_seq=? WHERE id=?", (seq, session))
         return assignment
 
-    def _create(self, conn, provider, upstream, client_id, now_ns, parent=None, from_seq=None) -> Assignment:
+    def _create(self, conn, provider, upstream, client_id, now_ns) -> Assignment:
         session = new_session_id(now_ns)
-        conn.execute("INSERT INTO sessions (id, provider, upstream, client_id, parent, fork_from_seq, created_ns, last_seq)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-                     (session, provider, upstream, client_id, parent, from_seq, now_ns))
+        named = session_name(client_id)
+        conn.execute("INSERT INTO sessions (id, provider, upstream, client_id, created_ns, last_seq)"
+                     " VALUES (?, ?, ?, ?, ?, 1)", (session, provider, upstream, named, now_ns))
         if client_id is not None:
             conn.execute("INSERT OR REPLACE INTO client_ids (provider, upstream, client_id, session) VALUES (?, ?, ?, ?)",
                          (provider, upstream, client_id, session))
-        return Assignment(session=session, seq=1, upstream=upstream, started_session=True,
-                          parent_session=parent, fork_from_seq=from_seq, client_id=client_id)
+        return Assignment(session=session, seq=1, upstream=upstream, started_session=True, client_id=named)
 
-    def _follow_thread(self, conn, session, seq, agent, hashes) -> tuple[str, str, int] | None:
-        """Continue the thread this request extends, or start one; a diverging one is a fork."""
+    def _follow_thread(self, conn, session, seq, agent, hashes) -> tuple[str, Fork | None]:
+        """Continue the thread this request extends, or start one; one that departs from a
+        thread before its last message starts a new branch (a thread too), marked as a fork."""
         rows = conn.execute("SELECT key, hashes, history FROM threads WHERE session=?", (session,)).fetchall()
         best = None  # (common prefix, key, hashes, history)
         for key, h_json, hist_json in rows:
-            if agent is not None and key != agent:
+            if agent is not None and key != agent and not key.startswith(agent + "+"):
                 continue
             known = json.loads(h_json)
             common = _common_prefix(known, hashes)
             if common and (best is None or common > best[0]):
                 best = (common, key, known, json.loads(hist_json))
-        if best is None:  # a sub-agent, a title or quota call: a new thread of the same session
-            key = agent or f"t{len(rows) + 1}"
-            while any(r[0] == key for r in rows):
-                key += "+"
-            self._save_thread(conn, session, key, hashes, [[seq, len(hashes)]])
-            return None
-        common, key, known, history = best
-        if common == len(known):  # extends (or repeats) the thread
+        if best is not None and best[0] == len(best[2]):  # extends (or repeats) the thread
+            common, key, known, history = best
             if history and history[-1][1] == len(hashes):
                 history[-1][0] = seq  # a repeat: only the latest seq per length is ever needed
             else:
                 history.append([seq, len(hashes)])
             self._save_thread(conn, session, key, hashes, history)
-            return None
-        # Departs before the thread's last message: the user rewound or edited the conversation.
+            return key, None
+        # A new thread: a sub-agent, a title or quota call (no first message in common), or a
+        # branch of a thread that departs before that thread's last message.
+        key = agent or f"t{len(rows) + 1}"
+        while any(r[0] == key for r in rows):
+            key += "+"
+        self._save_thread(conn, session, key, hashes, [[seq, len(hashes)]])
+        if best is None:
+            return key, None
+        common, from_thread, _, history = best
         earlier = [s for s, n in history if n <= common]
-        from_seq = max(earlier) if earlier else history[0][0]
-        return session, key, from_seq
+        return key, Fork(from_seq=max(earlier) if earlier else history[0][0], from_thread=from_thread)
 
     @staticmethod
     def _save_thread(conn, session, key, hashes, history) -> None:

@@ -42,8 +42,8 @@ class SettingsError(ValueError):
 
 # --- parsers: each takes the raw string and returns the value, or raises ValueError(accepted) ---
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?", re.IGNORECASE)
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -55,7 +55,7 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def parse_duration(text: str) -> float:
-    """``250ms``, ``5s``, ``1m30s``, ``1h`` → seconds. A bare ``0`` means zero."""
+    """``250ms``, ``5s``, ``1m30s``, ``1h``, ``7d`` → seconds. A bare ``0`` means zero."""
     accepted = "a duration such as 250ms, 5s or 1m30s"
     text = text.strip()
     if text == "0":
@@ -122,6 +122,26 @@ def _positive(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
     return check
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _log_level(text: str) -> str:
+    value = text.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ValueError("one of " + ", ".join(LOG_LEVELS))
+    return value
+
+
+def _retention(text: str) -> float | None:
+    """A duration, or ``off`` (keep everything)."""
+    if text.strip().lower() == "off":
+        return None
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("a duration such as 30d, or off")
+    return value
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -138,6 +158,16 @@ def _label_value(text: str) -> str:
     if not value or len(value.encode()) > 2048 or not value.isprintable():
         raise ValueError("a printable value of 1 to 2048 bytes")
     return value
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+
+    return parse
 
 
 _HOST_PATTERN = re.compile(r"(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*|[0-9A-Fa-f:]+)")
@@ -204,6 +234,7 @@ class LokiSettings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 1024**3
     max_line_bytes: int = 256 * 1024
+    structured_metadata: str = "auto"   # auto | true | false
     # Backoff is a value, not scattered sleeps (the spec's numbers).
     backoff_min: float = 0.1
     backoff_max: float = 10.0
@@ -229,6 +260,9 @@ class Settings:
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 600.0
     env_file: Path | None = None
+    log_level: str = "info"
+    log_compress_after: float = 2 * 86400.0
+    log_retention: float | None = None  # None: keep everything
     loki: LokiSettings = LokiSettings()
 
     @property
@@ -241,6 +275,12 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def graceful_timeout(self) -> int:
+        """gunicorn's graceful timeout: the Loki flush budget on shutdown, plus time for in-flight
+        calls to finish before it."""
+        return int(self.loki.shutdown_timeout) + 15
 
     @property
     def run_dir(self) -> Path:
@@ -286,6 +326,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_PROXY_UPSTREAM_CONNECT_TIMEOUT", "upstream_connect_timeout", _DURATION),
     Variable("LLM_PROXY_UPSTREAM_READ_TIMEOUT", "upstream_read_timeout", _DURATION),
     Variable("LLM_PROXY_ENV_FILE", "env_file", _path),
+    Variable("LLM_PROXY_LOG_LEVEL", "log_level", _log_level),
+    Variable("LLM_PROXY_LOG_COMPRESS_AFTER", "log_compress_after", _DURATION),
+    Variable("LLM_PROXY_LOG_RETENTION", "log_retention", _retention),
     Variable("LLM_PROXY_LOKI_ENABLED", "loki.enabled", parse_bool),
     Variable("LLM_PROXY_LOKI_URL", "loki.url", _url),
     Variable("LLM_PROXY_LOKI_BATCH_SIZE", "loki.batch_size", _int_range(1, 100_000)),
@@ -307,6 +350,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_PROXY_LOKI_SPOOL_DIR", "loki.spool_dir", _path),
     Variable("LLM_PROXY_LOKI_SPOOL_MAX_BYTES", "loki.spool_max_bytes", _SIZE_ARG),
     Variable("LLM_PROXY_LOKI_MAX_LINE_BYTES", "loki.max_line_bytes", _min_size(1024)),
+    Variable("LLM_PROXY_LOKI_STRUCTURED_METADATA", "loki.structured_metadata", _one_of("auto", "true", "false")),
 )
 
 def _env_file(environ: Mapping[str, str]) -> Path:
@@ -375,7 +419,9 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
         obj: Any = settings
         for part in var.field.split("."):
             obj = getattr(obj, part)
-        if obj is None or obj == "":
+        if obj is None and var.parse is _retention:
+            shown = "off"
+        elif obj is None or obj == "":
             shown = "-"
         elif var.secret:
             shown = mask_token(str(obj))

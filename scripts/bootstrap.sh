@@ -39,3 +39,69 @@ bootstrap() {
     fi
     echo "$want" >"$stamp"
 }
+
+# bootstrap_clients: the npm packages pinned in tests/npm (the real Claude Code and Codex CLIs the
+# tests drive) installed into a cache outside the checkout that survives between runs:
+# ${LLM_PROXY_TEST_CACHE:-~/.cache/llm-proxy-tests}/npm-<sha256 of package.json + lock, 16 hex>,
+# the directory tests/realclients.py looks in. Each pinned set has its own directory, so
+# checkouts with different pins never disturb each other; one unused for 30 days is removed.
+# Quiet when installed; when npm is missing or fails, says so and goes on (the tests that need
+# the CLIs then skip, or fail under CI).
+bootstrap_clients() {
+    local cache="${LLM_PROXY_TEST_CACHE:-${HOME:-~}/.cache/llm-proxy-tests}" dir
+    dir="$cache/npm-$(cat tests/npm/package.json tests/npm/package-lock.json | sha256sum | cut -c1-16)"
+    if [ -f "$dir/.installed" ]; then
+        touch "$dir"
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "npm not found: the tests with the real Claude Code and Codex CLIs cannot run" >&2
+        return 0
+    fi
+    mkdir -p "$cache" || return 0
+    # One installer at a time; a concurrent run waits, then finds the work done.
+    ( flock 9
+      [ -f "$dir/.installed" ] && exit 0
+      echo "Installing the test clients (tests/npm/package.json) into $dir ..." >&2
+      rm -rf "$dir" && mkdir -p "$dir" && cp tests/npm/package.json tests/npm/package-lock.json "$dir/" || exit 1
+      if ! npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >"$dir.log" 2>&1; then
+          tail -n 20 "$dir.log" >&2
+          echo "npm ci failed (log: $dir.log): the tests with the real CLIs cannot run" >&2
+          exit 1
+      fi
+      touch "$dir/.installed"
+      find "$cache" -mindepth 1 -maxdepth 1 -name 'npm-*' -mtime +30 -exec rm -rf {} +
+    ) 9>"$cache/.install.lock" || true
+}
+
+# in_loopback_namespace CMD…: run CMD in a new network namespace with only `lo` (up), as root or,
+# failing that, in a user namespace; nothing it starts can reach beyond this machine. Runs CMD
+# unconfined when neither is possible (the tests that need the namespace then skip).
+in_loopback_namespace() {
+    local flags
+    if command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then
+        for flags in -n -rn; do
+            if unshare "$flags" sh -c 'ip link set lo up' 2>/dev/null; then
+                exec unshare "$flags" sh -c 'ip link set lo up && exec "$@"' sh "$@"
+            fi
+        done
+    fi
+    exec "$@"
+}
+
+# The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
+# Installed when missing and apt-get can (root); says so, and is quiet when it is there.
+ensure_systemd_analyze() {
+    command -v systemd-analyze >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "systemd-analyze missing: installing Debian's systemd package for the unit tests ..." >&2
+        if { apt-get install -y -qq --no-install-recommends systemd || \
+             { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }; } \
+                >.venv/apt-systemd.log 2>&1; then
+            return 0
+        fi
+        echo "apt-get install systemd failed (log: .venv/apt-systemd.log); the unit tests will fail" >&2
+    else
+        echo "systemd-analyze missing (install Debian's systemd package); the unit tests will fail" >&2
+    fi
+}

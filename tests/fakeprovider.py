@@ -9,11 +9,21 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-status: 429``      answer with that status and a provider-shaped error body
 - ``x-fake-retry-after: S``   add ``retry-after: S``
 - ``x-fake-gzip: 1``          gzip the body (``Content-Encoding: gzip``)
+- ``x-fake-encoding: gzip, br`` encode the body or stream with that stack (see contentcoding.py)
 - ``x-fake-hang-ms: D``       wait D ms before sending the response headers
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
 
 ``GET /download?size=N`` streams N bytes; ``ANY /echo…`` answers with what it received.
+
+The real CLIs cannot set such headers per turn, so the newest user message can steer the answer
+(see :func:`scripted_answer`): a line ``fake-reply: TEXT`` is answered with TEXT; a line
+``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
+``function_call``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
+``/v1/messages/count_tokens`` and ``GET …/models`` (which Codex asks when signed in with
+ChatGPT) are answered too.
+
+A WebSocket upgrade (the Responses API's WebSocket mode) is served by :mod:`fakews`.
 """
 
 from __future__ import annotations
@@ -21,12 +31,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import fakews
+from contentcoding import StreamEncoder, encode, header_value
 
 WORDS = ["Hello", " from", " the", " fake", " provider", "."]
 
@@ -62,6 +76,7 @@ class FakeProvider:
     def __init__(self, host: str = "127.0.0.1"):
         self.received: list[Received] = []
         self.disconnects: list[tuple[str, float]] = []   # (path, when) for clients that left
+        self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
         self.lock = threading.Lock()
         self.server = _Server((host, 0), _Handler)
@@ -95,14 +110,106 @@ class FakeProvider:
             return self.received[-1]
 
 
-def anthropic_message(text: str, model: str) -> dict:
-    return {"id": "msg_fake01", "type": "message", "role": "assistant", "model": model,
+@dataclass
+class Answer:
+    """What the fake says: ``words`` of text, optionally followed by a call of ``tool``."""
+    words: list[str]
+    tool: tuple[str, dict] | None = None
+    ident: str = "fake01"  # in every id of the answer; Claude Code merges blocks of one message id
+
+    @property
+    def text(self) -> str:
+        return "".join(self.words)
+
+
+_REPLY = re.compile(r"^fake-reply: (.+)$", re.MULTILINE)
+_TOOL = re.compile(r"^fake-tool: (\S+) (\{.*\})$", re.MULTILINE)
+
+
+def _text_of(content) -> str:
+    """The text of a message's content in any spelling: a string or a list of text-like blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(_text_of(part.get("text", part.get("content", ""))) if isinstance(part, dict) else
+                         str(part) for part in content)
+    return ""
+
+
+def _newest_turn(path: str, request: dict) -> tuple[str, str] | None:
+    """``("user", text)`` or ``("tool", output)`` for the newest input of a conversation request."""
+    if path.endswith("/responses"):
+        items = request.get("input")
+        if isinstance(items, str):
+            return "user", items
+        for item in reversed(items if isinstance(items, list) else []):
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") in ("function_call_output", "custom_tool_call_output"):
+                return "tool", _text_of(item.get("output"))
+            if item.get("role") == "user":
+                return "user", _text_of(item.get("content"))
+        return None
+    messages = request.get("messages")
+    for message in reversed(messages if isinstance(messages, list) else []):
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "tool":
+            return "tool", _text_of(message.get("content"))
+        if message.get("role") == "user":
+            # Claude Code appends a new prompt to the message holding the last tool_result.
+            content = message.get("content")
+            blocks = [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+            if blocks and blocks[-1].get("type") == "tool_result":
+                return "tool", _text_of(blocks[-1].get("content"))
+            return "user", _text_of(content)
+    return None
+
+
+def scripted_answer(path: str, request, body: bytes, default: list[str]) -> Answer:
+    """The answer the newest turn asks for (``fake-reply:`` / ``fake-tool:`` lines), else ``default``.
+
+    Its ids derive from the request body: the same request gets the same answer, the next turn of
+    a conversation new ids (as from a real provider).
+    """
+    ident = hashlib.sha256(body).hexdigest()[:24]
+    turn = _newest_turn(path, request) if isinstance(request, dict) else None
+    if turn is None:
+        return Answer(default, ident=ident)
+    kind, text = turn
+    if kind == "tool":
+        quoted = " ".join(text.split())[:200]
+        return Answer(_split_words(f"Tool output: {quoted}"), ident=ident)
+    tool = _TOOL.findall(text)
+    if tool:
+        name, arguments = tool[-1]
+        return Answer(_split_words(f"Calling {name}."), (name, json.loads(arguments)), ident)
+    reply = _REPLY.findall(text)
+    return Answer(_split_words(reply[-1].strip()) if reply else default, ident=ident)
+
+
+def _split_words(text: str) -> list[str]:
+    return re.findall(r"\s*\S+", text) or [text]
+
+
+def anthropic_message(text: str, model: str, ident: str = "fake01") -> dict:
+    return {"id": f"msg_{ident}", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
             "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 6}}
 
 
-def anthropic_events(words: list[str], model: str) -> list[bytes]:
-    message = anthropic_message("", model)
+def anthropic_answer(answer: Answer, model: str) -> dict:
+    message = anthropic_message(answer.text, model, answer.ident)
+    if answer.tool:
+        message["content"].append({"type": "tool_use", "id": f"toolu_{answer.ident}",
+                                   "name": answer.tool[0], "input": answer.tool[1]})
+        message["stop_reason"] = "tool_use"
+    return message
+
+
+def anthropic_events(words: list[str], model: str, tool: tuple[str, dict] | None = None,
+                     ident: str = "fake01") -> list[bytes]:
+    message = anthropic_message("", model, ident)
     message["content"], message["stop_reason"] = [], None
     events = [("message_start", {"type": "message_start", "message": message}),
               ("content_block_start", {"type": "content_block_start", "index": 0,
@@ -110,8 +217,14 @@ def anthropic_events(words: list[str], model: str) -> list[bytes]:
               ("ping", {"type": "ping"})]
     events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
                                         "delta": {"type": "text_delta", "text": w}}) for w in words]
-    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-               ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn",
+    events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    if tool:
+        block = {"type": "tool_use", "id": f"toolu_{ident}", "name": tool[0], "input": {}}
+        events += [("content_block_start", {"type": "content_block_start", "index": 1, "content_block": block}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {
+                       "type": "input_json_delta", "partial_json": json.dumps(tool[1])}}),
+                   ("content_block_stop", {"type": "content_block_stop", "index": 1})]
+    events += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use" if tool else "end_turn",
                                                                      "stop_sequence": None},
                                   "usage": {"output_tokens": len(words)}}),
                ("message_stop", {"type": "message_stop"})]
@@ -136,12 +249,24 @@ def chat_events(words: list[str], model: str) -> list[bytes]:
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
-def response_object(text: str, model: str, status: str = "completed", response_id: str = "resp_fake01") -> dict:
+def response_message_item(text: str, status: str = "completed", ident: str = "fake01") -> dict:
+    return {"type": "message", "id": f"msg_{ident}", "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []}
+
+
+def response_call_item(tool: tuple[str, dict], status: str = "completed", ident: str = "fake01") -> dict:
+    return {"type": "function_call", "id": f"fc_{ident}", "call_id": f"call_{ident}", "name": tool[0],
+            "arguments": json.dumps(tool[1]) if status == "completed" else "", "status": status}
+
+
+def response_object(text: str, model: str, status: str = "completed", response_id: str = "resp_fake01",
+                    tool: tuple[str, dict] | None = None, ident: str = "fake01") -> dict:
+    output = [response_message_item(text, ident=ident)] if text else []
+    if tool:
+        output.append(response_call_item(tool, ident=ident))
     return {"id": response_id, "object": "response", "created_at": 1764300000, "status": status,
             "model": model, "error": None, "incomplete_details": None, "instructions": None,
-            "output": [{"type": "message", "id": "msg_fake01", "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}]}]
-            if text else [],
+            "output": output if status == "completed" else [],
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0,
             "top_p": 1.0, "metadata": {},
             "usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11,
@@ -149,14 +274,44 @@ def response_object(text: str, model: str, status: str = "completed", response_i
                       "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
-def response_events(words: list[str], model: str, response_id: str) -> list[bytes]:
-    events = [{"type": "response.created", "response": response_object("", model, "in_progress", response_id)}]
-    events += [{"type": "response.output_text.delta", "item_id": "msg_fake01", "output_index": 0,
-                "content_index": 0, "delta": w} for w in words]
-    events.append({"type": "response.completed", "response": response_object("".join(words), model,
-                                                                              response_id=response_id)})
-    return [f"event: {e['type']}\ndata: {json.dumps({**e, 'sequence_number': i})}\n\n".encode()
-            for i, e in enumerate(events)]
+def response_event_dicts(words: list[str], model: str, response_id: str,
+                         tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[dict]:
+    """The whole item lifecycle of a Responses stream; Codex builds what it prints from it.
+    Without words or tool (Codex's prewarm, ``generate: false``): created, then completed."""
+    text = "".join(words)
+    started = response_object("", model, "in_progress", response_id)
+    if not words and not tool:
+        return [{"type": "response.created", "response": started, "sequence_number": 0},
+                {"type": "response.completed", "response": response_object("", model, response_id=response_id),
+                 "sequence_number": 1}]
+    part = {"type": "output_text", "text": "", "annotations": []}
+    at = {"item_id": f"msg_{ident}", "output_index": 0, "content_index": 0}
+    events = [{"type": "response.created", "response": started},
+              {"type": "response.in_progress", "response": started},
+              {"type": "response.output_item.added", "output_index": 0,
+               "item": response_message_item("", "in_progress", ident)},
+              {"type": "response.content_part.added", **at, "part": part}]
+    events += [{"type": "response.output_text.delta", **at, "delta": w} for w in words]
+    events += [{"type": "response.output_text.done", **at, "text": text},
+               {"type": "response.content_part.done", **at, "part": {**part, "text": text}},
+               {"type": "response.output_item.done", "output_index": 0, "item": response_message_item(text, ident=ident)}]
+    if tool:
+        call = {"item_id": f"fc_{ident}", "output_index": 1}
+        arguments = json.dumps(tool[1])
+        events += [{"type": "response.output_item.added", "output_index": 1,
+                    "item": response_call_item(tool, "in_progress", ident)},
+                   {"type": "response.function_call_arguments.delta", **call, "delta": arguments},
+                   {"type": "response.function_call_arguments.done", **call, "arguments": arguments},
+                   {"type": "response.output_item.done", "output_index": 1, "item": response_call_item(tool, ident=ident)}]
+    events.append({"type": "response.completed",
+                   "response": response_object(text, model, response_id=response_id, tool=tool, ident=ident)})
+    return [{**e, "sequence_number": i} for i, e in enumerate(events)]
+
+
+def response_events(words: list[str], model: str, response_id: str,
+                    tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[bytes]:
+    return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+            for e in response_event_dicts(words, model, response_id, tool, ident)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -180,6 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
         received = Received(self.command, self.path, list(self.headers.items()), body)
         with fake.lock:
             fake.received.append(received)
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return fakews.serve(self)
 
         hang = float(self._opt("hang-ms", "0"))
         if hang:
@@ -201,12 +358,18 @@ class _Handler(BaseHTTPRequestHandler):
             request = {}
         model = request.get("model", "fake-model") if isinstance(request, dict) else "fake-model"
         count = int(self._opt("events", str(len(WORDS))))
-        words = [WORDS[i % len(WORDS)] for i in range(count)]
+        answer = scripted_answer(path, request, body, [WORDS[i % len(WORDS)] for i in range(count)])
+        words = answer.words
         stream = isinstance(request, dict) and request.get("stream") is True
+        if self.command == "GET" and path.endswith("/models"):
+            # OpenAI's list and the Codex backend's: an empty one sends Codex to its built-in presets.
+            return self._send_json(200, {"object": "list", "data": [], "models": []})
+        if path.endswith("/messages/count_tokens"):
+            return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
         if path.endswith("/messages"):
             if stream:
-                return self._stream(anthropic_events(words, model))
-            return self._send_json(200, anthropic_message("".join(words), model))
+                return self._stream(anthropic_events(words, model, answer.tool, answer.ident))
+            return self._send_json(200, anthropic_answer(answer, model))
         if path.endswith("/chat/completions") or path.endswith("/completions"):
             if stream:
                 return self._stream(chat_events(words, model))
@@ -214,8 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/responses"):
             response_id = f"resp_{uuid.uuid4().hex}"
             if stream:
-                return self._stream(response_events(words, model, response_id))
-            return self._send_json(200, response_object("".join(words), model, response_id=response_id))
+                return self._stream(response_events(words, model, response_id, answer.tool, answer.ident))
+            return self._send_json(200, response_object(answer.text, model, response_id=response_id,
+                                                        tool=answer.tool, ident=answer.ident))
         return self._send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
@@ -252,6 +416,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _body_bytes(self, data: bytes) -> tuple[bytes, dict]:
         if self._opt("gzip") == "1":
             return gzip.compress(data), {"Content-Encoding": "gzip"}
+        if self._opt("encoding"):
+            return encode(data, self._opt("encoding")), {"Content-Encoding": header_value(self._opt("encoding"))}
         return data, {}
 
     def _send_json(self, status: int, doc, extra: dict | None = None):
@@ -273,6 +439,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
+        encoder = StreamEncoder(self._opt("encoding")) if self._opt("encoding") else None
+        if encoder:
+            self.send_header("Content-Encoding", header_value(self._opt("encoding")))
         self.end_headers()
         cut = int(self._opt("cut-after", "0"))
         stamp = self._opt("stamp") == "1"
@@ -287,8 +456,12 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(delay)
                 if stamp:
                     event = b": sent %.6f\n%s" % (time.time(), event)
+                event = encoder.piece(event) if encoder else event
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
+            tail = encoder.end() if encoder else b""
+            if tail:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(tail), tail))
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except OSError:

@@ -18,6 +18,9 @@ KEY = "sk-ant-api03-" + "x" * 80 + "abcd"
     ("cookie", "__cf_bm=SECRETVALUE123; session=abcdefg", "__cf_bm=...; session=..."),
     ("set-cookie", "__cf_bm=SECRETVALUE123; Path=/; HttpOnly; Secure", "__cf_bm=...; Path=/; HttpOnly; Secure"),
     ("content-type", "application/json", "application/json"),
+    ("Sec-WebSocket-Protocol", "realtime, openai-insecure-api-key.sk-proj-" + "y" * 40 + "wxyz",
+     "realtime, openai-insecure-api-key.sk-proj-...wxyz"),
+    ("Sec-WebSocket-Protocol", "chat, superchat", "chat, superchat"),
 ])
 def test_secret_headers_are_masked(name, value, masked):
     assert mask_value(name, value) == masked

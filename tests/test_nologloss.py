@@ -171,7 +171,7 @@ def test_backfill_of_a_day_twice_leaves_no_duplicates(start_proxy, fake_provider
     for i in range(5):
         call(server, fake_provider, f"bf-{i % 2}", body_size=300_000 if i == 0 else 10)
     loki = FakeLoki().start()
-    day = next(server.log_dir.glob("*/*")).name
+    day = next(server.log_dir.glob("*/????-??-??")).name
     code, out = run_backfill(loki, server.log_dir, "--since", day, "--until", day)
     assert code == 0, out
     lines = file_lines(server.log_dir)

@@ -105,7 +105,7 @@ def test_nothing_secret_reaches_the_log_dir(proxy, fake_provider):
     assert entries[2]["headers"]["Set-Cookie"] == ["a=...; Path=/", "b=...; Path=/"]
 
 
-def test_a_rewound_conversation_forks_into_a_linked_session(proxy, fake_provider):
+def test_a_rewound_conversation_forks_inside_its_client_session(proxy, fake_provider):
     client_session = str(uuid.uuid4())
     history = claudecode.conversation(4)                      # u1 a1 u2 a2 u3 a3 u4
     for turn in (1, 2, 3, 4):
@@ -114,22 +114,22 @@ def test_a_rewound_conversation_forks_into_a_linked_session(proxy, fake_provider
     edited = history[:3] + [claudecode.assistant_tool_use(9, "git status"),
                             claudecode.tool_result(9, "nothing to commit")]
     post_messages(proxy, fake_provider, claudecode.request_body(client_session, edited))
-    # ...and goes on from there: continues the fork, not the parent.
+    # ...and goes on from there: continues the new branch, without another fork.
     post_messages(proxy, fake_provider, claudecode.request_body(
         client_session, edited + [claudecode.assistant_tool_use(10, "ls"), claudecode.tool_result(10, "app.py")]))
 
     files = wait_for_responses(proxy.log_dir, client_session, 6)
-    assert len(files) == 2
-    parent, child = sorted(files, key=lambda sid: files[sid][0]["_meta"]["ts"])
-    assert [e["seq"] for e in files[parent] if e["type"] == "request"] == [1, 2, 3, 4]
-    child_entries = files[child]
-    assert [e["type"] for e in child_entries] == ["session_start", "fork", "request", "response", "request",
-                                                  "response"]
-    fork = child_entries[1]
-    # u1 a1 u2 are shared: the fork branches from seq 2, whose request held u1 a1 u2.
-    assert fork == {**fork, "from_seq": 2, "parent_session": parent, "reason": "message_history_diverged"}
-    assert child_entries[0]["parent_session"] == parent
-    assert [e["seq"] for e in child_entries if e["type"] == "request"] == [1, 2]
+    (session, entries), = files.items()  # the client's session id wins: one file
+    assert [e["type"] for e in entries if e["type"] != "response"] == [
+        "session_start", "request", "request", "request", "request", "fork", "request", "request"]
+    fork = next(e for e in entries if e["type"] == "fork")
+    # u1 a1 u2 are shared: the branch departs after seq 2, whose request held u1 a1 u2.
+    assert fork == {**fork, "from_seq": 2, "parent_session": session, "reason": "message_history_diverged",
+                    "from_thread": "t1", "thread": "t2"}
+    requests_ = [e for e in entries if e["type"] == "request"]
+    assert [e["seq"] for e in requests_] == [1, 2, 3, 4, 5, 6]
+    assert [e["_meta"]["thread"] for e in requests_] == ["t1", "t1", "t1", "t1", "t2", "t2"]
+    assert all(e["_meta"]["client_session_id"] == client_session for e in entries)
 
 
 def test_sub_agents_and_title_calls_are_threads_of_the_same_session(proxy, fake_provider):

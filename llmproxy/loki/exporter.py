@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from llmproxy.loki.backoff import Backoff
-from llmproxy.loki.batch import Batch, Labels, LokiEntry, batch_of
+from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
 from llmproxy.loki.health import ExporterStats, StatsBoard
 from llmproxy.loki.split import split_entry
 from llmproxy.loki.spool import Spool
+from llmproxy.metrics import Metrics, drop_reason
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.settings import LokiSettings
 
@@ -39,6 +40,9 @@ _WAKE = object()
 # Loki names the entries it refused in a 400; the others of the push were stored.
 _PER_ENTRY_ERROR = re.compile(r"has timestamp too (?:old|new)|max entry size .* exceeded")
 _TOTAL_IGNORED = re.compile(r"total ignored: (\d+) out of \d+")
+# A Loki without structured metadata (before schema v13, or allow_structured_metadata: false)
+# refuses, one line per stream, the values that carry it; it stores the plain values of the push.
+METADATA_DISALLOWED = re.compile(r"includes structured metadata, but this feature is disallowed")
 
 
 def rejected_entries(message: str, batch_size: int) -> int:
@@ -70,8 +74,9 @@ class LokiExporter:
 
     def __init__(self, settings: LokiSettings, board: StatsBoard | None = None,
                  client: LokiClient | None = None, sleep: Callable[[float], None] | None = None,
-                 spool: Spool | None = None):
+                 spool: Spool | None = None, metrics: Metrics | None = None):
         self.settings = settings
+        self.metrics = metrics
         self.client = client or LokiClient(settings)
         self.board = board
         self.spool = spool if spool is not None else (
@@ -88,6 +93,8 @@ class LokiExporter:
         # The push in flight (at most one: Loki wants each stream's entries in order). The pusher
         # builds the next batch meanwhile; a sender thread does the HTTP round trip.
         self._inflight: Future | None = None
+        self._inflight_oldest_ns: int | None = None
+        self._batch: Batch | None = None  # the one being gathered, for the oldest-pending gauge
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._pid: int | None = None
         self._start_lock = threading.Lock()
@@ -99,16 +106,18 @@ class LokiExporter:
         self._next_replay = 0.0
         self._replay_failures = 0
         self._undelivered = 0
+        self._metadata = settings.structured_metadata != "false"
+        self.stats.structured_metadata = "on" if self._metadata else "off"
 
     # --- request threads ---
 
-    def push(self, line: bytes, labels: Labels, ts_ns: int) -> bool:
+    def push(self, line: bytes, labels: Labels, ts_ns: int, metadata: Metadata = ()) -> bool:
         """Queue one entry. Never blocks on Loki, never raises. When the queue is full (by
         entries or bytes) the entry goes to the disk spool instead; False if even that failed."""
         try:
             if self._pid != os.getpid():
                 self.start()
-            entry = LokiEntry(ts_ns, line, labels)
+            entry = LokiEntry(ts_ns, line, labels, metadata if self._metadata else ())
             with self._bytes_lock:
                 room = self._queued_bytes + entry.size <= self.settings.buffer_bytes
                 if room:
@@ -134,6 +143,7 @@ class LokiExporter:
             except OSError as exc:
                 self._warn.log("Loki spool write failed: %s", exc)
         self.stats.add(entries_dropped=1)
+        self._count_drop("queue_is_full", [entry])
         return False
 
     @property
@@ -201,6 +211,9 @@ class LokiExporter:
 
     def _run(self) -> None:
         batch = Batch()
+        if self._metadata and self.settings.structured_metadata == "auto" and self.board is not None and any(
+                doc.get("structured_metadata") == "refused" for doc in self.board.read()):
+            self._metadata_refused(None)  # another worker of this server has found out already
         self._publish(force=True)  # count this worker in /health/loki from its start
         while not self._stop.is_set():
             try:
@@ -246,6 +259,7 @@ class LokiExporter:
             self._replay()
         elif not batch and self._queue.empty():
             self._maybe_probe()
+        self._batch = batch
         self._publish()
         return batch
 
@@ -263,6 +277,7 @@ class LokiExporter:
             return
         future: Future = Future()
         self._inflight = future
+        self._inflight_oldest_ns = min(e.ts_ns for e in batch.entries)
         self._outbox.put((future, batch))
 
     def _push_stuck(self) -> bool:
@@ -297,18 +312,22 @@ class LokiExporter:
     def _to_spool(self, entries: list[LokiEntry]) -> bool:
         if self.spool is None:
             self.stats.add(entries_failed=len(entries))
+            self._count_drop("ingester_error", entries)
             return False
         try:
             self._spooled(self.spool.write(entries))
             return True
         except OSError as exc:
             self.stats.add(entries_failed=len(entries))
+            self._count_drop("ingester_error", entries)
             self._warn.log("Loki spool write failed, %d entries lost: %s", len(entries), exc)
             return False
 
     def _spooled(self, dropped: int) -> None:
         if dropped:
             self.stats.add(entries_dropped=dropped)
+            if self.metrics is not None:
+                self.metrics.dropped("spool_full", dropped, 0)
             self._warn.log("Loki spool over LLM_PROXY_LOKI_SPOOL_MAX_BYTES: dropped its %d oldest entries",
                            dropped)
 
@@ -399,6 +418,8 @@ class LokiExporter:
     def _send(self, batch: Batch, attempts: int | None = None, deadline: float | None = None) -> Outcome:
         """Push one batch with retries."""
         attempts = self.backoff.retries + 1 if attempts is None else attempts
+        if not self._metadata and batch.has_metadata:  # spooled, or batched before the fallback
+            batch = batch_of([e.without_metadata() for e in batch.entries])
         body = batch.encode()
         result = None
         for attempt in range(attempts):
@@ -410,14 +431,24 @@ class LokiExporter:
                 timeout = min(timeout, deadline - time.monotonic())
                 if timeout <= 0:
                     break
+            if attempt and self.metrics is not None:
+                self.metrics.retried()
+            started = time.perf_counter()
             result = self.client.push(body, timeout=timeout)
+            if self.metrics is not None:
+                self.metrics.pushed(result.status, time.perf_counter() - started, len(body))
             if result.ok:
                 self.stats.succeeded(len(batch))
+                if self.metrics is not None:
+                    self.metrics.sent(len(batch), batch.bytes)
                 return Outcome(sent=len(batch))
             if result.status == 413 and len(batch) > 1:
                 self._record(result, batch, reachable=True)
                 return self._send_halves(batch, attempts, deadline)
             if not result.retryable:
+                if (result.status == 400 and self.settings.structured_metadata == "auto"
+                        and batch.has_metadata and METADATA_DISALLOWED.search(result.message)):
+                    return self._without_metadata(batch, result, attempts, deadline)
                 return self._refused(batch, result)
             self._record(result, batch, reachable=False)
             if attempt == attempts - 1:
@@ -439,6 +470,34 @@ class LokiExporter:
         outcome += self._send(second, attempts, deadline)
         return outcome
 
+    def _without_metadata(self, batch: Batch, result: PushResult, attempts: int,
+                          deadline: float | None) -> Outcome:
+        """Loki does not take structured metadata: from now on send none, and resend, without it,
+        exactly the entries that carried it (Loki stored the others of the push)."""
+        self._metadata_refused(result.message)
+        plain = [e for e in batch.entries if not e.metadata]
+        outcome = Outcome()
+        if plain:
+            rest = "\n".join(line for line in result.message.splitlines() if not METADATA_DISALLOWED.search(line))
+            failed = rejected_entries(rest, len(plain)) if rest.strip() else 0
+            if failed:
+                self.stats.add(entries_failed=failed)
+            if failed < len(plain):
+                self.stats.succeeded(len(plain) - failed)
+            outcome = Outcome(sent=len(plain) - failed, failed=failed)
+        outcome += self._send(batch_of([e.without_metadata() for e in batch.entries if e.metadata]),
+                              attempts, deadline)
+        return outcome
+
+    def _metadata_refused(self, message: str | None) -> None:
+        if not self._metadata:
+            return
+        self._metadata = False
+        self.stats.structured_metadata = "refused"
+        if message is not None:
+            log.warning("Loki does not accept structured metadata (%s); sending entries without it "
+                        "(LLM_PROXY_LOKI_STRUCTURED_METADATA=auto)", message.splitlines()[0][:300])
+
     def _refused(self, batch: Batch, result: PushResult) -> Outcome:
         """Loki said no (4xx): it names what it refused and has stored the rest."""
         failed = rejected_entries(result.message, len(batch)) if result.status == 400 else len(batch)
@@ -446,6 +505,12 @@ class LokiExporter:
         self.stats.add(entries_failed=failed)
         if failed < len(batch):
             self.stats.succeeded(len(batch) - failed)
+        if self.metrics is not None:
+            # Loki names the refused entries only in prose: bytes are the batch's average per entry.
+            per_entry = batch.bytes / len(batch)
+            self.metrics.dropped(drop_reason(result.status, result.message), failed, round(failed * per_entry))
+            if failed < len(batch):
+                self.metrics.sent(len(batch) - failed, round((len(batch) - failed) * per_entry))
         return Outcome(sent=len(batch) - failed, failed=failed, errors=[result.describe()])
 
     def _record(self, result: PushResult, batch: Batch, reachable: bool) -> None:
@@ -468,8 +533,36 @@ class LokiExporter:
             self.stats.error(result.describe())
             self._warn.log("Loki is not reachable: %s", result.describe())
 
+    def _count_drop(self, reason: str, entries: list[LokiEntry]) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped(reason, len(entries), sum(e.size for e in entries))
+
+    def oldest_pending_ns(self) -> int | None:
+        """Timestamp of the oldest entry not yet in Loki: queued, being batched, in flight or
+        spooled (an estimate for the metrics: the queue's head is its oldest in practice)."""
+        candidates = []
+        with self._queue.mutex:
+            head = self._queue.queue[0] if self._queue.queue else None
+        if isinstance(head, LokiEntry):
+            candidates.append(head.ts_ns)
+        batch = self._batch
+        if batch:
+            candidates.append(min(e.ts_ns for e in batch.entries))
+        if self._inflight is not None and not self._inflight.done() and self._inflight_oldest_ns:
+            candidates.append(self._inflight_oldest_ns)
+        if self.spool is not None:
+            files = self.spool.files()
+            if files:
+                candidates.append(files[0].oldest_ns)
+        return min(candidates) if candidates else None
+
+    def _publish_metrics(self) -> None:
+        spooled = self.spool.usage() if self.spool is not None else (0, 0)
+        self.metrics.exporter_state(self.queue_depth, self._queued_bytes, spooled[0], spooled[1],
+                                    self.oldest_pending_ns())
+
     def _publish(self, force: bool = False) -> None:
-        if self.board is None:
+        if self.board is None and self.metrics is None:
             return
         now = time.monotonic()
         if not force and now - self._last_publish < PUBLISH_INTERVAL:
@@ -478,6 +571,9 @@ class LokiExporter:
         self._last_publish = now
         self._publish_due = False
         try:
-            self.board.publish(os.getpid(), self.snapshot())
+            if self.board is not None:
+                self.board.publish(os.getpid(), self.snapshot())
+            if self.metrics is not None:
+                self._publish_metrics()
         except OSError as exc:
             self._warn.log("cannot publish Loki stats: %s", exc)

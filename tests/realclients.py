@@ -1,0 +1,226 @@
+"""The real Claude Code and Codex CLIs as clients of the proxy, and recordings of what they send.
+
+``scripts/test`` installs the CLIs pinned in ``tests/npm/package.json`` (and its lock file) into
+a cache that survives between runs (``$LLM_PROXY_TEST_CACHE``, default
+``~/.cache/llm-proxy-tests``; one directory per pinned set, named by the files' checksum, see
+scripts/bootstrap.sh), then runs pytest in a loopback-only network namespace. Both CLIs
+try to reach their vendors' hosts on their own, so they are run only where the namespace has
+nothing but ``lo``: :func:`unavailable` says why not otherwise.
+
+Each client gets a temporary ``HOME`` (and ``CODEX_HOME``), a project directory, a fake key, and
+the proxy as its base URL with a fake provider behind it. The fake provider is steered through
+the prompt (``fake-reply:`` / ``fake-tool:`` lines, see tests/fakeprovider.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from llmproxy.masking import mask_headers, mask_query
+
+PACKAGES = Path(__file__).parent / "npm" / "package.json"
+CACHE = Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")
+NPM = CACHE / ("npm-" + hashlib.sha256(PACKAGES.read_bytes() + PACKAGES.with_name("package-lock.json")
+                                      .read_bytes()).hexdigest()[:16])
+BIN = NPM / "node_modules" / ".bin"
+CLIENT_TIMEOUT = 120  # seconds for one CLI run; a turn against the fake takes a few
+ANTHROPIC_KEY = "sk-ant-api03-" + "R3alCl1ent" * 8 + "abcd"
+OPENAI_KEY = "sk-proj-" + "R3alCl1ent" * 8 + "wxyz"
+SECRETS = (ANTHROPIC_KEY, OPENAI_KEY)
+
+
+def interfaces() -> list[str]:
+    """The network interfaces of this process's namespace (``/proc/net`` follows the caller)."""
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    return [line.split(":", 1)[0].strip() for line in lines]
+
+
+def unavailable() -> str | None:
+    """Why the real CLIs cannot run here, or None when they can."""
+    if interfaces() != ["lo"]:
+        return (f"not in a loopback-only network namespace (interfaces: {', '.join(interfaces())}); "
+                "./scripts/test runs the suite in one when it is root and unshare works")
+    missing = [name for name in ("claude", "codex") if not (NPM / ".installed").exists() or not (BIN / name).exists()]
+    if missing:
+        return (f"{', '.join(missing)} not installed in {BIN} (./scripts/test installs "
+                f"{PACKAGES.relative_to(PACKAGES.parent.parent.parent)} with npm; see its output)")
+    return None
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of the pinned packages, for recordings and reports."""
+    lock = json.loads((NPM / "package-lock.json").read_text())
+    return {name: lock["packages"][f"node_modules/{name}"]["version"]
+            for name in json.loads(PACKAGES.read_text())["dependencies"]}
+
+
+@dataclass
+class Run:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> "Run":
+        if self.returncode != 0:
+            raise AssertionError(f"{' '.join(self.args)} exited {self.returncode}\n"
+                                 f"stdout:\n{self.stdout[-4000:]}\nstderr:\n{self.stderr[-4000:]}")
+        return self
+
+
+class Client:
+    """One user's machine: a home, a project and one CLI pointed at ``proxy`` → ``fake``."""
+
+    def __init__(self, workdir: Path, proxy_url: str, fake_upstream: str):
+        self.home = Path(workdir) / "home"
+        self.codex_home = self.home / ".codex"
+        self.project = Path(workdir) / "project"
+        for path in (self.codex_home, self.project):
+            path.mkdir(parents=True, exist_ok=True)
+        self.proxy_url = proxy_url
+        self.upstream = fake_upstream
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home),
+                    "CODEX_HOME": str(self.codex_home), "TERM": "dumb", "LANG": "C.UTF-8",
+                    "TMPDIR": os.environ.get("TMPDIR", "/tmp")}
+
+    def setup(self, *args: str) -> str:
+        """What ``llm-proxy env ARGS`` tells a user of this proxy, the fake standing in for the real hosts."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_PROXY_")}
+        env.update(LLM_PROXY_HOST="127.0.0.1", LLM_PROXY_PORT=str(urlsplit(self.proxy_url).port),
+                   LLM_PROXY_ENV_FILE=str(self.home / "no-such.env"))
+        out = subprocess.run([str(Path(sys.executable).with_name("llm-proxy")), "env", *args], env=env,
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+        return re.sub(r"/(api\.anthropic\.com|api\.openai\.com)\b", f"/{self.upstream}", out)
+
+    def run(self, name: str, *args: str, env: dict[str, str] | None = None) -> Run:
+        argv = [str(BIN / name), *args]
+        proc = subprocess.run(argv, env={**self.env, **(env or {})}, cwd=self.project,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=CLIENT_TIMEOUT)
+        return Run([name, *args], proc.returncode, proc.stdout, proc.stderr)
+
+    # Claude Code ---------------------------------------------------------------------------
+
+    def claude(self, *args: str) -> Run:
+        base_url, = re.findall(r"^export ANTHROPIC_BASE_URL=(\S+)$", self.setup(), re.MULTILINE)
+        return self.run("claude", *args, env={"ANTHROPIC_BASE_URL": base_url,
+                                              "ANTHROPIC_API_KEY": ANTHROPIC_KEY}).check()
+
+    def claude_session_ids(self) -> list[str]:
+        """Claude Code's own session ids: its transcripts, ``~/.claude/projects/*/<id>.jsonl``."""
+        return sorted(p.stem for p in (self.home / ".claude" / "projects").glob("*/*.jsonl"))
+
+    # Codex -----------------------------------------------------------------------------------
+
+    def configure_codex(self, choose_provider: bool = True) -> None:
+        """``llm-proxy env --codex`` as config.toml, its provider for a key in $OPENAI_API_KEY chosen
+        there (``choose_provider``) or left for ``codex -c model_provider=llm-proxy``."""
+        config = self.setup("--codex")
+        if choose_provider:
+            config = config.replace('# model_provider = "llm-proxy"', 'model_provider = "llm-proxy"', 1)
+        (self.codex_home / "config.toml").write_text(config)
+
+    def codex(self, *args: str) -> Run:
+        return self.run("codex", *args, env={"OPENAI_API_KEY": OPENAI_KEY}).check()
+
+    def codex_session_ids(self) -> list[str]:
+        """Codex's own session ids: ``$CODEX_HOME/sessions/Y/M/D/rollout-<time>-<id>.jsonl``."""
+        ids = [re.search(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl$", p.name)
+               for p in (self.codex_home / "sessions").rglob("rollout-*.jsonl")]
+        return sorted(m.group(1) for m in ids if m)
+
+
+def recording(received) -> list[dict]:
+    """What a client sent, one dict per request, secrets masked: a corpus file's lines."""
+    lines = []
+    for number, request in enumerate(received, 1):
+        line = {"n": number, "method": request.method, "path": mask_query(request.path),
+                "headers": mask_headers([(n, v) for n, v in request.headers if n.lower() != "host"])}
+        try:
+            text = request.body.decode()
+            line["body"] = json.loads(text) if text else None
+        except ValueError:  # not UTF-8 JSON, e.g. a zstd-compressed body
+            line["body"], line["body_encoding"] = base64.b64encode(request.body).decode(), "base64"
+        lines.append(line)
+    dumped = json.dumps(lines)
+    leaked = [s for s in SECRETS if s in dumped]
+    if leaked:
+        raise AssertionError("a key would be written into the recording")
+    return lines
+
+
+# Scenarios: what a user does; the tests assert on them and tests/corpus/record.py records them. ----
+
+MARKER = "kiwi-5150"  # in the project's notes.txt; a tool's output must carry it back
+
+
+@dataclass
+class Session:
+    """A scenario's outcome: every run, the answer each printed is expected to contain."""
+    runs: list[Run]
+    expected: list[str]
+    client_ids: list[str]
+
+
+def claude_turns(client: Client, turns: int = 4) -> Session:
+    """``claude -p`` then ``claude -p --continue`` until ``turns`` prompts were answered."""
+    expected = [f"claude-answer-{n}" for n in range(1, turns + 1)]
+    runs = [client.claude("-p", f"First question.\nfake-reply: {expected[0]}")]
+    runs += [client.claude("-p", "--continue", f"Question {n}.\nfake-reply: {expected[n - 1]}")
+             for n in range(2, turns + 1)]
+    return Session(runs, expected, client.claude_session_ids())
+
+
+def claude_tools(client: Client) -> Session:
+    """A tool loop: the fake asks for ``Read``, then (next turn) ``Bash``; the CLI runs them."""
+    notes = client.project / "notes.txt"
+    notes.write_text(f"{MARKER}\n")
+    read = json.dumps({"file_path": str(notes)})
+    bash = json.dumps({"command": "tr a-z A-Z < notes.txt", "description": "Shout the notes"})
+    runs = [client.claude("-p", f"What do the notes say?\nfake-tool: Read {read}"),
+            client.claude("-p", "--continue", "--allowedTools=Bash",
+                          f"And louder?\nfake-tool: Bash {bash}")]
+    return Session(runs, [MARKER, MARKER.upper()], client.claude_session_ids())
+
+
+def claude_resume(client: Client) -> Session:
+    """``claude -p`` then ``claude -p --resume <its session id>``."""
+    first = client.claude("-p", "--output-format", "json", "Remember this.\nfake-reply: resume-answer-1")
+    session_id = json.loads(first.stdout)["session_id"]
+    second = client.claude("-p", "--resume", session_id, "Recall it.\nfake-reply: resume-answer-2")
+    return Session([first, second], ["resume-answer-1", "resume-answer-2"], client.claude_session_ids())
+
+
+def codex_turns(client: Client, turns: int = 3) -> Session:
+    """``codex exec`` then ``codex exec resume --last`` until ``turns`` prompts were answered,
+    the custom provider chosen per run."""
+    client.configure_codex(choose_provider=False)
+    expected = [f"codex-answer-{n}" for n in range(1, turns + 1)]
+    provider = ("-c", "model_provider=llm-proxy", "--skip-git-repo-check")
+    runs = [client.codex("exec", *provider, f"First question.\nfake-reply: {expected[0]}")]
+    runs += [client.codex("exec", "resume", "--last", *provider, f"Question {n}.\nfake-reply: {expected[n - 1]}")
+             for n in range(2, turns + 1)]
+    return Session(runs, expected, client.codex_session_ids())
+
+
+def codex_tools(client: Client) -> Session:
+    """A Codex tool loop: the fake asks for ``exec_command``; Codex runs it in its sandbox."""
+    client.configure_codex()
+    (client.project / "notes.txt").write_text(f"{MARKER}\n")
+    call = json.dumps({"cmd": "cat notes.txt"})
+    runs = [client.codex("exec", "--skip-git-repo-check", f"What do the notes say?\nfake-tool: exec_command {call}"),
+            client.codex("exec", "resume", "--last", "--skip-git-repo-check", "Thanks.\nfake-reply: codex-done")]
+    return Session(runs, [MARKER, "codex-done"], client.codex_session_ids())
+
+
+SCENARIOS = {"claude-4-turns": claude_turns, "claude-tool-loop": claude_tools, "claude-resume": claude_resume,
+             "codex-3-turns": codex_turns, "codex-tool-loop": codex_tools}

@@ -1,0 +1,145 @@
+"""What the real Claude Code and Codex CLIs sent (tests/corpus/, recorded by tests/corpus/record.py)
+fed through the session logic: one session per client session, no fork unless the history
+really diverged."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from llmproxy.capture import Exchange
+from llmproxy.entries import EntryBuilder
+from llmproxy.filelog import FileLogger
+from llmproxy.routing import resolve
+from llmproxy.sessionlog import SessionLog
+from llmproxy.sessions import SessionStore
+
+CORPUS = Path(os.environ.get("LLM_PROXY_CORPUS", Path(__file__).parent / "corpus"))
+RECORDINGS = sorted(CORPUS.glob("*.jsonl"))
+UPSTREAM = "127.0.0.1:9"
+SESSION_HEADERS = ("x-claude-code-session-id", "session-id")
+
+
+def recording(name: str) -> list[dict]:
+    path = CORPUS / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"no recording {path.name} in {CORPUS}")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def client_session(request: dict) -> str | None:
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    return next((headers[h] for h in SESSION_HEADERS if h in headers), None)
+
+
+class Replay:
+    """The proxy's session logic on a temp log dir, fed recorded requests."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.log = SessionLog(SessionStore(log_dir / "sessions.db"), FileLogger(log_dir), EntryBuilder("test@corpus"))
+
+    def send(self, request: dict) -> Exchange | None:
+        provider = "anthropic" if request["path"].startswith("/v1/messages") else "openai"
+        route = resolve(f"/{provider}/{UPSTREAM}{request['path']}", None, ("127.0.0.1",))
+        if not route.conversation:
+            return None
+        body = json.dumps(request["body"]).encode() if request["body"] is not None else b""
+        exchange = Exchange(route=route, method=request["method"], path=request["path"],
+                            request_headers=list(request["headers"].items()), request_body=body)
+        self.log.log_request(exchange)
+        exchange.got_headers(200, [("Content-Type", "application/json")], sse=False)
+        exchange.got_data(b"{}")
+        exchange.finish()
+        self.log.log_response(exchange)
+        return exchange
+
+    def files(self) -> dict[str, list[dict]]:
+        return {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+                for p in self.log_dir.glob("*/*/*.jsonl")}
+
+
+@pytest.mark.skipif(not RECORDINGS, reason=f"no recordings in {CORPUS}")
+@pytest.mark.parametrize("path", RECORDINGS, ids=[p.stem for p in RECORDINGS])
+def test_a_recorded_client_session_is_one_session_without_forks(tmp_path, path):
+    requests_ = [json.loads(line) for line in path.read_text().splitlines()]
+    replay = Replay(tmp_path)
+    sent = [r for r in requests_ if replay.send(r) is not None]
+    assert sent, "the recording holds conversation calls"
+
+    files = replay.files()
+    named = {client_session(r) for r in sent} - {None}
+    assert named, "the client named its session"
+    by_client = {}
+    for session, entries in files.items():
+        by_client.setdefault(entries[0].get("client_session_id"), []).append(session)
+    for client in named:
+        assert len(by_client.get(client, [])) == 1, f"client session {client} spread over {by_client.get(client)}"
+        entries = files[by_client[client][0]]
+        assert [e for e in entries if e["type"] == "fork"] == []
+        assert all(e["_meta"]["client_session_id"] == client for e in entries)
+        assert [e["seq"] for e in entries if e["type"] == "request"] == list(
+            range(1, 1 + sum(client_session(r) == client for r in sent)))
+
+
+def _last_conversation_call(requests_: list[dict]) -> dict:
+    return [r for r in requests_ if r["body"] and len(r["body"].get("messages") or r["body"].get("input") or []) > 2][-1]
+
+
+def _turns_key(body: dict) -> str:
+    return "messages" if "messages" in body else "input"
+
+
+def _rewind(body: dict, keep: int, text: str) -> dict:
+    body = copy.deepcopy(body)
+    key = _turns_key(body)
+    new = ({"role": "user", "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]}
+           if key == "messages" else
+           {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    body[key] = body[key][:keep] + [new]
+    return body
+
+
+def _edit(body: dict, index: int, text: str) -> dict:
+    body = copy.deepcopy(body)
+    turns = body[_turns_key(body)]
+    turns[index]["content"] = text
+    return body
+
+
+@pytest.mark.parametrize("name, diverge, from_seq", [
+    # claude-4-turns: seq 1 title call, 2 [q1], 3 [q1 a1 q2], 4 [.. q3], 5 [.. q4]
+    ("claude-4-turns", lambda b: _rewind(b, 3, "Something else entirely."), 2),   # after a1: shares q1 a1
+    ("claude-4-turns", lambda b: _edit(b, 5, "Question 3, edited."), 3),          # q3 edited
+    # codex-3-turns: seq 1 [.. q1], 2 [.. q1 a1 q2], 3 [.. q3]
+    ("codex-3-turns", lambda b: _rewind(b, -3, "No, do this instead."), 1),       # keeps q1 a1, drops q2
+], ids=["claude-rewind", "claude-edit", "codex-rewind"])
+def test_a_real_divergence_forks_inside_the_client_session(tmp_path, name, diverge, from_seq):
+    requests_ = recording(name)
+    replay = Replay(tmp_path)
+    for request in requests_:
+        replay.send(request)
+    last = _last_conversation_call(requests_)
+    branch = {**last, "body": diverge(last["body"])}
+    replay.send(branch)
+    # The branch goes on: no second fork.
+    key = _turns_key(branch["body"])
+    reply = ({"role": "assistant", "content": [{"type": "text", "text": "ok"}]} if key == "messages" else
+             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]})
+    more = copy.deepcopy(branch)
+    more["body"][key] += [reply, {"role": "user", "content": "and now?"}]
+    replay.send(more)
+
+    (session, entries), = replay.files().items()
+    forks = [e for e in entries if e["type"] == "fork"]
+    assert len(forks) == 1
+    fork = forks[0]
+    assert fork["from_seq"] == from_seq and fork["parent_session"] == session
+    assert fork["thread"] != fork["from_thread"]
+    requests_logged = [e for e in entries if e["type"] == "request"]
+    assert [e["_meta"]["thread"] for e in requests_logged[-2:]] == [fork["thread"]] * 2
+    assert entries.index(fork) == entries.index(requests_logged[-2]) - 1

@@ -1,0 +1,160 @@
+"""scripts/loki-session against the real proxy and fakeloki: a whole session back, byte for byte."""
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from fakeloki import FakeLoki
+from fakeprovider import WORDS
+from llmproxy import logtree
+from proxyproc import wait_until
+
+SCRIPT = str(Path(__file__).resolve().parent.parent / "scripts" / "loki-session")
+
+
+@pytest.fixture
+def loki():
+    fake = FakeLoki().start()
+    yield fake
+    fake.down()
+
+
+def run(env, *args):
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.fixture
+def session(start_proxy, fake_provider, loki):
+    """A Claude Code session of four calls (one streamed, one with a 600 KB request body shipped
+    to Loki in parts), and the environment that points the script at the same Loki."""
+    server = start_proxy({"LLM_PROXY_LOKI_ENABLED": "true", "LLM_PROXY_LOKI_URL": loki.url,
+                          "LLM_PROXY_LOKI_BATCH_WAIT": "100ms"})
+    client_id = f"cc-{uuid.uuid4()}"
+    messages = []
+    for i, (stream, text) in enumerate([(False, "first question"), (True, "stream me an answer"),
+                                        (False, "big " + "ü" * 300_000), (False, "last one")]):
+        messages.append({"role": "user", "content": text})
+        resp = requests.post(f"{server.url}/anthropic/{fake_provider.upstream}/v1/messages",
+                             json={"model": "claude-test", "stream": stream, "messages": messages},
+                             headers={"X-Claude-Code-Session-Id": client_id, "x-api-key": "sk-ant-" + "k" * 40},
+                             timeout=10)
+        assert resp.status_code == 200
+        messages.append({"role": "assistant", "content": "ok"})
+    files = next(logtree.sessions(server.log_dir))
+    # the last response is logged once its last byte is on the wire
+    lines = wait_until(lambda: (ls := logtree.read_session(files).decode().splitlines()) and len(ls) == 9 and ls,
+                       10, message="9 lines in the session file")
+    wait_until(lambda: loki.count() > len(lines), 20, message="all entries (and parts) in fakeloki")
+    env = {**server.env, "LLM_PROXY_ENV_FILE": "/nonexistent"}
+    return {"id": files.session, "client": client_id, "lines": lines, "env": env, "loki": loki}
+
+
+def test_a_session_comes_back_byte_for_byte_in_order(session):
+    out = run(session["env"], session["id"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == session["lines"]
+
+
+def test_paging_past_the_per_query_line_limit(session):
+    loki = session["loki"]
+    stored = loki.count()
+    out = run(session["env"], session["id"], "--page-size", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == session["lines"]
+    pages = [q for q in loki.queries if q["limit"] == "3"]
+    assert len(pages) >= stored / 3 and all(q["direction"] == "forward" for q in pages)
+    starts = [int(q["start"]) for q in pages]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+
+def test_a_client_session_id_and_the_files_give_the_same(session):
+    by_client = run(session["env"], session["client"])
+    assert by_client.returncode == 0, by_client.stderr
+    assert by_client.stdout.splitlines() == session["lines"]
+    files = run(session["env"], session["client"], "--from-files")
+    assert files.returncode == 0 and files.stdout.splitlines() == session["lines"]
+    ours = run(session["env"], session["id"], "--from-files")
+    assert ours.stdout.splitlines() == session["lines"]
+
+
+def test_transcript_shows_turns_joined_deltas_and_tokens(session):
+    out = run(session["env"], session["id"], "--transcript")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith(f"# session {session['id']} · anthropic · ")
+    assert f"client session {session['client']}" in text.splitlines()[0]
+    assert "user: first question" in text and "user: last one" in text
+    assert "user: ok" not in text  # earlier turns are not repeated
+    assert f"assistant: {''.join(WORDS)}" in text  # streamed deltas joined
+    assert "(tokens in 12, out 6; claude-test)" in text
+    assert f"tokens in 12, out {len(WORDS)}" in text
+    assert "more characters]" in text  # the 300,000-character turn is cut in the transcript only
+
+
+def test_exit_codes(session, tmp_path):
+    missing = run(session["env"], "20200101-000000-deadbeef")
+    assert missing.returncode == 1 and "no entries of 20200101-000000-deadbeef" in missing.stderr
+    session["loki"].down()
+    down = run(session["env"], session["id"])
+    assert down.returncode == 3 and "cannot query" in down.stderr
+    bad = run({**session["env"], "LLM_PROXY_LOKI_URL": "ftp://x"}, session["id"])
+    assert bad.returncode == 2 and "LLM_PROXY_LOKI_URL" in bad.stderr
+    assert run(session["env"], "--help").returncode == 0
+
+
+def test_split_parts_are_joined_in_any_order():
+    from llmproxy.loki.batch import LokiEntry
+    from llmproxy.loki.split import split_entry
+    from llmproxy.lokisession import join_split
+
+    line = json.dumps({"type": "request", "_meta": {"session": "s"}, "body": "é" * 5000}, ensure_ascii=False)
+    parts = split_entry(LokiEntry(1000, line.encode(), ()), 2048)
+    assert len(parts) > 2
+    rows = [(p.ts_ns, p.line.decode()) for p in reversed(parts)] + [(999, "before"), (5000, "after")]
+    assert join_split(sorted(rows)) == [(999, "before"), (1000, line), (5000, "after")]
+
+
+@pytest.mark.parametrize("path, stream", [("/v1/responses", True), ("/v1/responses", False),
+                                          ("/v1/messages", True), ("/v1/chat/completions", True)])
+def test_transcript_of_a_tool_call_and_its_result(start_proxy, fake_provider, path, stream):
+    server = start_proxy({"LLM_PROXY_WORKERS": "1"})
+    provider = "anthropic" if path == "/v1/messages" else "openai"
+    url = f"{server.url}/{provider}/{fake_provider.upstream}{path}"
+    ask = 'list files\nfake-tool: shell {"cmd": "ls"}'
+    if path == "/v1/responses":
+        turns = [{"input": [{"role": "user", "content": [{"type": "input_text", "text": ask}]}]},
+                 {"input": [{"role": "user", "content": [{"type": "input_text", "text": ask}]},
+                            {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{}"},
+                            {"type": "function_call_output", "call_id": "c1", "output": "README.rst"}]}]
+    elif path == "/v1/messages":
+        turns = [{"messages": [{"role": "user", "content": ask}]},
+                 {"messages": [{"role": "user", "content": ask},
+                               {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shell",
+                                                                  "input": {}}]},
+                               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                                             "content": "README.rst"}]}]}]
+    else:
+        turns = [{"messages": [{"role": "user", "content": "hello there"}]}]
+    headers = {"Authorization": "Bearer sk-proj-" + "k" * 40, "x-api-key": "sk-ant-" + "k" * 40,
+               "session_id": "tx-1", "X-Claude-Code-Session-Id": "tx-1"}
+    for body in turns:
+        resp = requests.post(url, json={"model": "gpt-fake", "stream": stream, **body}, headers=headers, timeout=10)
+        assert resp.status_code == 200
+    files = next(logtree.sessions(server.log_dir))
+    wait_until(lambda: len(logtree.read_session(files).splitlines()) == 1 + 2 * len(turns), 10)
+    out = run({**server.env, "LLM_PROXY_ENV_FILE": "/nonexistent"}, files.session, "--from-files", "--transcript")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    if path == "/v1/chat/completions":
+        assert "user: hello there" in text and f"assistant: {''.join(WORDS)}" in text
+        return
+    assert "user: list files" in text
+    assert "assistant: Calling shell." in text
+    assert 'assistant: [tool call shell] {"cmd": "ls"}' in text
+    assert "[tool result " in text and "README.rst" in text
+    assert "assistant: Tool output: README.rst" in text
+    assert "tokens in " in text

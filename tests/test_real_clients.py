@@ -1,0 +1,141 @@
+"""The real Claude Code and Codex CLIs through the real proxy, against the fake provider.
+
+Each scenario of tests/realclients.py runs once per module, all at the same time (each CLI run
+takes seconds, mostly the client's own start-up), each with its own fake provider, so the files
+under ``log_dir/127.0.0.1:PORT/`` are that scenario's alone. Where the CLIs cannot run (no
+loopback-only network namespace, npm missing) the tests skip with the reason; under CI they fail.
+The README's curl lines and ``llm-proxy env`` are run with curl and the SDKs too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import realclients
+from fakeprovider import FakeProvider
+from proxyproc import wait_until
+
+LOGGED_PATHS = ("/v1/messages", "/v1/responses")  # the conversation calls these clients make
+
+
+@pytest.fixture(scope="module")
+def scenarios(proxy, tmp_path_factory):
+    """``name → (future of Session, fake provider)``, every scenario started at once."""
+    reason = realclients.unavailable()
+    if reason:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"the real-CLI tests must run under CI: {reason}")
+        pytest.skip(reason)
+    fakes = {name: FakeProvider().start() for name in realclients.SCENARIOS}
+    pool = ThreadPoolExecutor(len(fakes))
+    running = {name: (pool.submit(scenario, realclients.Client(tmp_path_factory.mktemp(name), proxy.url,
+                                                               fakes[name].upstream)), fakes[name])
+               for name, scenario in realclients.SCENARIOS.items()}
+    yield running
+    pool.shutdown(wait=True, cancel_futures=True)
+    for fake in fakes.values():
+        fake.stop()
+
+
+def logged_sessions(proxy, fake) -> dict[str, list[dict]]:
+    """The session files of one fake provider's traffic, once every logged call has its response."""
+    calls = sum(1 for r in fake.received if r.method == "POST" and r.path.split("?")[0] in LOGGED_PATHS)
+
+    def complete():
+        files = {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+                 for p in proxy.log_dir.glob(f"{fake.upstream}/*/*.jsonl")}
+        responses = sum(1 for entries in files.values() for e in entries if e["type"] == "response")
+        return files if responses >= calls else None
+
+    return wait_until(complete, timeout=10, message=f"{calls} responses logged")
+
+
+def check_session(name, scenarios, proxy):
+    future, fake = scenarios[name]
+    session = future.result(timeout=realclients.CLIENT_TIMEOUT * 5)
+    for run, expected in zip(session.runs, session.expected, strict=True):
+        assert expected in run.stdout, f"{run.args}: {expected!r} not printed:\n{run.stdout}\n{run.stderr}"
+    client_id, = session.client_ids  # the CLI kept one session of its own
+
+    files = logged_sessions(proxy, fake)
+    forks = [e for entries in files.values() for e in entries if e["type"] == "fork"]
+    assert forks == [], f"{name}: the proxy forked a client session that never diverged: {forks}"
+    assert len(files) == 1, f"{name}: one client session, {len(files)} session files"
+    entries, = files.values()
+    assert entries[0]["type"] == "session_start" and entries[0]["client_session_id"] == client_id
+    requests = [e for e in entries if e["type"] == "request"]
+    assert [e["seq"] for e in requests] == list(range(1, len(requests) + 1))
+    assert_no_key_in(proxy.log_dir)
+    return entries
+
+
+def assert_no_key_in(log_dir):
+    for path in log_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not [s for s in realclients.SECRETS if s.encode() in data], f"a raw key in {path}"
+
+
+def test_claude_code_four_turns_are_one_session(scenarios, proxy):
+    entries = check_session("claude-4-turns", scenarios, proxy)
+    last = json.loads([e for e in entries if e["type"] == "request"][-1]["body"])
+    assert all(f"claude-answer-{n}" in json.dumps(last["messages"]) for n in range(1, 5))
+
+
+def test_claude_code_tool_loop(scenarios, proxy):
+    entries = check_session("claude-tool-loop", scenarios, proxy)
+    logged = "\n".join(e.get("body", "") for e in entries if e["type"] == "request")
+    assert '"tool_result"' in logged and realclients.MARKER.upper() in logged  # Bash's output went back
+
+
+def test_claude_code_resume(scenarios, proxy):
+    check_session("claude-resume", scenarios, proxy)
+
+
+def test_codex_three_turns_exec_then_resume_last(scenarios, proxy):
+    entries = check_session("codex-3-turns", scenarios, proxy)
+    requests = [e for e in entries if e["type"] == "request"]
+    assert len(requests) == 3
+    assert requests[0]["headers"]["Authorization"] == "Bearer sk-proj-...wxyz"
+
+
+def test_codex_tool_loop(scenarios, proxy):
+    entries = check_session("codex-tool-loop", scenarios, proxy)
+    logged = "\n".join(e.get("body", "") for e in entries if e["type"] == "request")
+    assert '"function_call_output"' in logged and realclients.MARKER in logged
+
+
+def readme_commands(prefix: str) -> list[str]:
+    """The README's shell commands that start with ``prefix``, continuation lines joined."""
+    text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    return [m.replace("\\\n", " ") for m in re.findall(rf"^ +({prefix} (?:.*\\\n)*.*)$", text, re.MULTILINE)]
+
+
+def test_readme_curl_lines_and_llm_proxy_env_for_the_sdks_work(proxy, fake_provider, tmp_path):
+    client = realclients.Client(tmp_path, proxy.url, fake_provider.upstream)
+    keys = {"ANTHROPIC_API_KEY": realclients.ANTHROPIC_KEY, "OPENAI_API_KEY": realclients.OPENAI_KEY}
+    curls = readme_commands("curl")
+    assert len(curls) == 2
+    for command in curls:
+        command = command.replace("http://127.0.0.1:8080", proxy.url)
+        command = re.sub(r"/api\.(anthropic|openai)\.com/", f"/{fake_provider.upstream}/", command)
+        out = subprocess.run(["bash", "-c", command], env={**os.environ, **keys}, capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        assert "Hello" in out and " from" in out, out
+    sdks = ("import anthropic, openai\n"
+            "print(anthropic.Anthropic().messages.create(model='m', max_tokens=9, messages=["
+            "{'role': 'user', 'content': 'fake-reply: via-anthropic'}]).content[0].text)\n"
+            "print(openai.OpenAI().responses.create(model='m', input='fake-reply: via-openai').output_text)\n")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_BASE_URL")}
+    out = subprocess.run(["bash", "-c", f'eval "$1"; exec "{sys.executable}" -c "$2"', "sh", client.setup(), sdks],
+                         env={**env, **keys}, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.split() == ["via-anthropic", "via-openai"]
+    assert [r.path for r in fake_provider.received][-2:] == ["/v1/messages", "/v1/responses"]
