@@ -262,6 +262,13 @@ def test_50_idle_websockets_do_not_stop_plain_requests(start_proxy, fake_provide
                              json=create(), timeout=5)
         assert resp.status_code == 200
     assert time.monotonic() - started < 5
+
+    def gauge():
+        text = requests.get(f"{server.url}/metrics", timeout=5).text
+        return next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith("llm_proxy_active_websockets"))
+
+    wait_until(lambda: gauge() == 50, timeout=5, message="50 on the active-WebSockets gauge")
     # And each WebSocket still works.
     for client in clients[:: 10]:
         client.send(create())
