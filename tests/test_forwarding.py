@@ -85,9 +85,9 @@ def test_streamed_exchange_is_logged_event_by_event(recorded_app, fake_provider)
 
 def test_other_paths_are_proxied_but_not_logged(recorded_app, fake_provider):
     client, logger = recorded_app
-    resp = client.get(f"/openai/{fake_provider.upstream}/v1/models")
+    resp = client.get(f"/openai/{fake_provider.upstream}/v1/files")
     resp.close()
-    assert resp.status_code == 404  # the fake has no /v1/models: passed through
+    assert resp.status_code == 404  # the fake has no /v1/files: passed through
     assert logger.calls == []
 
 
