@@ -3,7 +3,7 @@
 Each request re-sends the conversation so far; a turn shows only what is new in it: the
 messages after the last assistant message (the user's words, tool results). The answer shows
 the assistant's text with streamed deltas joined, its tool calls, and the tokens of the turn.
-Anthropic Messages, OpenAI Chat Completions and the Responses API (JSON or SSE) are understood;
+Anthropic Messages, OpenAI Chat Completions and the Responses API (JSON, SSE or WebSocket) are understood;
 anything else is shown as its size.
 """
 
@@ -78,10 +78,15 @@ def new_turn(body: dict) -> list[tuple[str, list[str]]]:
     return turn
 
 
-def _sse_events(chunks: list[dict]) -> list[dict]:
+def _sse_events(chunks: list[dict], websocket: bool = False) -> list[dict]:
+    """The JSON events of an answer's chunks: SSE ``data:`` lines, or (a WebSocket answer)
+    each text message itself."""
     events = []
     for chunk in chunks:
-        for line in chunk.get("raw", "").splitlines():
+        raw = chunk.get("raw", "")
+        if websocket:
+            raw = "" if chunk.get("encoding") else "data: " + raw.replace("\n", " ")
+        for line in raw.splitlines():
             if line.startswith("data:"):
                 data = line[5:].strip()
                 if data and data != "[DONE]":
@@ -107,7 +112,7 @@ def _usage(answer: Answer, usage: dict | None) -> None:
 def answer_of(response: dict) -> Answer:
     answer = Answer()
     if response.get("chunks") is not None:
-        _from_events(answer, _sse_events(response["chunks"]))
+        _from_events(answer, _sse_events(response["chunks"], response.get("transport") == "websocket"))
     else:
         try:
             doc = json.loads(response.get("body") or "")

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from fakeloki import FakeLoki
+from llmproxy.transcript import render
 from fakews import WsClient, open_many
 from proxyproc import wait_until
 
@@ -102,6 +103,9 @@ def test_a_codex_turn_goes_through_and_is_logged_as_request_and_response(shared,
     assert [json.loads(c["raw"]) for c in answer["chunks"]] == turn
     assert all(c["delta_ms"] >= 0 for c in answer["chunks"])
     assert 0 <= answer["timing"]["ttfb_ms"] <= answer["timing"]["total_ms"]
+    # The session query's transcript reads the WebSocket answer like an SSE one.
+    transcript = render([json.dumps(e) for e in session_entries(server.log_dir, session)])
+    assert "Hello from the fake provider." in transcript
 
 
 @pytest.mark.parametrize("deflate", [False, True], ids=["plain", "permessage-deflate"])
@@ -258,6 +262,13 @@ def test_50_idle_websockets_do_not_stop_plain_requests(start_proxy, fake_provide
                              json=create(), timeout=5)
         assert resp.status_code == 200
     assert time.monotonic() - started < 5
+
+    def gauge():
+        text = requests.get(f"{server.url}/metrics", timeout=5).text
+        return next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith("llm_proxy_active_websockets"))
+
+    wait_until(lambda: gauge() == 50, timeout=5, message="50 on the active-WebSockets gauge")
     # And each WebSocket still works.
     for client in clients[:: 10]:
         client.send(create())
