@@ -94,6 +94,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
             if session:
                 environ[SESSION_KEY] = session
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
+        if exchange is not None:
+            exchange.sending()
         try:
             upstream = forwarding.open_upstream(
                 runtime.upstream, request.method, route.url, headers, body,

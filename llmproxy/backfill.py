@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from llmproxy import logtree
+from llmproxy.entries import entry_metadata
 from llmproxy.logtree import SessionFiles
 from llmproxy.loki import LokiExporter, LokiEntry
 from llmproxy.loki.split import split_entry
@@ -64,16 +65,22 @@ def session_files(log_dir: Path, session: str | None, since: str | None, until: 
 
 
 def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
-    """The session's lines as Loki entries with the labels the exporter gave them."""
+    """The session's lines as Loki entries with the labels and structured metadata the exporter
+    gave them (the metadata is read back from the lines: ids, the model, the status)."""
     raw_lines = [line for line in logtree.read_session(files).split(b"\n") if line.strip()]
     docs = [json.loads(line) for line in raw_lines]
     provider = next((d.get("provider") for d in docs if d.get("type") == "session_start"), None)
     provider = provider or PROVIDER_BY_HOST.get(files.upstream, "anthropic")
+    requested = {(d.get("_meta") or {}).get("request_id"): d.get("model") for d in docs if d.get("type") == "request"}
     entries = []
     for line, doc in zip(raw_lines, docs):
         meta = doc.get("_meta") or {}
         maker = LabelMaker(labels.environment, meta.get("machine") or labels.machine)
-        entries.append(LokiEntry(parse_ts(meta["ts"]), line, maker(provider, doc.get("type", "unknown"))))
+        kind = doc.get("type", "unknown")
+        model = doc.get("model") or (requested.get(meta.get("request_id")) if kind == "response" else None)
+        metadata = entry_metadata(meta.get("session") or files.session, meta.get("request_id"),
+                                  meta.get("client_session_id"), model, doc.get("status"))
+        entries.append(LokiEntry(parse_ts(meta["ts"]), line, maker(provider, kind), metadata))
     return entries
 
 
@@ -122,7 +129,7 @@ class Backfill:
             report.refused = [p for p in missing if (p.ts_ns, p.line.decode()) not in held]
             report.pushed = len(missing) - len(report.refused)
             if report.refused and self.extra_label:
-                own_stream = [LokiEntry(p.ts_ns, p.line, p.labels + (self.extra_label,)) for p in report.refused]
+                own_stream = [replace(p, labels=p.labels + (self.extra_label,)) for p in report.refused]
                 extra = self.exporter.send_entries(own_stream)
                 report.extra_pushed = extra.sent
                 report.errors += extra.errors

@@ -49,6 +49,7 @@ class Exchange:
 
     # whatever the logger keeps between log_request and log_response (its session assignment)
     state: object = None
+    request_summary: dict = field(default_factory=dict)  # model, stream… as the request asked
 
     # the answer
     status: int | None = None
@@ -58,6 +59,8 @@ class Exchange:
     size: int = 0
     ttfb_ms: float | None = None
     total_ms: float | None = None
+    proxy_ms: float | None = None       # our own time before the request went upstream
+    upstream_ms: float | None = None    # from sending upstream to its response headers
     error: str | None = None
     incomplete: bool = False
     stream_truncated: bool = False      # an encoded stream decoded up to MAX_DECODED_BYTES only
@@ -68,11 +71,20 @@ class Exchange:
     # last byte is relayed, so the events keep their arrival times and the relay does no work.
     _encoded: list[tuple[float, int, bytes]] | None = field(default=None, repr=False)
     _decoded: Decoded | None = field(default=None, repr=False)
+    _sent: float = 0.0
+
+    def sending(self) -> None:
+        """The request goes upstream now: what came before was the proxy's own time."""
+        self._sent = time.perf_counter()
+        self.proxy_ms = _ms(self._sent - self.started)
 
     def got_headers(self, status: int, headers: list[tuple[str, str]], sse: bool) -> None:
         self.status = status
         self.response_headers = headers
-        self.ttfb_ms = _ms(time.perf_counter() - self.started)
+        now = time.perf_counter()
+        self.ttfb_ms = _ms(now - self.started)
+        if self._sent:
+            self.upstream_ms = _ms(now - self._sent)
         self._last_event = time.perf_counter()
         if sse:
             self.chunks = []

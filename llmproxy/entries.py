@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from llmproxy import providers
 from llmproxy.capture import Chunk, Exchange
 from llmproxy.decoding import Decoded
 from llmproxy.masking import mask_headers, mask_query
@@ -29,6 +30,8 @@ class Entry:
     ts_ns: int
     line: bytes
     path: str           # the session file, relative to the log dir
+    # Loki structured metadata: ids and what a query groups by, without parsing the line
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def size(self) -> int:
@@ -92,7 +95,7 @@ class EntryBuilder:
         self.machine = machine
 
     def _entry(self, kind: str, exchange: Exchange, assignment: Assignment, ts_ns: int, fields: dict,
-               request_id: bool = True, serialized: bytes = b"") -> Entry:
+               request_id: bool = True, serialized: bytes = b"", model: str | None = None) -> Entry:
         """One entry; ``serialized`` is JSON member text made earlier, placed after ``fields``."""
         meta = {"ts": rfc3339_ns(ts_ns), "machine": self.machine, "host": assignment.upstream,
                 "session": assignment.session}
@@ -106,16 +109,19 @@ class EntryBuilder:
             meta["thread"] = assignment.thread
         head = _dumps({"type": kind, **fields})[:-1]
         line = b"%s,%s%s\"_meta\":%s}" % (head, serialized, b"," if serialized else b"", _dumps(meta))
+        metadata = entry_metadata(assignment.session, meta.get("request_id"), assignment.client_id, model,
+                                  fields.get("status"))
         return Entry(kind, exchange.route.provider, assignment.upstream, assignment.session, ts_ns,
-                     line, session_file(assignment.upstream, assignment.session))
+                     line, session_file(assignment.upstream, assignment.session), metadata)
 
     def request_fields(self, exchange: Exchange, decoded: Decoded) -> bytes:
         """The request's own fields, serialised once and before its session is known, so the
         work (a Claude Code body is megabytes) is not done inside the sessions.db lock.
-        ``decoded`` is the request body decoded for the log; ``size`` counts the bytes as sent."""
+        ``decoded`` is the request body decoded for the log; ``size`` counts the bytes as sent.
+        ``exchange.request_summary`` (model, stream…) goes before the headers and body."""
         body = (_base64_fields(exchange.request_body) if exchange.request_binary
                 else body_fields(decoded))
-        fields = {"method": exchange.method, "path": mask_query(exchange.path),
+        fields = {"method": exchange.method, "path": mask_query(exchange.path), **exchange.request_summary,
                   "headers": mask_headers(exchange.request_headers), **body,
                   "size": len(exchange.request_body), **_transport(exchange)}
         return _dumps(fields)[1:-1]
@@ -137,24 +143,47 @@ class EntryBuilder:
                     "thread": assignment.thread}
             entries.append(self._entry("fork", exchange, assignment, ts - 1, fork))
         entries.append(self._entry("request", exchange, assignment, ts, {"seq": assignment.seq},
-                                   serialized=fields))
+                                   serialized=fields, model=exchange.request_summary.get("model")))
         return entries
 
     def response_entry(self, exchange: Exchange, assignment: Assignment, ts_ns: int) -> Entry:
-        fields: dict = {"seq": assignment.seq, "status": exchange.status,
-                        "headers": mask_headers(exchange.response_headers),
-                        "timing": {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms},
-                        "size": exchange.size}
-        fields.update(_transport(exchange))
+        """The answer, with its summary (model, stop_reason, usage, tool_calls) read from its body or
+        events. Built after the last byte went to the client (see app.py), never on the way."""
+        api = providers.api_for(exchange.route.provider, exchange.route.path)
+        content: dict = _transport(exchange)
+        summary: dict = {}
         if exchange.chunks is not None:
-            fields["chunks"] = [_chunk_fields(c) for c in exchange.chunks]
+            content["chunks"] = [_chunk_fields(c) for c in exchange.chunks]
+            summary = providers.stream_summary(api, (c.raw for c in exchange.chunks if not c.binary))
         decoded = exchange.decoded_body()
         if decoded is not None:
-            fields.update(body_fields(decoded))
+            content.update(body_fields(decoded))
+            if not summary:
+                summary = providers.response_summary(api, decoded.data)
         if exchange.stream_truncated:
-            fields["body_truncated"] = True
+            content["body_truncated"] = True
+        timing = {"ttfb_ms": exchange.ttfb_ms, "total_ms": exchange.total_ms}
+        if exchange.upstream_ms is not None:
+            timing["upstream_ms"] = exchange.upstream_ms
+        if exchange.proxy_ms is not None:
+            timing["proxy_ms"] = exchange.proxy_ms
+        fields: dict = {"seq": assignment.seq, "status": exchange.status, **summary,
+                        "headers": mask_headers(exchange.response_headers), "timing": timing,
+                        "size": exchange.size, **content}
         if exchange.error:
             fields["error"] = exchange.error
         if exchange.incomplete:
             fields["incomplete"] = True
-        return self._entry("response", exchange, assignment, ts_ns, fields)
+        return self._entry("response", exchange, assignment, ts_ns, fields,
+                           model=summary.get("model") or exchange.request_summary.get("model"))
+
+
+METADATA_KEYS = ("session_id", "request_id", "client_session_id", "model", "status")
+
+
+def entry_metadata(session: str, request_id: str | None, client_session_id: str | None, model: str | None,
+                   status: int | None) -> tuple[tuple[str, str], ...]:
+    """Loki structured metadata of an entry: what is known of :data:`METADATA_KEYS`, as strings.
+    The backfill derives the same from the file lines."""
+    values = (session, request_id, client_session_id, model, None if status is None else str(status))
+    return tuple((k, v) for k, v in zip(METADATA_KEYS, values) if v)

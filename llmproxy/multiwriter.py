@@ -49,7 +49,8 @@ class MultiWriter:
         error = self.files.write(entry)
         if self.exporter is not None:
             try:
-                self.exporter.push(entry.line, self.labels(entry.provider, entry.type), entry.ts_ns)
+                self.exporter.push(entry.line, self.labels(entry.provider, entry.type), entry.ts_ns,
+                                   entry.metadata)
             except Exception as exc:  # push never raises; this is the belt to its braces
                 log.error("Loki enqueue failed: %s", exc)
         return error

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 from typing import Any, Protocol
 
+from llmproxy import providers
 from llmproxy.capture import Exchange, now_ns
 from llmproxy import decoding
 from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id, session_name
@@ -97,6 +98,7 @@ class SessionLog:
         agent = agent_name(exchange.request_headers)
         hashes = message_hashes(conversation_messages(route.provider, body)) if client_id else []
 
+        exchange.request_summary = providers.request_summary(providers.api_for(route.provider, route.path), body)
         fields = self.builder.request_fields(exchange, decoded)
 
         def write_request(assignment: Assignment) -> None:

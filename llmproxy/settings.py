@@ -160,6 +160,16 @@ def _label_value(text: str) -> str:
     return value
 
 
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
 _HOST_PATTERN = re.compile(r"(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*|[0-9A-Fa-f:]+)")
 
 
@@ -224,6 +234,7 @@ class LokiSettings:
     spool_dir: Path | None = None
     spool_max_bytes: int = 1024**3
     max_line_bytes: int = 256 * 1024
+    structured_metadata: str = "auto"   # auto | true | false
     # Backoff is a value, not scattered sleeps (the spec's numbers).
     backoff_min: float = 0.1
     backoff_max: float = 10.0
@@ -243,7 +254,7 @@ class Settings:
     port: int = 8080
     log_dir: Path = Path("~/.llm-provider-logs").expanduser()
     workers: int = 2
-    threads: int = 32
+    threads: int = 128
     machine_id: str = ""
     allowed_upstreams: tuple[str, ...] = DEFAULT_ALLOWED_UPSTREAMS
     upstream_connect_timeout: float = 10.0
@@ -339,6 +350,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_PROXY_LOKI_SPOOL_DIR", "loki.spool_dir", _path),
     Variable("LLM_PROXY_LOKI_SPOOL_MAX_BYTES", "loki.spool_max_bytes", _SIZE_ARG),
     Variable("LLM_PROXY_LOKI_MAX_LINE_BYTES", "loki.max_line_bytes", _min_size(1024)),
+    Variable("LLM_PROXY_LOKI_STRUCTURED_METADATA", "loki.structured_metadata", _one_of("auto", "true", "false")),
 )
 
 def _env_file(environ: Mapping[str, str]) -> Path:

@@ -6,6 +6,11 @@ names, long label values, lines over ``max_line_size``, too old / too new entrie
 too far behind their stream's newest; 422 for no streams; 429 for a push over the burst. Valid
 entries of a partly refused push are stored; identical (stream, timestamp, line) is stored once.
 
+Structured metadata (a value's third element) is stored with its entry and joins the stream's
+labels in query results, so ``| session_id="…"`` filters on it. ``FakeLoki(structured_metadata=
+False)`` is a Loki without it (``allow_structured_metadata: false``): a value carrying some is
+refused with Loki's message, one line per stream, while the plain values of the push are stored.
+
 It can be told to refuse connections (:meth:`down`), hang, answer 500 or 429, or fail the next
 few pushes, and it answers ``GET /loki/api/v1/query_range`` for the LogQL forms the tests use:
 a selector, line filters ``|= "…"``, ``| json`` (bare or ``name="path"``) and label filters.
@@ -41,22 +46,30 @@ class Push:
     size: int            # bytes on the wire
     status: int
     at: float = field(default_factory=time.monotonic)
+    values: int = 0
+    with_metadata: int = 0  # values that carried structured metadata
+
+
+MAX_METADATA = 128
 
 
 class FakeLoki:
     def __init__(self, out_of_order_window: float = 3600.0, max_line_size: int = 262144,
                  burst_bytes: int = 6 * 1024 * 1024, reject_old_max_age: float = 168 * 3600.0,
-                 creation_grace: float = 600.0, max_body_bytes: int | None = None):
+                 creation_grace: float = 600.0, max_body_bytes: int | None = None,
+                 structured_metadata: bool = True):
         self.window_ns = int(out_of_order_window * 1e9)
         self.max_line_size = max_line_size
         self.burst_bytes = burst_bytes
         self.reject_old_ns = int(reject_old_max_age * 1e9)
         self.grace_ns = int(creation_grace * 1e9)
         self.max_body_bytes = max_body_bytes      # a gateway in front (nginx: 413)
+        self.structured_metadata = structured_metadata
         self.mode = "ok"                          # ok | error500 | ratelimit | hang
         self.retry_after: str | None = None
         self._fail_next: list[int] = []
-        self.streams: dict[frozenset, dict] = {}  # labels → {"labels", "entries": {(ts, line)}, "newest"}
+        # labels → {"labels", "entries": {(ts, line)}, "metadata": {(ts, line): {…}}, "newest"}
+        self.streams: dict[frozenset, dict] = {}
         self.pushes: list[Push] = []
         self.rejected: list[str] = []
         self.queries: list[dict] = []             # query_range parameters, in arrival order
@@ -121,6 +134,13 @@ class FakeLoki:
                    if all(s["labels"].get(k) == v for k, v in labels.items())]
         return sorted(out, key=lambda e: e[1])
 
+    def entries_with_metadata(self, **labels: str) -> list[tuple[dict, int, str, dict]]:
+        """Like :meth:`entries`, with each entry's structured metadata."""
+        with self.lock:
+            out = [(s["labels"], ts, line, s["metadata"].get((ts, line), {})) for s in self.streams.values()
+                   for ts, line in s["entries"] if all(s["labels"].get(k) == v for k, v in labels.items())]
+        return sorted(out, key=lambda e: e[1])
+
     def lines(self, **labels: str) -> list[str]:
         return [line for _, _, line in self.entries(**labels)]
 
@@ -140,6 +160,16 @@ class FakeLoki:
     # --- push ---
 
     def handle_push(self, headers: dict, raw: bytes) -> tuple[int, str, dict]:
+        """Answer one push and record it in :attr:`pushes` (before waiters on the entries wake)."""
+        push = Push(headers, len(raw), 0)
+        status, message, extra = self._push(headers, raw, push)
+        if not push.status:
+            push.status = status
+            with self.lock:
+                self.pushes.append(push)
+        return status, message, extra
+
+    def _push(self, headers: dict, raw: bytes, push: Push) -> tuple[int, str, dict]:
         with self.lock:
             if self._fail_next:
                 status = self._fail_next.pop(0)
@@ -191,7 +221,13 @@ class FakeLoki:
                     return 400, ("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: unmarshalerDecoder: "
                                  "Value looks like Number/Boolean/None, but can't find its end: ',' or '}' "
                                  "symbol, error found in #10 byte of ..."), {}
-                values.append((int(value[0]), value[1]))
+                metadata = value[2] if len(value) == 3 else {}
+                if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+                    return 400, ("loghttp.PushRequest.Streams: []loghttp.LogProtoStream: decode structured "
+                                 "metadata: expected an object of strings"), {}
+                values.append((int(value[0]), value[1], metadata))
+                push.values += 1
+                push.with_metadata += bool(metadata)
                 total_bytes += len(value[1].encode())
                 total_lines += 1
             parsed.append((dict(labels), values))
@@ -206,11 +242,20 @@ class FakeLoki:
             for labels, values in parsed:
                 key = frozenset(labels.items())
                 stream = self.streams.setdefault(key, {"labels": {**labels, "service_name": labels.get(
-                    "service_name", labels.get("app", "unknown_service"))}, "entries": set(), "newest": 0})
+                    "service_name", labels.get("app", "unknown_service"))}, "entries": set(), "metadata": {},
+                    "newest": 0})
                 ignored = 0
-                for ts, line in values:
+                disallowed = False
+                for ts, line, metadata in values:
                     size = len(line.encode())
-                    if size > self.max_line_size:
+                    if metadata and not self.structured_metadata:
+                        disallowed = True
+                    elif len(metadata) > MAX_METADATA:
+                        errors.append(f"stream '{_stream_text(stream['labels'])}' has too many structured "
+                                      f"metadata labels: '{len(metadata)}', limit: '{MAX_METADATA}'. Please see "
+                                      "`limits_config.max_structured_metadata_entries_count` or contact your Loki "
+                                      "administrator to increase it.")
+                    elif size > self.max_line_size:
                         errors.append(f"max entry size '{self.max_line_size}' bytes exceeded for stream "
                                       f"'{_stream_text(labels)}' while adding an entry with length '{size}' bytes")
                     elif ts < now - self.reject_old_ns:
@@ -226,12 +271,20 @@ class FakeLoki:
                     else:
                         if (ts, line) not in stream["entries"]:
                             stream["entries"].add((ts, line))
+                            if metadata:
+                                stream["metadata"][(ts, line)] = metadata
                             stored += 1
                         stream["newest"] = max(stream["newest"], ts)
+                if disallowed:
+                    errors.append(f"stream '{_stream_text(stream['labels'])}' includes structured metadata, but "
+                                  "this feature is disallowed. Please see `limits_config.allow_structured_metadata`"
+                                  " or contact your Loki administrator to enable it")
                 if ignored:
                     errors.append(f"user 'fake', total ignored: {ignored} out of {len(values)} for stream: "
                                   f"{_stream_text(labels)}")
             self.rejected.extend(errors)
+            push.status = 400 if errors else 204
+            self.pushes.append(push)
             self.changed.notify_all()
         if errors:
             return 400, "\n".join(errors), {}
@@ -247,12 +300,12 @@ class FakeLoki:
     def query_range(self, query: str, start: int | None, end: int | None, limit: int, direction: str) -> dict:
         selector, stages = parse_logql(query)
         rows = []
-        for labels, ts, line in self.entries():
+        for labels, ts, line, metadata in self.entries_with_metadata():
             if start is not None and ts < start or end is not None and ts >= end:
                 continue
             if not all(_match(labels.get(name), op, value) for name, op, value in selector):
                 continue
-            result = run_pipeline(dict(labels), line, stages)
+            result = run_pipeline({**labels, **metadata}, line, stages)
             if result is not None:
                 rows.append((result, ts, line))
         rows.sort(key=lambda r: r[1], reverse=direction != "forward")
@@ -429,9 +482,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, message, extra = loki.handle_push(headers, raw)
-        push = Push(headers, len(raw), status)
-        with loki.lock:
-            loki.pushes.append(push)
         self._reply(status, message, extra=extra)
 
     def do_GET(self):

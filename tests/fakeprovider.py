@@ -63,6 +63,13 @@ class Received:
         return json.loads(self.body)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The benchmark opens hundreds of connections at once; the default backlog of 5 drops
+    # handshakes and leaves clients waiting for SYN retries (or reset).
+    request_queue_size = 1024
+
+
 class FakeProvider:
     """Start with ``FakeProvider().start()``; ``url`` is its base URL; ``stop()`` ends it."""
 
@@ -72,8 +79,7 @@ class FakeProvider:
         self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer((host, 0), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, 0), _Handler)
         self.server.fake = self
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from llmproxy.loki.backoff import Backoff
-from llmproxy.loki.batch import Batch, Labels, LokiEntry, batch_of
+from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
 from llmproxy.loki.health import ExporterStats, StatsBoard
 from llmproxy.loki.split import split_entry
@@ -40,6 +40,9 @@ _WAKE = object()
 # Loki names the entries it refused in a 400; the others of the push were stored.
 _PER_ENTRY_ERROR = re.compile(r"has timestamp too (?:old|new)|max entry size .* exceeded")
 _TOTAL_IGNORED = re.compile(r"total ignored: (\d+) out of \d+")
+# A Loki without structured metadata (before schema v13, or allow_structured_metadata: false)
+# refuses, one line per stream, the values that carry it; it stores the plain values of the push.
+METADATA_DISALLOWED = re.compile(r"includes structured metadata, but this feature is disallowed")
 
 
 def rejected_entries(message: str, batch_size: int) -> int:
@@ -103,16 +106,18 @@ class LokiExporter:
         self._next_replay = 0.0
         self._replay_failures = 0
         self._undelivered = 0
+        self._metadata = settings.structured_metadata != "false"
+        self.stats.structured_metadata = "on" if self._metadata else "off"
 
     # --- request threads ---
 
-    def push(self, line: bytes, labels: Labels, ts_ns: int) -> bool:
+    def push(self, line: bytes, labels: Labels, ts_ns: int, metadata: Metadata = ()) -> bool:
         """Queue one entry. Never blocks on Loki, never raises. When the queue is full (by
         entries or bytes) the entry goes to the disk spool instead; False if even that failed."""
         try:
             if self._pid != os.getpid():
                 self.start()
-            entry = LokiEntry(ts_ns, line, labels)
+            entry = LokiEntry(ts_ns, line, labels, metadata if self._metadata else ())
             with self._bytes_lock:
                 room = self._queued_bytes + entry.size <= self.settings.buffer_bytes
                 if room:
@@ -206,6 +211,9 @@ class LokiExporter:
 
     def _run(self) -> None:
         batch = Batch()
+        if self._metadata and self.settings.structured_metadata == "auto" and self.board is not None and any(
+                doc.get("structured_metadata") == "refused" for doc in self.board.read()):
+            self._metadata_refused(None)  # another worker of this server has found out already
         self._publish(force=True)  # count this worker in /health/loki from its start
         while not self._stop.is_set():
             try:
@@ -410,6 +418,8 @@ class LokiExporter:
     def _send(self, batch: Batch, attempts: int | None = None, deadline: float | None = None) -> Outcome:
         """Push one batch with retries."""
         attempts = self.backoff.retries + 1 if attempts is None else attempts
+        if not self._metadata and batch.has_metadata:  # spooled, or batched before the fallback
+            batch = batch_of([e.without_metadata() for e in batch.entries])
         body = batch.encode()
         result = None
         for attempt in range(attempts):
@@ -436,6 +446,9 @@ class LokiExporter:
                 self._record(result, batch, reachable=True)
                 return self._send_halves(batch, attempts, deadline)
             if not result.retryable:
+                if (result.status == 400 and self.settings.structured_metadata == "auto"
+                        and batch.has_metadata and METADATA_DISALLOWED.search(result.message)):
+                    return self._without_metadata(batch, result, attempts, deadline)
                 return self._refused(batch, result)
             self._record(result, batch, reachable=False)
             if attempt == attempts - 1:
@@ -456,6 +469,34 @@ class LokiExporter:
         outcome = self._send(first, attempts, deadline)
         outcome += self._send(second, attempts, deadline)
         return outcome
+
+    def _without_metadata(self, batch: Batch, result: PushResult, attempts: int,
+                          deadline: float | None) -> Outcome:
+        """Loki does not take structured metadata: from now on send none, and resend, without it,
+        exactly the entries that carried it (Loki stored the others of the push)."""
+        self._metadata_refused(result.message)
+        plain = [e for e in batch.entries if not e.metadata]
+        outcome = Outcome()
+        if plain:
+            rest = "\n".join(line for line in result.message.splitlines() if not METADATA_DISALLOWED.search(line))
+            failed = rejected_entries(rest, len(plain)) if rest.strip() else 0
+            if failed:
+                self.stats.add(entries_failed=failed)
+            if failed < len(plain):
+                self.stats.succeeded(len(plain) - failed)
+            outcome = Outcome(sent=len(plain) - failed, failed=failed)
+        outcome += self._send(batch_of([e.without_metadata() for e in batch.entries if e.metadata]),
+                              attempts, deadline)
+        return outcome
+
+    def _metadata_refused(self, message: str | None) -> None:
+        if not self._metadata:
+            return
+        self._metadata = False
+        self.stats.structured_metadata = "refused"
+        if message is not None:
+            log.warning("Loki does not accept structured metadata (%s); sending entries without it "
+                        "(LLM_PROXY_LOKI_STRUCTURED_METADATA=auto)", message.splitlines()[0][:300])
 
     def _refused(self, batch: Batch, result: PushResult) -> Outcome:
         """Loki said no (4xx): it names what it refused and has stored the rest."""

@@ -33,6 +33,7 @@ class ExporterStats:
     last_error_time: float | None = None
     last_success_time: float | None = None
     failing_since: float | None = None  # first error since Loki last answered
+    structured_metadata: str = "on"     # on | off (configured) | refused (by Loki, in auto)
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -145,10 +146,13 @@ def summarize(own: dict, own_pid: int, others: list[dict], failing_after: float)
         "last_success_time": _iso(max(successes) if successes else None),
         "failing_since": _iso(min(failing) if failing else None),  # first error Loki has not answered since
         "workers": len(live),
+        # one worker that found Loki refusing it is enough: the others follow on their next push
+        "structured_metadata": "refused" if any(d.get("structured_metadata") == "refused" for d in docs)
+        else own.get("structured_metadata", "on"),
     }
 
 
 def disabled_summary() -> dict:
     return {"status": "disabled", **{name: 0 for name in COUNTERS}, "queue_depth": 0, "last_error": None,
             "last_error_time": None, "last_success_time": None, "failing_since": None, "workers": 0, "spooled_entries": 0,
-            "spool_bytes": 0}
+            "spool_bytes": 0, "structured_metadata": "off"}

@@ -4,6 +4,11 @@ A part keeps the entry's ``type`` and ``_meta`` (so ``|= "<session>" | json`` st
 adds ``part``, ``parts`` and ``chunk``, a slice of the original line. Concatenating the chunks in
 order gives back the original line byte for byte. Part *i* (from 0) carries the entry's timestamp
 plus *i* ns, so the parts sort.
+
+The first part also carries every field of the entry but its bulk (``body``, ``chunks``): status,
+timing, model, usage, headers… stay queryable with ``| json``, and a query that counts entries by
+such a field counts a split entry once. Likewise only the first part carries the structured
+metadata that describes the entry (``model``, ``status``); every part carries the ids.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 from llmproxy.loki.batch import LokiEntry
 
 _HEADROOM = 256  # for "part", "parts" and the JSON punctuation
+BULK = ("body", "chunks")
+ID_METADATA = frozenset({"session_id", "request_id", "client_session_id"})
 
 
 def _dumps(value) -> str:
@@ -26,12 +33,18 @@ def split_entry(entry: LokiEntry, max_bytes: int) -> list[LokiEntry]:
     text = entry.line.decode("utf-8")
     try:
         doc = json.loads(text)
-        head = {"type": doc.get("type"), "_meta": doc.get("_meta")} if isinstance(doc, dict) else {}
     except ValueError:
-        head = {}
-    budget = max_bytes - len(_dumps(head).encode()) - _HEADROOM
+        doc = None
+    doc = doc if isinstance(doc, dict) else {}
+    head = {"type": doc.get("type"), "_meta": doc.get("_meta")} if doc else {}
+    first = {"type": doc.get("type"), **{k: v for k, v in doc.items() if k not in BULK and k != "_meta"},
+             "_meta": doc.get("_meta")} if doc else {}
+    budget = max_bytes - len(_dumps(first).encode()) - _HEADROOM
+    if budget < 1024:  # huge headers: the first part is like the others
+        first = head
+        budget = max_bytes - len(_dumps(head).encode()) - _HEADROOM
     if budget < 1024:  # an absurd _meta: keep only the type
-        head = {"type": head.get("type")}
+        first = head = {"type": head.get("type")}
         budget = max_bytes - len(_dumps(head).encode()) - _HEADROOM
 
     chunks: list[str] = []
@@ -47,9 +60,10 @@ def split_entry(entry: LokiEntry, max_bytes: int) -> list[LokiEntry]:
         pos += n
         guess = n
     parts = len(chunks)
+    ids = tuple(p for p in entry.metadata if p[0] in ID_METADATA)
     return [LokiEntry(entry.ts_ns + i,
-                      _dumps({**head, "part": i + 1, "parts": parts, "chunk": chunk}).encode(),
-                      entry.labels)
+                      _dumps({**(head if i else first), "part": i + 1, "parts": parts, "chunk": chunk}).encode(),
+                      entry.labels, ids if i else entry.metadata)
             for i, chunk in enumerate(chunks)]
 
 

@@ -46,7 +46,9 @@ def _parse(path: Path) -> SpoolFile | None:
 
 
 def encode_entries(entries: list[LokiEntry]) -> bytes:
-    return b"".join(json.dumps([e.ts_ns, [list(p) for p in e.labels], e.line.decode("utf-8", "replace")],
+    """One JSON array a line: ``[ts, labels, line]``, plus ``metadata`` when the entry has some."""
+    return b"".join(json.dumps([e.ts_ns, [list(p) for p in e.labels], e.line.decode("utf-8", "replace")]
+                               + ([[list(p) for p in e.metadata]] if e.metadata else []),
                                ensure_ascii=False).encode() + b"\n" for e in entries)
 
 
@@ -54,8 +56,9 @@ def decode_entries(data: bytes) -> list[LokiEntry]:
     entries = []
     for raw in data.splitlines():
         if raw.strip():
-            ts, labels, line = json.loads(raw)
-            entries.append(LokiEntry(ts, line.encode(), tuple(tuple(p) for p in labels)))
+            ts, labels, line, *metadata = json.loads(raw)
+            entries.append(LokiEntry(ts, line.encode(), tuple(tuple(p) for p in labels),
+                                     tuple(tuple(p) for p in metadata[0]) if metadata else ()))
     return entries
 
 
