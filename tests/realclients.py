@@ -35,7 +35,20 @@ BIN = NPM / "node_modules" / ".bin"
 CLIENT_TIMEOUT = 120  # seconds for one CLI run; a turn against the fake takes a few
 ANTHROPIC_KEY = "sk-ant-api03-" + "R3alCl1ent" * 8 + "abcd"
 OPENAI_KEY = "sk-proj-" + "R3alCl1ent" * 8 + "wxyz"
-SECRETS = (ANTHROPIC_KEY, OPENAI_KEY)
+
+
+def _jwt(claims: dict) -> str:
+    def part(doc: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{'R3alCl1ent' * 4}sign"
+
+
+# A made-up ChatGPT access token: a JWT with the claims Codex reads, valid for a year from now.
+CHATGPT_ACCOUNT = "acct-r3al-cl1ent"
+CHATGPT_TOKEN = _jwt({"exp": 4102444800, "iat": 1764300000, "email": "dev@example.com",
+                      "https://api.openai.com/auth": {"chatgpt_account_id": CHATGPT_ACCOUNT,
+                                                      "chatgpt_plan_type": "plus", "chatgpt_user_id": "user-1"}})
+SECRETS = (ANTHROPIC_KEY, OPENAI_KEY, CHATGPT_TOKEN)
 
 
 def interfaces() -> list[str]:
@@ -54,6 +67,18 @@ def unavailable() -> str | None:
         return (f"{', '.join(missing)} not installed in {BIN} (./scripts/test installs "
                 f"{PACKAGES.relative_to(PACKAGES.parent.parent.parent)} with npm; see its output)")
     return None
+
+
+def require() -> None:
+    """Skip the calling test with the reason the CLIs cannot run here; under CI, fail instead:
+    CI must run them."""
+    import pytest
+
+    reason = unavailable()
+    if reason and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the real-CLI tests must run under CI: {reason}")
+    if reason:
+        pytest.skip(reason)
 
 
 def versions() -> dict[str, str]:
@@ -128,6 +153,13 @@ class Client:
         if choose_provider:
             config = config.replace('# model_provider = "llm-proxy"', 'model_provider = "llm-proxy"', 1)
         (self.codex_home / "config.toml").write_text(config)
+
+    def chatgpt_sign_in(self) -> None:
+        """What ``codex login`` leaves for a ChatGPT account, the token made up (the fake takes any)."""
+        (self.codex_home / "auth.json").write_text(json.dumps({
+            "auth_mode": "chatgpt", "OPENAI_API_KEY": None, "last_refresh": "2099-01-01T00:00:00Z",
+            "tokens": {"id_token": CHATGPT_TOKEN, "access_token": CHATGPT_TOKEN,
+                       "refresh_token": "rt-r3al-cl1ent", "account_id": CHATGPT_ACCOUNT}}))
 
     def codex(self, *args: str) -> Run:
         return self.run("codex", *args, env={"OPENAI_API_KEY": OPENAI_KEY}).check()
@@ -222,5 +254,16 @@ def codex_tools(client: Client) -> Session:
     return Session(runs, [MARKER, "codex-done"], client.codex_session_ids())
 
 
+def codex_chatgpt(client: Client) -> Session:
+    """Signed in with ChatGPT, the built-in provider at ``openai_base_url``: WebSocket, 2 turns."""
+    client.configure_codex(choose_provider=False)
+    client.chatgpt_sign_in()
+    runs = [client.codex("exec", "--skip-git-repo-check", "Signed in.\nfake-reply: chatgpt-answer-1"),
+            client.codex("exec", "resume", "--last", "--skip-git-repo-check", "Again.\nfake-reply: chatgpt-answer-2")]
+    return Session(runs, ["chatgpt-answer-1", "chatgpt-answer-2"], client.codex_session_ids())
+
+
+# What tests/corpus/record.py records (plain HTTP); test_real_clients.py runs these and CHATGPT.
 SCENARIOS = {"claude-4-turns": claude_turns, "claude-tool-loop": claude_tools, "claude-resume": claude_resume,
              "codex-3-turns": codex_turns, "codex-tool-loop": codex_tools}
+CHATGPT = {"codex-chatgpt": codex_chatgpt}

@@ -29,25 +29,23 @@ LOGGED_PATHS = ("/v1/messages", "/v1/responses")  # the conversation calls these
 @pytest.fixture(scope="module")
 def scenarios(proxy, tmp_path_factory):
     """``name → (future of Session, fake provider)``, every scenario started at once."""
-    reason = realclients.unavailable()
-    if reason:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"the real-CLI tests must run under CI: {reason}")
-        pytest.skip(reason)
-    fakes = {name: FakeProvider().start() for name in realclients.SCENARIOS}
+    realclients.require()
+    everything = {**realclients.SCENARIOS, **realclients.CHATGPT}
+    fakes = {name: FakeProvider().start() for name in everything}
     pool = ThreadPoolExecutor(len(fakes))
     running = {name: (pool.submit(scenario, realclients.Client(tmp_path_factory.mktemp(name), proxy.url,
                                                                fakes[name].upstream)), fakes[name])
-               for name, scenario in realclients.SCENARIOS.items()}
+               for name, scenario in everything.items()}
     yield running
     pool.shutdown(wait=True, cancel_futures=True)
     for fake in fakes.values():
         fake.stop()
 
 
-def logged_sessions(proxy, fake) -> dict[str, list[dict]]:
-    """The session files of one fake provider's traffic, once every logged call has its response."""
-    calls = sum(1 for r in fake.received if r.method == "POST" and r.path.split("?")[0] in LOGGED_PATHS)
+def logged_sessions(proxy, fake, turns: int) -> dict[str, list[dict]]:
+    """The session files of one fake provider's traffic, once every logged HTTP call and at least
+    ``turns`` answers (a WebSocket's are logged per message) have their response."""
+    calls = max(turns, sum(1 for r in fake.received if r.method == "POST" and r.path.split("?")[0] in LOGGED_PATHS))
 
     def complete():
         files = {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
@@ -65,7 +63,7 @@ def check_session(name, scenarios, proxy):
         assert expected in run.stdout, f"{run.args}: {expected!r} not printed:\n{run.stdout}\n{run.stderr}"
     client_id, = session.client_ids  # the CLI kept one session of its own
 
-    files = logged_sessions(proxy, fake)
+    files = logged_sessions(proxy, fake, len(session.runs))
     forks = [e for entries in files.values() for e in entries if e["type"] == "fork"]
     assert forks == [], f"{name}: the proxy forked a client session that never diverged: {forks}"
     assert len(files) == 1, f"{name}: one client session, {len(files)} session files"
@@ -111,6 +109,16 @@ def test_codex_tool_loop(scenarios, proxy):
     entries = check_session("codex-tool-loop", scenarios, proxy)
     logged = "\n".join(e.get("body", "") for e in entries if e["type"] == "request")
     assert '"function_call_output"' in logged and realclients.MARKER in logged
+
+
+def test_codex_signed_in_with_chatgpt_through_openai_base_url(scenarios, proxy):
+    entries = check_session("codex-chatgpt", scenarios, proxy)
+    requests = [e for e in entries if e["type"] == "request"]
+    assert {e.get("transport") for e in requests} == {"websocket"}
+    assert requests[0]["headers"]["Chatgpt-Account-Id"] == realclients.CHATGPT_ACCOUNT
+    assert requests[0]["headers"]["Authorization"].startswith("Bearer eyJ...")
+    fake = scenarios["codex-chatgpt"][1]
+    assert any(r.path.startswith("/v1/models?client_version=") for r in fake.received)
 
 
 def readme_commands(prefix: str) -> list[str]:
