@@ -18,6 +18,7 @@ from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.spool import Spool
 from llmproxy.prune import Pruner
 from llmproxy.settings import load_settings
+from proxyproc import wait_until
 
 LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))
 DAY = 86400
@@ -49,6 +50,9 @@ def test_prune_compresses_old_files_readably_and_skips_one_still_written(start_p
     server = start_proxy()
     for i in range(6):
         call(server, fake_provider, f"s-{i % 3}", "words " * 2000 * (i + 1))
+    # each response is logged once its last byte is sent: wait for all 3 × (start + 2 × 2) lines
+    wait_until(lambda: sum(d.count(b"\n") for d in snapshot(server.log_dir).values()) == 15, 10,
+               message="all entries written")
     before = snapshot(server.log_dir)
     sessions = list(logtree.sessions(server.log_dir))
     assert len(sessions) == 3
@@ -74,7 +78,8 @@ def test_prune_compresses_old_files_readably_and_skips_one_still_written(start_p
     call(server, fake_provider, client, "resumed")
     resumed = next(f for f in logtree.sessions(server.log_dir) if f.session == after[0].session)
     assert resumed.compressed is not None and resumed.plain is not None
-    grown = logtree.read_session(resumed)
+    grown = wait_until(lambda: (d := logtree.read_session(resumed)) and d.count(b"\n") ==
+                       before[resumed.session].count(b"\n") + 2 and d, 10, message="request and response")
     assert grown.startswith(before[resumed.session]) and b"resumed" in grown[len(before[resumed.session]):]
     Pruner(settings_for(server.log_dir), dry_run=False, out=io.StringIO(), now=time.time() + 3 * DAY).run()
     again = next(f for f in logtree.sessions(server.log_dir) if f.session == resumed.session)
