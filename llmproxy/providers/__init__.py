@@ -98,18 +98,15 @@ def _merged(first: dict, second: dict) -> dict:
 def error_body(name: str | None, error: "ProxyError") -> bytes:
     """The proxy's own error as JSON in the shape of the provider ``name`` (a path prefix or a
     provider label). For a name no API knows, one body in every API's shape at once."""
-    documents = [api.error_document(error.status, error.message, error.code) for api in APIS
-                 if name in (api.PREFIX, *api.NAMES)][:1]
-    if not documents:
-        documents = [api.error_document(error.status, error.message, error.code) for api in APIS]
+    shapes = [api for api in APIS if name in (api.PREFIX, *api.NAMES)][:1] or list(APIS)
     doc: dict = {}
-    for document in reversed(documents):
-        doc = _merged(document, doc)
+    for api in reversed(shapes):  # the first API's fields win where shapes overlap
+        doc = _merged(api.error_document(error.status, error.message, error.code), doc)
     return json.dumps(doc).encode()
 
 
 def api_for(provider: str, path: str) -> ModuleType | None:
-    """The module of the API an exchange speaks, or None for one the proxy does not summarise."""
+    """The module of the API an exchange speaks, or None for a provider no module knows."""
     for api in APIS:
         if api.handles(provider, path):
             return api
