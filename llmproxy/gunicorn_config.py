@@ -8,6 +8,7 @@ hand lifecycle work to :mod:`llmproxy.runtime`.
 import ctypes
 import logging
 import os
+import resource
 import shutil
 import signal
 import time
@@ -35,6 +36,21 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 _limit_malloc_arenas()
+
+
+def _raise_open_files_limit() -> None:
+    """Every open WebSocket holds two descriptors of its worker for as long as it lives; the
+    usual soft limit of 1024 would stop a worker at about 500 of them. Raise the soft limit to
+    the hard one, as servers that hold many connections do; workers inherit it."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a hard limit the kernel refuses as soft (macOS): keep it
+        pass
+
+
+_raise_open_files_limit()
 
 wsgi_app = "llmproxy.wsgi:app"
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host

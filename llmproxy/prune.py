@@ -92,9 +92,10 @@ class Pruner:
                         self._delete(files, oldest_spooled)
                     elif files.plain is not None:
                         self._compress(files)
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # ValueError: an unreadable .zst, left alone
                     self.report.errors += 1
-                    self.say(files, f"fail: {exc}")
+                    print(f"{files.upstream}/{files.day}/{files.session}: failed, left as it was: {exc}",
+                          file=self.out)
             if expired and not self.dry_run:
                 try:
                     directory.rmdir()

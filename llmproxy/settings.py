@@ -254,7 +254,7 @@ class Settings:
     port: int = 8080
     log_dir: Path = Path("~/.llm-provider-logs").expanduser()
     workers: int = 2
-    threads: int = 32
+    threads: int = 128
     machine_id: str = ""
     allowed_upstreams: tuple[str, ...] = DEFAULT_ALLOWED_UPSTREAMS
     upstream_connect_timeout: float = 10.0

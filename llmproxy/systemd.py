@@ -71,8 +71,10 @@ def render(name: str, settings: Settings, user: str = DEFAULT_USER, env_file: Pa
     spool = settings.loki.spool_dir
     if spool and not spool.is_relative_to(settings.log_dir):
         write_paths.append(spool)
-    # ProtectHome=yes hides /home and /root: an installation there must stay readable.
-    under_home = any(exe.is_relative_to(p) for p in (Path("/home"), Path("/root"), Path("/run/user")))
+    # ProtectHome=yes hides /home and /root entirely (ReadWritePaths= cannot undo that): an
+    # installation or a log dir there needs read-only, which ReadWritePaths= can then open up.
+    homes = (Path("/home"), Path("/root"), Path("/run/user"))
+    under_home = any(p.is_relative_to(home) for p in (exe, *write_paths) for home in homes)
     template = resources.files("llmproxy").joinpath("systemd_units", name).read_text()
     return template.format(user=user, group=primary_group(user), env_file=env_file, exe=exe,
                            stop_timeout=stop_timeout(settings),

@@ -67,12 +67,14 @@ def check_can_take_over(environ: dict) -> None:
 def take_over(environ: dict) -> socket.socket:
     """Take the client's connection from gunicorn: a socket of ours on the same connection.
 
-    After the request gunicorn 27's gthread worker closes its socket "gracefully": shutdown
-    (a FIN to the client) and then it reads up to 64 KiB for 2 s, which would swallow the
-    client's first frames. So its file descriptor is pointed at a fresh, unconnected socket
-    (dup2): gunicorn writes its own answer into that (EPIPE, which it takes as a client that
-    left, after writing the access-log line), its shutdown fails harmlessly, it closes it, and
-    the connection stays ours alone. gunicorn never reuses it: the write failed.
+    flask-sock runs the whole WebSocket inside the request and then ends it by raising
+    StopIteration, so gunicorn writes nothing and closes the connection. Here the request ends
+    right after the handshake, with the WebSocket still open, and gunicorn 27's gthread worker
+    closes a finished connection "gracefully": shutdown (a FIN to the client), then reading up
+    to 64 KiB for 2 s, which would cut the WebSocket and swallow its first frames. So gunicorn's
+    file descriptor is pointed at a fresh, unconnected socket (dup2): gunicorn writes its answer
+    into that (EPIPE, which it takes as a client that left, after writing the access-log line),
+    its shutdown fails harmlessly, it closes it, and never reuses it. The connection stays ours.
     """
     theirs: socket.socket = environ["gunicorn.socket"]
     ours = theirs.dup()

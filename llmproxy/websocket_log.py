@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from wsproto.connection import Connection, ConnectionType
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
@@ -116,9 +116,11 @@ class Conversation:
                         self._message(source, self._parts[source], ts_ns, at)
                         self._parts[source] = []
                 elif isinstance(event, CloseConnection):
+                    if parser.state is ConnectionState.OPEN:  # wsproto's verdict on bytes it cannot parse
+                        raise ValueError(f"{event.reason} (close code {event.code})")
                     self._stopped[source] = f"{source} sent close frame {event.code}"
         except Exception as exc:  # the relay goes on; only the log stops reading this direction
-            self._stopped[source] = f"cannot parse {source} frames: {exc!r}"
+            self._stopped[source] = f"cannot parse {source} frames: {exc}"
             log.warning("%s: %s; the bytes are still relayed", self.route.upstream, self._stopped[source])
 
     def _message(self, source: str, parts: list, ts_ns: int, at: float) -> None:

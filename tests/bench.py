@@ -27,7 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from proxyproc import ProxyServer, free_port, wait_until  # noqa: E402
+from proxyproc import ProxyServer, free_port, http_get, wait_until  # noqa: E402
+
+from llmproxy.settings import Settings  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -184,13 +186,19 @@ def run_concurrent(targets: list[Target], body: bytes, rounds: int, per_client: 
 
 # --- the measurements ---
 
+# Settings given with --set, for every proxy the bench starts (the defaults otherwise).
+EXTRA_ENV: dict[str, str] = {}
+
+
 def proxy_env(log_dir: Path, **extra) -> dict:
-    return {"LLM_PROXY_LOG_DIR": str(log_dir), **extra}
+    """The proxy's shipped defaults (not the test suite's small ones), then ``extra``, then --set."""
+    shipped = {"LLM_PROXY_WORKERS": str(Settings.workers), "LLM_PROXY_THREADS": str(Settings.threads)}
+    return {**shipped, "LLM_PROXY_LOG_DIR": str(log_dir), **extra, **EXTRA_ENV}
 
 
 def bench_overhead(work: Path, provider: Helper, scale: float) -> list[Figure]:
     figures = []
-    with ProxyServer(work / "overhead", env=proxy_env(work / "overhead" / "logs", LLM_PROXY_THREADS="32")) as proxy:
+    with ProxyServer(work / "overhead", env=proxy_env(work / "overhead" / "logs")) as proxy:
         targets = [Target("direct", provider.port, "/v1/messages"),
                    Target("proxy", proxy.port, f"/anthropic/127.0.0.1:{provider.port}/v1/messages",
                           {"X-Claude-Code-Session-Id": "bench-overhead"})]
@@ -318,6 +326,151 @@ def bench_streaming(work: Path, provider: Helper, scale: float) -> list[Figure]:
     ]
 
 
+def bench_load(work: Path, provider: Helper, scale: float) -> list[Figure]:
+    """16 keep-alive clients at once: direct, proxy with Loki off, proxy with Loki on (fakeloki)."""
+    loki = Helper("loki")
+    servers = {}
+    try:
+        servers["Loki off"] = ProxyServer(work / "load-off", env=proxy_env(work / "load-off" / "logs")).start()
+        servers["Loki on"] = ProxyServer(work / "load-on", env=proxy_env(
+            work / "load-on" / "logs", LLM_PROXY_LOKI_ENABLED="true", LLM_PROXY_LOKI_URL=loki.url)).start()
+        path = f"/anthropic/127.0.0.1:{provider.port}/v1/messages"
+        targets = [Target("direct", provider.port, "/v1/messages")] + [
+            Target(name, server.port, path, {"X-Claude-Code-Session-Id": f"bench-load-{i}"})
+            for i, (name, server) in enumerate(servers.items())]
+        body = messages_body(2048)
+        run_concurrent(targets, body, rounds=1, per_client=5, concurrency=16)  # connections, pools, threads
+        pids = {name: server.worker_pids() for name, server in servers.items()}
+        cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
+        rounds, per_client = max(2, int(8 * scale)), 25 if scale >= 0.1 else 5
+        results = run_concurrent(targets, body, rounds, per_client, concurrency=16)
+        calls = rounds * per_client * 16
+        # Loki's share of the CPU is spent when batches are pushed: wait until all are acknowledged.
+        wanted = 2 * (calls + 5 * 16)
+        try:
+            wait_until(lambda: http_get(servers["Loki on"].port, "/health/loki")[1]["entries_sent"] >= wanted,
+                       15, interval=0.2, message="Loki entries pushed")
+        except TimeoutError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+        cpu = {name: (cpu_seconds(p) - cpu_before[name]) * 1000 / calls for name, p in pids.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+        loki.stop()
+    stats = {name: (summary(lat), rps) for name, (lat, rps) in results.items()}
+    direct_p99 = stats["direct"][0]["p99_ms"]
+    figures = []
+    for name, (st, rps) in stats.items():
+        what = f"POST /v1/messages 2KB, 16 keep-alive clients at once, {name}"
+        on = name == "Loki on"
+        figures.append(Figure(f"x16 {name}: req/s", round(rps), "req/s", st["samples"], what,
+                              ">= 740" if on else "", rps >= 740 if on else None, {**st, "rps": round(rps, 1)}))
+        if name == "direct":
+            figures.append(Figure("x16 direct: p99", st["p99_ms"], "ms", st["samples"], what, extra=st))
+        else:
+            ratio = st["p99_ms"] / direct_p99
+            figures.append(Figure(f"x16 {name}: p99", st["p99_ms"], "ms", st["samples"], what,
+                                  f"<= 4 x direct ({4 * direct_p99:.0f})" if on else "",
+                                  ratio <= 4 if on else None, {**st, "p99_vs_direct": round(ratio, 2)}))
+    for name, ms in cpu.items():
+        figures.append(Figure(f"CPU per call, {name}", round(ms, 3), "CPU ms", calls,
+                              f"the proxy's workers' user + system CPU per proxied call (16 clients), {name}"
+                              + (", pushes to fakeloki included" if name == "Loki on" else "")))
+    return figures
+
+
+def _streams_at_once(port: int, path: str, count: int, events: int, delay_ms: int) -> tuple[list[float], list[float]]:
+    """``count`` streams at once; their TTFBs and every event's send-to-arrival ms."""
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        results = list(pool.map(lambda _: stream_once(port, path, events, delay_ms), range(count)))
+    ttfb = [t for t, _ in results]
+    delays = [d for _, ds in results for d in ds]
+    if any(len(ds) < events for _, ds in results):
+        raise RuntimeError(f"a stream through 127.0.0.1:{port} ended early")
+    return ttfb, delays
+
+
+def bench_streams(work: Path, provider: Helper, scale: float) -> list[Figure]:
+    """100 SSE streams at once, direct and through the proxy: what the proxy adds to each event."""
+    count, delay_ms = 100, 20
+    events = max(50, int(50 * scale))
+    with ProxyServer(work / "streams", env=proxy_env(work / "streams" / "logs")) as proxy:
+        paths = {"direct": (provider.port, "/v1/messages"),
+                 "proxy": (proxy.port, f"/anthropic/127.0.0.1:{provider.port}/v1/messages")}
+        ttfb = {k: [] for k in paths}
+        delays = {k: [] for k in paths}
+        for r in range(2):
+            for name in (paths if r % 2 == 0 else reversed(list(paths))):
+                t, d = _streams_at_once(*paths[name], count, events, delay_ms)
+                ttfb[name] += t
+                delays[name] += d
+    direct, via = summary(delays["direct"]), summary(delays["proxy"])
+    added_median = via["median_ms"] - direct["median_ms"]
+    added_p99 = via["p99_ms"] - direct["p99_ms"]
+    what = f"{count} SSE streams at once, {events} events {delay_ms} ms apart: send-to-arrival, proxy vs direct"
+    ttfb_direct, ttfb_proxy = summary(ttfb["direct"]), summary(ttfb["proxy"])
+    return [
+        Figure(f"{count} streams: added delay/event", round(added_median, 3), "ms (median)", via["samples"],
+               what, "< 1 ms", added_median < 1.0, {"direct": direct, "proxy": via}),
+        Figure(f"{count} streams: added delay/event p99", round(added_p99, 3), "ms (p99)", via["samples"],
+               what, "< 10 ms", added_p99 < 10.0, {"direct": direct, "proxy": via}),
+        Figure(f"{count} streams: TTFB p99", ttfb_proxy["p99_ms"], "ms", ttfb_proxy["samples"],
+               f"{count} streams opened at once: time to first byte through the proxy (direct: "
+               f"{ttfb_direct['p99_ms']:.0f} ms); seconds here mean streams waited for a thread",
+               extra={"direct": ttfb_direct, "proxy": ttfb_proxy}),
+    ]
+
+
+def bench_many_streams(work: Path, provider: Helper, scale: float) -> list[Figure]:
+    """200 streams of 30 s open at once, and ordinary calls beside them: does anything wait?"""
+    count, seconds, delay_ms = 200, 30.0 if scale >= 1 else 10.0, 100
+    events = int(seconds * 1000 / delay_ms)
+    path = f"/anthropic/127.0.0.1:{provider.port}/v1/messages"
+    with ProxyServer(work / "many", env=proxy_env(work / "many" / "logs")) as proxy:
+        health: list[dict] = []
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(1.0):
+                try:
+                    health.append(http_get(proxy.port, "/health", timeout=2.0)[1]["threads"])
+                except (OSError, http.client.HTTPException, KeyError):
+                    health.append({"unanswered": True})
+
+        with concurrent.futures.ThreadPoolExecutor(count + 1) as pool:
+            streams = [pool.submit(stream_once, proxy.port, path, events, delay_ms) for _ in range(count)]
+            watcher = pool.submit(watch)
+            time.sleep(2.0)  # the streams are under way (their TTFB says whether they waited)
+            client, calls = Client(proxy.port), []
+            body, deadline = messages_body(2048), time.monotonic() + seconds - 4.0
+            while time.monotonic() < deadline and len(calls) < 5000:
+                calls.append(client.post(path, body, {"Content-Type": "application/json",
+                                                      "X-Claude-Code-Session-Id": "bench-many"}))
+            results = [f.result(timeout=seconds + 60) for f in streams]
+            done.set()
+            watcher.result(timeout=10)
+    calls_s = summary(calls)
+    ttfb = summary([t for t, _ in results])
+    delays = summary([d for _, ds in results for d in ds])
+    complete = sum(1 for _, ds in results if len(ds) >= events)
+    answered = [h for h in health if "busy" in h]
+    peak = max((h["busy"] for h in answered), default=0)
+    threads = answered[0]["threads"] if answered else 0
+    what = f"{count} streams of {seconds:.0f} s open at once, 2KB calls one after another beside them"
+    return [
+        Figure(f"{count} streams: complete", complete, f"of {count}", count, what, f"= {count}", complete == count),
+        Figure(f"{count} streams: TTFB p99", ttfb["p99_ms"], "ms", ttfb["samples"], what, extra=ttfb),
+        Figure(f"{count} streams: delay/event p99", delays["p99_ms"], "ms (send to arrival)", delays["samples"],
+               what, extra=delays),
+        Figure(f"{count} streams: call p99", calls_s["p99_ms"], "ms", calls_s["samples"], what,
+               extra={**calls_s, "max_ms": round(max(calls), 3) if calls else None}),
+        Figure(f"{count} streams: busy threads", peak, f"of {threads} (peak)", len(answered),
+               what + "; /health sampled once a second",
+               extra={"unanswered_health": len(health) - len(answered), "health": health,
+                      "saturated_workers_peak": max((h["saturated_workers"] for h in answered), default=0)}),
+    ]
+
+
 EXPORT_CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
@@ -371,6 +524,15 @@ def bench_export(work: Path, scale: float) -> list[Figure]:
         Figure("export: CPU per 10k entries", round(doc["cpu"] / doc["sent"] * 10000, 3), "CPU s",
                doc["sent"], "the worker's own rusage (user + system): queueing, batching, encoding, gzip, HTTP"),
     ]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -434,7 +596,18 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("overhead", "loki", "stream", "export", "memory")
+SECTIONS = {
+    "overhead": bench_overhead,
+    "load": bench_load,
+    "streams": bench_streams,
+    "many": bench_many_streams,
+    "loki": bench_loki_impact,
+    "stream": bench_streaming,
+    "export": lambda work, provider, scale: bench_export(work, scale),
+    "memory": bench_memory,
+}
+# The quick run stays under a minute: the 30 s streams of "many" are left to the full run.
+QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory")
 
 
 def run(quick: bool, only: list[str] | None = None, scale: float | None = None,
@@ -442,39 +615,44 @@ def run(quick: bool, only: list[str] | None = None, scale: float | None = None,
     scale = scale if scale is not None else (0.15 if quick else 3.0)
     figures: list[Figure] = []
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="llm-proxy-bench-") as tmp:
         work = Path(tmp)
         provider = Helper("provider")
         try:
-            for section in only or SECTIONS:
+            for section in only or (QUICK if quick else SECTIONS):
                 progress(f"[{time.monotonic() - started:5.1f}s] {section} …")
-                if section == "overhead":
-                    figures += bench_overhead(work, provider, scale)
-                elif section == "loki":
-                    figures += bench_loki_impact(work, provider, scale)
-                elif section == "stream":
-                    figures += bench_streaming(work, provider, scale)
-                elif section == "export":
-                    figures += bench_export(work, scale)
-                elif section == "memory":
-                    figures += bench_memory(work, provider, scale)
+                figures += SECTIONS[section](work, provider, scale)
         finally:
             provider.stop()
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
             "mode": "quick" if quick else "full", "seconds": round(time.monotonic() - started, 1),
-            "figures": [f.__dict__ for f in figures]}
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "proxy_settings": dict(EXTRA_ENV), "figures": [f.__dict__ for f in figures]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples: under a minute")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--only", action="append", choices=list(SECTIONS), help="run only these sections")
+    parser.add_argument("--set", action="append", default=[], metavar="VAR=VALUE",
+                        help="a setting for every proxy the bench starts, e.g. LLM_PROXY_THREADS=64")
     parser.add_argument("--scale", type=float, help="sample count multiplier (quick: 0.15, full: 3)")
     args = parser.parse_args(argv)
+    EXTRA_ENV.clear()
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("LLM_PROXY_"):
+            parser.error(f"--set {item!r}: expected LLM_PROXY_NAME=VALUE")
+        EXTRA_ENV[name] = value
     result = run(args.quick, args.only, args.scale)
     print(f"llm-proxy benchmark, {result['date']}, {result['mode']} run in {result['seconds']} s")
     print(f"machine: {result['machine']}")
+    print(f"load average (1 min) before / after: {result['load_average'][0]} / {result['load_average'][1]}"
+          " (client, proxy and fakes share the machine; anything else running moves the figures)")
+    if EXTRA_ENV:
+        print("proxy settings: " + " ".join(f"{k}={v}" for k, v in EXTRA_ENV.items()))
     print(table([Figure(**f) for f in result["figures"]]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

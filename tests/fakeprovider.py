@@ -63,6 +63,13 @@ class Received:
         return json.loads(self.body)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The benchmark opens hundreds of connections at once; the default backlog of 5 drops
+    # handshakes and leaves clients waiting for SYN retries (or reset).
+    request_queue_size = 1024
+
+
 class FakeProvider:
     """Start with ``FakeProvider().start()``; ``url`` is its base URL; ``stop()`` ends it."""
 
@@ -72,8 +79,7 @@ class FakeProvider:
         self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer((host, 0), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, 0), _Handler)
         self.server.fake = self
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
@@ -270,9 +276,14 @@ def response_object(text: str, model: str, status: str = "completed", response_i
 
 def response_event_dicts(words: list[str], model: str, response_id: str,
                          tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[dict]:
-    """The whole item lifecycle of a Responses stream; Codex builds what it prints from it."""
+    """The whole item lifecycle of a Responses stream; Codex builds what it prints from it.
+    Without words or tool (Codex's prewarm, ``generate: false``): created, then completed."""
     text = "".join(words)
     started = response_object("", model, "in_progress", response_id)
+    if not words and not tool:
+        return [{"type": "response.created", "response": started, "sequence_number": 0},
+                {"type": "response.completed", "response": response_object("", model, response_id=response_id),
+                 "sequence_number": 1}]
     part = {"type": "output_text", "text": "", "annotations": []}
     at = {"item_id": f"msg_{ident}", "output_index": 0, "content_index": 0}
     events = [{"type": "response.created", "response": started},

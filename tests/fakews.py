@@ -103,7 +103,7 @@ class _Session:
     def _receive(self, timeout: float) -> bool:
         """Read what is there (waiting up to ``timeout``); False once the client has gone."""
         pending = getattr(self.sock, "pending", lambda: 0)()  # TLS: decrypted, unseen by select
-        ready = pending or select.select([self.sock], [], [], timeout)[0]
+        ready = pending or _readable(self.sock, timeout)
         if not ready:
             self.record.end("idle")
             return False
@@ -163,10 +163,16 @@ class _Session:
         """Pause between events, noticing at once a client that has gone."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if ready and not self._receive(0):
+            if _readable(self.sock, left) and not self._receive(0):
                 return False
         return True
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """poll, not select: a test holding hundreds of WebSockets has descriptors above 1024."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 class WsClient:

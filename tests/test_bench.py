@@ -28,3 +28,37 @@ def test_export_section_runs_and_writes_json(tmp_path, capsys):
     assert names == ["export: entries/s", "export: CPU per 10k entries"]
     assert doc["figures"][0]["samples"] == 5000 and doc["figures"][0]["extra"]["failed"] == 0
     assert "export: entries/s" in capsys.readouterr().out
+
+
+def test_load_section_reports_throughput_tail_and_cpu_against_the_targets(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "load", "--scale", "0.01", "--json", str(out),
+                       "--set", "LLM_PROXY_THREADS=16"]) == 0
+    doc = json.loads(out.read_text())
+    figures = {f["name"]: f for f in doc["figures"]}
+    assert list(figures) == ["x16 direct: req/s", "x16 direct: p99", "x16 Loki off: req/s", "x16 Loki off: p99",
+                             "x16 Loki on: req/s", "x16 Loki on: p99", "CPU per call, Loki off",
+                             "CPU per call, Loki on"]
+    assert all(f["samples"] == 2 * 5 * 16 and f["value"] > 0 for f in figures.values())
+    assert figures["x16 Loki on: req/s"]["target"] == ">= 740"
+    assert figures["x16 Loki on: p99"]["met"] == (figures["x16 Loki on: p99"]["extra"]["p99_vs_direct"] <= 4)
+    assert doc["proxy_settings"] == {"LLM_PROXY_THREADS": "16"}
+    text = capsys.readouterr().out
+    assert "load average" in text and "proxy settings: LLM_PROXY_THREADS=16" in text
+
+
+def test_set_takes_only_proxy_settings(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--only", "export", "--set", "PATH=/tmp"])
+    assert exit_info.value.code == 2
+    assert "expected LLM_PROXY_NAME=VALUE" in capsys.readouterr().err
+
+
+def test_the_proxies_run_with_the_shipped_defaults_not_the_test_suites(monkeypatch):
+    from llmproxy.settings import Settings
+
+    monkeypatch.setattr(bench, "EXTRA_ENV", {"LLM_PROXY_THREADS": "64"})
+    env = bench.proxy_env(bench.Path("/tmp/x"), LLM_PROXY_WORKERS="1")
+    assert env["LLM_PROXY_THREADS"] == "64" and env["LLM_PROXY_WORKERS"] == "1"
+    monkeypatch.setattr(bench, "EXTRA_ENV", {})
+    assert bench.proxy_env(bench.Path("/tmp/x"))["LLM_PROXY_THREADS"] == str(Settings.threads)

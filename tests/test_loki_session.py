@@ -116,3 +116,45 @@ def test_split_parts_are_joined_in_any_order():
     assert len(parts) > 2
     rows = [(p.ts_ns, p.line.decode()) for p in reversed(parts)] + [(999, "before"), (5000, "after")]
     assert join_split(sorted(rows)) == [(999, "before"), (1000, line), (5000, "after")]
+
+
+@pytest.mark.parametrize("path, stream", [("/v1/responses", True), ("/v1/responses", False),
+                                          ("/v1/messages", True), ("/v1/chat/completions", True)])
+def test_transcript_of_a_tool_call_and_its_result(start_proxy, fake_provider, path, stream):
+    server = start_proxy({"LLM_PROXY_WORKERS": "1"})
+    provider = "anthropic" if path == "/v1/messages" else "openai"
+    url = f"{server.url}/{provider}/{fake_provider.upstream}{path}"
+    ask = 'list files\nfake-tool: shell {"cmd": "ls"}'
+    if path == "/v1/responses":
+        turns = [{"input": [{"role": "user", "content": [{"type": "input_text", "text": ask}]}]},
+                 {"input": [{"role": "user", "content": [{"type": "input_text", "text": ask}]},
+                            {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": "{}"},
+                            {"type": "function_call_output", "call_id": "c1", "output": "README.rst"}]}]
+    elif path == "/v1/messages":
+        turns = [{"messages": [{"role": "user", "content": ask}]},
+                 {"messages": [{"role": "user", "content": ask},
+                               {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shell",
+                                                                  "input": {}}]},
+                               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                                                             "content": "README.rst"}]}]}]
+    else:
+        turns = [{"messages": [{"role": "user", "content": "hello there"}]}]
+    headers = {"Authorization": "Bearer sk-proj-" + "k" * 40, "x-api-key": "sk-ant-" + "k" * 40,
+               "session_id": "tx-1", "X-Claude-Code-Session-Id": "tx-1"}
+    for body in turns:
+        resp = requests.post(url, json={"model": "gpt-fake", "stream": stream, **body}, headers=headers, timeout=10)
+        assert resp.status_code == 200
+    files = next(logtree.sessions(server.log_dir))
+    wait_until(lambda: len(logtree.read_session(files).splitlines()) == 1 + 2 * len(turns), 10)
+    out = run({**server.env, "LLM_PROXY_ENV_FILE": "/nonexistent"}, files.session, "--from-files", "--transcript")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    if path == "/v1/chat/completions":
+        assert "user: hello there" in text and f"assistant: {''.join(WORDS)}" in text
+        return
+    assert "user: list files" in text
+    assert "assistant: Calling shell." in text
+    assert 'assistant: [tool call shell] {"cmd": "ls"}' in text
+    assert "[tool result " in text and "README.rst" in text
+    assert "assistant: Tool output: README.rst" in text
+    assert "tokens in " in text

@@ -217,3 +217,28 @@ def _parse(text: bytes) -> dict:
             name, _, v = line.rpartition(" ")
             out[name] = float(v)
     return out
+
+
+def test_open_websockets_and_streams_are_gauges(start_proxy, fake_provider):
+    from fakews import WsClient
+
+    server = start_proxy({"LLM_PROXY_WORKERS": "1"})
+    client = WsClient(server.port, f"/openai/{fake_provider.upstream}/v1/responses",
+                      [("Authorization", "Bearer sk-proj-" + "k" * 40), ("session-id", "ws-metrics")])
+    assert client.status == 101
+    wait_until(lambda: value(scrape(server), "llm_proxy_active_websockets") == 1, 10, interval=0.1,
+               message="one open WebSocket")
+    client.abort()
+    wait_until(lambda: value(scrape(server), "llm_proxy_active_websockets") == 0, 10, interval=0.1,
+               message="no open WebSocket")
+
+    # An SSE answer that takes its time: counted while it is relayed.
+    with requests.post(f"{server.url}/anthropic/{fake_provider.upstream}/v1/messages", stream=True, timeout=10,
+                       json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                       headers={"x-api-key": KEY, "x-fake-events": "400", "x-fake-delay-ms": "10"}) as resp:
+        next(resp.iter_content(64))
+        wait_until(lambda: value(scrape(server), "llm_proxy_active_streams") == 1, 10, interval=0.1,
+                   message="one stream being relayed")
+        resp.content
+    wait_until(lambda: value(scrape(server), "llm_proxy_active_streams") == 0, 10, interval=0.1,
+               message="the stream is over")

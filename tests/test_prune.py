@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from fakeloki import FakeLoki
@@ -157,9 +158,13 @@ def test_an_unreadable_compressed_file_is_reported_not_lost(tmp_path):
     day_dir = tmp_path / "api.anthropic.com" / "2026-01-01"
     day_dir.mkdir(parents=True)
     (day_dir / "20260101-000000-eeeeeeee.jsonl.zst").write_bytes(b"not zstd at all")
+    plain = day_dir / "20260101-000000-eeeeeeee.jsonl"
+    plain.write_bytes(b'{"type":"request"}\n')
+    os.utime(plain, (time.time() - 10 * DAY,) * 2)
     files = next(logtree.sessions(tmp_path))
-    try:
+    with pytest.raises(ValueError, match="not readable as zstd"):
         logtree.read_session(files)
-        raise AssertionError("read garbage")
-    except ValueError as exc:
-        assert "not readable as zstd" in str(exc)
+    out = io.StringIO()
+    report = Pruner(settings_for(tmp_path), dry_run=False, out=out).run()
+    assert report.errors == 1 and "failed, left as it was: not readable as zstd" in out.getvalue()
+    assert plain.read_bytes() == b'{"type":"request"}\n'

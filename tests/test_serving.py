@@ -64,5 +64,5 @@ def test_health_from_the_app_object(tmp_path):
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ok", "version": __version__, "file_logging": "ok",
-        "threads": {"threads": 32, "busy": 0, "waiting": None, "saturated_workers": 0,
+        "threads": {"threads": 128, "busy": 0, "waiting": None, "saturated_workers": 0,
                     "saturated_seconds": 0.0, "workers": 1}}  # no gunicorn: nothing counts threads

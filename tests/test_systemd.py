@@ -71,6 +71,10 @@ def test_unit_has_this_installations_paths_and_the_hardening(tmp_path):
     for key, want in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
                       ("Restart", "on-failure"), ("KillSignal", "SIGTERM"), ("ProtectHome", "yes")]:
         assert service[key] == [want], key
+    # a log dir under /home stays reachable: read-only home, that dir writable
+    home = render("llm-proxy.service", load_settings({"LLM_PROXY_LOG_DIR": "/home/ops/llm-logs"}, create_dirs=False))
+    assert unit_values(home)["ProtectHome"] == ["read-only"]
+    assert unit_values(home)["ReadWritePaths"] == ["/home/ops/llm-logs"]
 
 
 def test_install_dry_run_then_install_then_nothing_to_do(tmp_path):

@@ -3,7 +3,10 @@ the fake provider's WebSocket side (tests/fakews.py)."""
 
 import base64
 import json
+import resource
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -331,3 +334,14 @@ def test_a_bug_in_the_proxy_is_a_json_500_too(app_client, monkeypatch):
     assert resp.json == {"type": "error", "error": {"type": "api_error",
                                                     "message": "POST /anthropic/api.anthropic.com/v1/messages: "
                                                                + InternalServerError.description}}
+
+
+def test_workers_may_hold_more_websockets_than_the_usual_1024_descriptors(start_proxy):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard open-files limit is {hard}")
+    llm_proxy = Path(sys.executable).with_name("llm-proxy")
+    server = start_proxy(command=["sh", "-c", f'ulimit -Sn 1024 && exec "{llm_proxy}" serve'])
+    limits = open(f"/proc/{server.worker_pids()[0]}/limits").read()
+    soft = int(next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3])
+    assert soft > 1024

@@ -1,0 +1,90 @@
+"""Parsing relayed WebSocket bytes into log exchanges, without sockets: bytes in, exchanges out."""
+
+import json
+import logging
+
+import pytest
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import Message
+from wsproto.extensions import PerMessageDeflate
+
+from llmproxy.routing import Route
+from llmproxy.websocket_log import MessageLog
+
+ROUTE = Route(provider="openai", upstream="api.openai.com", host="api.openai.com",
+              url="https://api.openai.com/v1/responses", path="/v1/responses", conversation=True)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def log_request(self, exchange):
+        self.calls.append(("request", exchange.request_body, exchange.request_binary))
+        exchange.state = "session"
+
+    def log_response(self, exchange):
+        self.calls.append(("response", [c.raw for c in exchange.chunks], exchange.error))
+
+
+def conversation(extensions: str = ""):
+    recorder = Recorder()
+    owner = MessageLog(recorder)
+    headers = [("Sec-WebSocket-Extensions", extensions)] if extensions else []
+    return recorder, owner, owner.conversation(ROUTE, "/v1/responses", [], 101, headers)
+
+
+def frames(role: ConnectionType, messages, extensions=()) -> bytes:
+    """What a peer of ``role`` puts on the wire for ``messages`` (each a list of fragments)."""
+    sender = Connection(role, list(extensions))
+    out = b""
+    for fragments in messages:
+        for i, fragment in enumerate(fragments):
+            out += sender.send(Message(data=fragment, message_finished=i == len(fragments) - 1))
+    return out
+
+
+def final(response_id="resp_1") -> str:
+    return json.dumps({"type": "response.completed", "response": {"id": response_id}})
+
+
+def test_a_message_split_anywhere_and_fragmented_is_one_request():
+    recorder, owner, conv = conversation()
+    wire = frames(ConnectionType.CLIENT, [['{"type": "response.', 'create", "input": []}']])
+    for i in range(len(wire)):
+        conv.data("client", wire[i:i + 1], i, float(i))
+    conv.data("upstream", frames(ConnectionType.SERVER, [[final()]]), 100, 100.0)
+    owner.close()
+    assert recorder.calls == [("request", b'{"type": "response.create", "input": []}', False),
+                              ("response", [final().encode()], None)]
+
+
+def test_bytes_the_log_cannot_parse_stop_only_that_direction(caplog):
+    recorder, owner, conv = conversation()
+    with caplog.at_level(logging.WARNING, logger="llmproxy.websocket"):
+        conv.data("client", frames(ConnectionType.CLIENT, [["hello"]]), 1, 1.0)
+        conv.data("client", b"\x8f\x80garbage", 2, 2.0)   # opcode 0xF: reserved
+        conv.data("client", frames(ConnectionType.CLIENT, [["lost"]]), 3, 3.0)
+        conv.data("upstream", frames(ConnectionType.SERVER, [["still logged"]]), 4, 4.0)
+        conv.closed("client closed the connection", 5.0)
+        owner.close()
+    assert "cannot parse client frames" in caplog.text
+    assert recorder.calls[0] == ("request", b"hello", False)
+    kind, chunks, error = recorder.calls[1]
+    assert kind == "response" and chunks == [b"still logged"] and "cannot parse client frames" in error
+
+
+@pytest.mark.parametrize("negotiated", ["permessage-deflate", "permessage-deflate; server_no_context_takeover; "
+                                                              "client_no_context_takeover"])
+def test_deflated_messages_are_logged_as_sent_before_compression(negotiated):
+    recorder, owner, conv = conversation(negotiated)
+    client_side, server_side = PerMessageDeflate(), PerMessageDeflate()
+    client_side.finalize(negotiated)
+    server_side.finalize(negotiated)
+    texts = [json.dumps({"type": "response.create", "n": n, "pad": "x" * 2000}) for n in range(3)]
+    conv.data("client", frames(ConnectionType.CLIENT, [[t] for t in texts], [client_side]), 1, 1.0)
+    conv.data("upstream", frames(ConnectionType.SERVER, [[final(f"r{n}")] for n in range(3)], [server_side]),
+              2, 2.0)
+    owner.close()
+    assert [c[1] for c in recorder.calls if c[0] == "request"] == [t.encode() for t in texts]
+    assert [c[1] for c in recorder.calls if c[0] == "response"] == [[final(f"r{n}").encode()] for n in range(3)]
