@@ -10,7 +10,8 @@ from werkzeug.wsgi import ClosingIterator
 
 from llmproxy import __version__, forwarding, websocket
 from llmproxy.capture import Exchange
-from llmproxy.errors import ProxyError, RequestRejected, error_body
+from llmproxy.errors import ProxyError, RequestRejected
+from llmproxy.providers import error_body
 from llmproxy.metrics import CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.routing import resolve

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from llmproxy import logtree
+from llmproxy import logtree, providers
 from llmproxy.entries import entry_metadata
 from llmproxy.logtree import SessionFiles
 from llmproxy.loki import LokiExporter, LokiEntry
@@ -25,7 +25,6 @@ from llmproxy.loki.split import split_entry
 from llmproxy.multiwriter import LabelMaker
 from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
 
-PROVIDER_BY_HOST = {"api.anthropic.com": "anthropic", "api.openai.com": "openai", "chatgpt.com": "chatgpt"}
 
 
 def parse_ts(text: str) -> int:
@@ -70,7 +69,7 @@ def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
     raw_lines = [line for line in logtree.read_session(files).split(b"\n") if line.strip()]
     docs = [json.loads(line) for line in raw_lines]
     provider = next((d.get("provider") for d in docs if d.get("type") == "session_start"), None)
-    provider = provider or PROVIDER_BY_HOST.get(files.upstream, "anthropic")
+    provider = provider or providers.provider_for_host(files.upstream) or providers.PREFIXES[0]
     requested = {(d.get("_meta") or {}).get("request_id"): d.get("model") for d in docs if d.get("type") == "request"}
     entries = []
     for line, doc in zip(raw_lines, docs):

@@ -6,33 +6,22 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from llmproxy import providers
 from llmproxy.errors import BadRoute, UnknownProvider, UpstreamNotAllowed
 
-PROVIDERS = ("anthropic", "openai")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 USAGE = ("use /{provider}/{upstream}/{path}, e.g. /anthropic/api.anthropic.com/v1/messages or "
-         "/openai/api.openai.com/v1/chat/completions; providers: " + ", ".join(PROVIDERS))
+         "/openai/api.openai.com/v1/chat/completions; providers: " + ", ".join(providers.PREFIXES))
 
 _UPSTREAM = re.compile(
     r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?")
-
-# The exchanges worth a session log; every other path is proxied but not logged.
-_CONVERSATION_PATHS = re.compile(
-    r"/v1/messages|/v1/chat/completions|/v1/completions|/v1/responses"
-    r"|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?"
-    r"|/backend-api/.+/responses")
-
-# ChatGPT sign-in (Codex CLI): an OAuth access token, a JWT, instead of an sk-… API key.
-_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-CHATGPT_HOST = "chatgpt.com"
-CHATGPT_PREFIX = "/backend-api/codex"
 
 
 @dataclass(frozen=True)
 class Route:
     """A resolved proxied request."""
 
-    provider: str       # anthropic | openai | chatgpt
+    provider: str       # a provider label (llmproxy.providers): anthropic | openai | chatgpt
     upstream: str       # host[:port] as the client named it (after the ChatGPT rewrite)
     host: str           # host name without brackets or port
     url: str            # the full upstream URL, query string included
@@ -60,28 +49,20 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
-def is_chatgpt_token(authorization: str | None) -> bool:
-    if not authorization or not authorization.lower().startswith("bearer "):
-        return False
-    token = authorization[7:].strip()
-    return not token.startswith("sk-") and bool(_JWT.fullmatch(token))
-
-
 def resolve(raw_uri: str, authorization: str | None, allowed: tuple[str, ...]) -> Route:
     """Route a request; raise :class:`BadRoute`, :class:`UnknownProvider`, :class:`UpstreamNotAllowed`."""
     provider, upstream, path, query = split_target(raw_uri)
-    if provider not in PROVIDERS:
+    if provider not in providers.PREFIXES:
         raise UnknownProvider(f"unknown provider {provider!r}: {USAGE}")
     match = _UPSTREAM.fullmatch(upstream)
     if not match or (match.group("port") and not 0 < int(match.group("port")) < 65536):
         raise BadRoute(f"malformed upstream {upstream!r}: expected a host with an optional port; {USAGE}")
     host = match.group("host").strip("[]").lower()
 
-    if provider == "openai" and host == "api.openai.com" and is_chatgpt_token(authorization):
-        provider, upstream, host = "chatgpt", CHATGPT_HOST, CHATGPT_HOST
-        # Codex signed in with ChatGPT talks to chatgpt.com/backend-api/codex/responses; clients
-        # configured with the usual …/v1 base URL send /v1/responses.
-        path = CHATGPT_PREFIX + (path[3:] if path == "/v1" or path.startswith("/v1/") else path)
+    rewritten = providers.rewrite(provider, host, path, authorization)  # the ChatGPT backend
+    if rewritten:
+        provider, host, path = rewritten
+        upstream = host
 
     if not host_allowed(host, allowed):
         raise UpstreamNotAllowed(
@@ -90,4 +71,4 @@ def resolve(raw_uri: str, authorization: str | None, allowed: tuple[str, ...]) -
     scheme = "http" if host in LOOPBACK_HOSTS else "https"
     url = f"{scheme}://{upstream}{path}" + (f"?{query}" if query else "")
     return Route(provider=provider, upstream=upstream, host=host, url=url, path=path,
-                 conversation=bool(_CONVERSATION_PATHS.fullmatch(path)))
+                 conversation=providers.logged(path))

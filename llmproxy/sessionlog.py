@@ -15,10 +15,10 @@ from typing import Any, Protocol
 from llmproxy import providers
 from llmproxy.capture import Exchange, now_ns
 from llmproxy import decoding
-from llmproxy.clientids import RESPONSE_KEY, agent_name, client_session_id, session_name
+from llmproxy.clientids import RESPONSE_KEY, session_name
 from llmproxy.entries import Entry, EntryBuilder
 from llmproxy.ratelimit import RateLimitedLog
-from llmproxy.sessions import Assignment, SessionStore, conversation_messages, message_hashes, new_session_id
+from llmproxy.sessions import Assignment, SessionStore, message_hashes, new_session_id
 
 log = logging.getLogger("llmproxy.sessionlog")
 
@@ -61,24 +61,6 @@ def _json_body(data: bytes) -> Any:
         return None
 
 
-def _response_id(exchange: Exchange) -> str | None:
-    """The id of a Responses API answer (JSON or SSE), for a later ``previous_response_id``."""
-    if exchange.chunks is not None:
-        for chunk in exchange.chunks[:3]:
-            # A WebSocket message is the event's JSON itself, an SSE event has it in data: lines.
-            lines = [b"data:" + chunk.raw] if exchange.transport == "websocket" else chunk.raw.split(b"\n")
-            for line in lines:
-                if line.startswith(b"data:"):
-                    doc = _json_body(line[5:].strip())
-                    response = doc.get("response") if isinstance(doc, dict) else None
-                    if isinstance(response, dict) and isinstance(response.get("id"), str):
-                        return response["id"]
-        return None
-    decoded = exchange.decoded_body()
-    doc = _json_body(decoded.data) if decoded is not None else None
-    return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
-
-
 class SessionLog:
     """Logs exchanges: assigns sessions and seq, writes entries through ``writer``."""
 
@@ -94,9 +76,9 @@ class SessionLog:
         # Codex may send its request zstd-encoded: the session id and messages are inside.
         decoded = decoding.decode(exchange.request_body, exchange.request_header("content-encoding"))
         body = _json_body(decoded.data)
-        client_id = client_session_id(route.provider, route.path, exchange.request_headers, body)
-        agent = agent_name(exchange.request_headers)
-        hashes = message_hashes(conversation_messages(route.provider, body)) if client_id else []
+        client_id = providers.client_session_id(route.provider, route.path, exchange.request_headers, body)
+        agent = providers.agent_name(exchange.request_headers)
+        hashes = message_hashes(providers.conversation(route.provider, route.path, body)) if client_id else []
 
         exchange.request_summary = providers.request_summary(providers.api_for(route.provider, route.path), body)
         fields = self.builder.request_fields(exchange, decoded)
@@ -122,14 +104,18 @@ class SessionLog:
         if not isinstance(assignment, Assignment):
             return
         self._write(self.builder.response_entry(exchange, assignment, now_ns()))
-        if exchange.route.provider != "anthropic" and exchange.route.path.endswith("/responses"):
-            response_id = _response_id(exchange)
-            if response_id:
-                try:
-                    self.store.remember(exchange.route.provider, exchange.route.upstream,
-                                        RESPONSE_KEY + response_id, assignment.session)
-                except (sqlite3.Error, OSError) as exc:
-                    self.health.failed(exc)
+        route = exchange.route
+        decoded = exchange.decoded_body() if exchange.chunks is None else None
+        response_id = providers.response_id(
+            route.provider, route.path,
+            None if exchange.chunks is None else (c.raw for c in exchange.chunks[:3] if not c.binary),
+            decoded.data if decoded is not None else None)
+        if response_id:  # a later previous_response_id continues this session
+            try:
+                self.store.remember(route.provider, route.upstream, RESPONSE_KEY + response_id,
+                                    assignment.session)
+            except (sqlite3.Error, OSError) as exc:
+                self.health.failed(exc)
 
     def _write(self, entry: Entry) -> None:
         error = self.writer.write(entry)

@@ -160,19 +160,6 @@ def message_hashes(messages: Any) -> list[str]:
     return digests
 
 
-def conversation_messages(provider: str, body: Any) -> list:
-    """The message history a request carries (Messages / Chat Completions / Responses input)."""
-    if not isinstance(body, dict):
-        return []
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        return messages
-    if body.get("previous_response_id"):  # the history lives on the server, not in the request
-        return []
-    items = body.get("input")
-    return items if isinstance(items, list) else []
-
-
 @dataclass
 class Fork:
     """Where a conversation departed from its history: the user rewound or edited it, or a

@@ -19,10 +19,10 @@ import requests
 
 from llmproxy.entries import METADATA_KEYS
 from proxyproc import wait_until
+from realclients import NPM
 
 ANSWERS = Path(__file__).parent / "answers"
-NODE_MODULES = Path(os.environ.get("LLM_PROXY_TEST_CACHE", Path.home() / ".cache" / "llm-proxy-tests")) \
-    / "npm" / "node_modules"
+NODE_MODULES = NPM / "node_modules"   # tests/npm/package.json, installed by scripts/test
 GRAMMAR = NODE_MODULES / "@grafana" / "lezer-logql"
 # What Grafana puts in before a query reaches Loki (a value of each kind).
 VARIABLES = {"${__value.raw}": "20261128-101500-a1b2c3d4", "$__interval": "1m", "$__range": "24h",
@@ -67,7 +67,8 @@ def parse(texts: list[str]) -> list[dict]:
     if not shutil.which("node"):
         pytest.skip("node is not installed")
     if not GRAMMAR.is_dir():
-        pytest.skip(f"@grafana/lezer-logql is not installed in {NODE_MODULES} (tests/npm/package.json)")
+        pytest.skip(f"@grafana/lezer-logql is not installed in {NODE_MODULES} (tests/npm/package.json; "
+                    "./scripts/test installs it)")
     done = subprocess.run(["node", str(Path(__file__).with_name("logql_parse.cjs"))], input=json.dumps(texts),
                           capture_output=True, text=True, timeout=60, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     assert done.returncode == 0, done.stderr

@@ -223,3 +223,31 @@ def test_a_bad_mode_stops_start_up():
         load_settings({"LLM_PROXY_LOKI_STRUCTURED_METADATA": "sometimes", "LLM_PROXY_ENV_FILE": "/none"},
                       create_dirs=False)
     assert load_settings({"LLM_PROXY_ENV_FILE": "/none"}, create_dirs=False).loki.structured_metadata == "auto"
+
+
+@pytest.mark.parametrize("line", [
+    json.dumps({"type": "request", "headers": {"x": "h" * 300_000}, "body": "b" * 300_000, "_meta": {"session": "S"}}),
+    "x" * 300_000,  # not JSON at all: parts with nothing but the chunk
+])
+def test_a_line_whose_small_fields_do_not_fit_goes_in_plain_parts(line):
+    parts = split_entry(LokiEntry(1, line.encode(), (("app", "x"),), (("session_id", "S"),)), 262144)
+    docs = [json.loads(p.line) for p in parts]
+    assert all(len(p.line) <= 262144 for p in parts) and "headers" not in docs[0]
+    assert join_parts([p.line.decode() for p in parts]) == line
+
+
+def test_a_worker_starting_after_another_found_loki_refusing_sends_none(tmp_path, loki):
+    import time
+    from llmproxy.loki.health import StatsBoard
+    board = StatsBoard(tmp_path / "board")
+    board.publish(1, {"structured_metadata": "refused"})  # what a sibling worker published
+    exporter = LokiExporter(replace(loki_settings(loki, "auto"), batch_wait=0.05), board=board)
+    now = time.time_ns()
+    for i in range(3):
+        exporter.push(entry(i).line, entry(i).labels, now + i, (("session_id", "S"),))
+    try:
+        assert loki.wait_for(3, timeout=10) == 3
+    finally:
+        exporter.close(5)
+    assert loki.pushes and all(p.with_metadata == 0 for p in loki.pushes)
+    assert exporter.stats.structured_metadata == "refused"

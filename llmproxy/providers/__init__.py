@@ -1,28 +1,112 @@
-"""What differs between LLM APIs, one module per API.
+"""What differs between LLM APIs, one module per API; the rest of the proxy asks here.
 
-Each module answers the questions the rest of the proxy asks about an exchange of its API:
-which exchanges it speaks (``handles``), what a request asks for (``request_summary``), and what
-an answer says about itself (``response_summary`` for a JSON body, ``Stream`` for the events of an
-SSE stream or WebSocket session). Adding an API is adding a module here and to :data:`APIS`.
+Each module answers every question the proxy has about its API:
+
+- routing: ``PREFIX`` (the ``/{provider}/…`` path segment that reaches it), ``NAMES`` (the
+  provider labels its exchanges get), ``HOSTS`` (its default upstreams and their label),
+  ``LOGGED`` (the paths whose exchanges are logged), and optionally ``rewrite`` (a call that goes
+  elsewhere: the ChatGPT backend);
+- sessions: ``client_session_id`` (where its clients name their session), ``AGENT_HEADERS``
+  (sub-agents), ``conversation`` (the message history a request carries), and optionally
+  ``response_id`` (an answer a later request may continue);
+- errors: ``error_document`` (the proxy's own errors in the provider's shape);
+- summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
+  ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing).
+
+Adding an API is adding a module here and to :data:`APIS`, with a test table.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from types import ModuleType
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
+from llmproxy.clientids import valid
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 from llmproxy.providers.summary import Summary
 
+if TYPE_CHECKING:
+    from llmproxy.errors import ProxyError
+
 # First match wins: Responses before Chat, whose module also takes the rest of OpenAI's paths.
 APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat)
+PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 
-__all__ = ["APIS", "Summary", "api_for", "request_summary", "response_summary", "stream_summary"]
+__all__ = ["APIS", "PREFIXES", "Summary", "agent_name", "api_for", "client_session_id", "conversation",
+           "error_body", "logged", "provider_for_host", "request_summary", "response_id",
+           "response_summary", "rewrite", "stream_summary"]
+
+
+def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
+    """(provider, host, path) when an API of ``prefix`` sends this call elsewhere, else None."""
+    for api in APIS:
+        if api.PREFIX == prefix and hasattr(api, "rewrite"):
+            changed = api.rewrite(host, path, authorization)
+            if changed:
+                return changed
+    return None
+
+
+def logged(path: str) -> bool:
+    """Whether an exchange on this upstream path is a conversation call worth a session log."""
+    return any(api.LOGGED.fullmatch(path) for api in APIS)
+
+
+def provider_for_host(host: str) -> str | None:
+    """The provider label of a default upstream host (for log trees that do not say)."""
+    return next((api.HOSTS[host] for api in APIS if host in api.HOSTS), None)
+
+
+def _lowered(headers: list[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+def client_session_id(provider: str, path: str, headers: list[tuple[str, str]], body: Any) -> str | None:
+    """The client's own session id for this request, or None (then it is a session of its own)."""
+    api = api_for(provider, path)
+    if api is None:
+        return None
+    return api.client_session_id(path, _lowered(headers), body if isinstance(body, dict) else {})
+
+
+def agent_name(headers: list[tuple[str, str]]) -> str | None:
+    """The sub-agent a client names in a header, if any."""
+    lowered = _lowered(headers)
+    for name in dict.fromkeys(h for api in APIS for h in api.AGENT_HEADERS):
+        value = valid(lowered.get(name))
+        if value:
+            return value
+    return None
+
+
+def conversation(provider: str, path: str, body: Any) -> list:
+    """The message history a request carries (what session threads are matched on)."""
+    api = api_for(provider, path)
+    return api.conversation(body) if api is not None and isinstance(body, dict) else []
+
+
+def _merged(first: dict, second: dict) -> dict:
+    out = dict(second)
+    for key, value in first.items():
+        out[key] = _merged(value, second[key]) if isinstance(value, dict) and isinstance(second.get(key), dict) \
+            else value
+    return out
+
+
+def error_body(name: str | None, error: "ProxyError") -> bytes:
+    """The proxy's own error as JSON in the shape of the provider ``name`` (a path prefix or a
+    provider label). For a name no API knows, one body in every API's shape at once."""
+    shapes = [api for api in APIS if name in (api.PREFIX, *api.NAMES)][:1] or list(APIS)
+    doc: dict = {}
+    for api in reversed(shapes):  # the first API's fields win where shapes overlap
+        doc = _merged(api.error_document(error.status, error.message, error.code), doc)
+    return json.dumps(doc).encode()
 
 
 def api_for(provider: str, path: str) -> ModuleType | None:
-    """The module of the API an exchange speaks, or None for one the proxy does not summarise."""
+    """The module of the API an exchange speaks, or None for a provider no module knows."""
     for api in APIS:
         if api.handles(provider, path):
             return api
@@ -80,6 +164,21 @@ def events(raws: Iterable[bytes], wanted) -> Iterable[dict]:
             doc = _json(data)
         if isinstance(doc, dict):
             yield doc
+
+
+_ANY = re.compile(rb"")
+
+
+def response_id(provider: str, path: str, raws: Iterable[bytes] | None, body: bytes | None) -> str | None:
+    """The id of an answer that a later request may name to continue it (Responses API
+    ``previous_response_id``), from the first events of a stream or a JSON body; else None."""
+    api = api_for(provider, path)
+    if api is None or not hasattr(api, "response_id"):
+        return None
+    try:
+        return api.response_id(events(raws, _ANY) if raws is not None else iter(()), body)
+    except Exception:
+        return None
 
 
 def stream_summary(api: ModuleType | None, raws: Iterable[bytes]) -> dict:

@@ -1,5 +1,9 @@
 """Anthropic Messages API (``/v1/messages``): Claude Code, the Anthropic SDKs.
 
+Routed as ``/anthropic/{upstream}/…``. Claude Code names its session in the
+``X-Claude-Code-Session-Id`` header, older versions inside ``metadata.user_id``; a sub-agent in
+``x-claude-code-agent-id``. Errors are ``{"type": "error", "error": {"type", "message"}}``.
+
 A stream's usage comes in two parts: ``message_start`` carries the input side (``input_tokens``,
 ``cache_creation_input_tokens``, ``cache_read_input_tokens``) and ``message_delta`` the final
 ``output_tokens`` (newer API versions repeat the input side there too; the later number wins).
@@ -7,9 +11,18 @@ A stream's usage comes in two parts: ``message_start`` carries the input side (`
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
+from llmproxy.clientids import header, valid
 from llmproxy.providers.summary import Summary, common_request, count
+
+PREFIX = "anthropic"                       # /anthropic/{upstream}/…
+NAMES = ("anthropic",)                     # the provider label its exchanges get
+HOSTS = {"api.anthropic.com": "anthropic"}
+LOGGED = re.compile(r"/v1/messages")       # the exchanges worth a session log
+AGENT_HEADERS = ("x-claude-code-agent-id",)
 
 # Events worth parsing; the many content_block_delta events carry none of the summary.
 WANTED = re.compile(rb'"type"\s*:\s*"(?:message_start|message_delta|content_block_start)"')
@@ -17,7 +30,41 @@ TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
 
 
 def handles(provider: str, path: str) -> bool:
-    return provider == "anthropic"
+    return provider in NAMES
+
+
+def _user_id_session(body: dict) -> str | None:
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user_id, str):
+        return None
+    if user_id.startswith("{"):  # Claude Code ≥ 2.1.78: a JSON string
+        try:
+            inner = json.loads(user_id)
+        except ValueError:
+            return None
+        return valid(inner.get("session_id")) if isinstance(inner, dict) else None
+    if "_session_" in user_id:  # legacy user_<hash>_account_<uuid>_session_<uuid>
+        return valid(user_id.rsplit("_session_", 1)[1])
+    return None
+
+
+def client_session_id(path: str, headers: dict[str, str], body: dict) -> str | None:
+    return header(headers, "x-claude-code-session-id") or _user_id_session(body)
+
+
+def conversation(body: dict) -> list:
+    messages = body.get("messages")
+    return messages if isinstance(messages, list) else []
+
+
+# Anthropic's error types for the proxy's own answers, by status; other 4xx are invalid requests.
+_ERROR_TYPES = {403: "permission_error", 504: "timeout_error"}
+
+
+def error_document(status: int, message: str, code: str) -> dict[str, Any]:
+    kind = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def request_summary(body: dict) -> dict:

@@ -1,6 +1,10 @@
 """OpenAI Chat Completions (``/v1/chat/completions``) and legacy Completions (``/v1/completions``),
 and the rest of OpenAI's logged paths (Assistants threads), which answer in the same terms.
 
+Routed as ``/openai/{upstream}/…``. What all OpenAI APIs share lives here and the Responses
+module reuses it: where a client names its session (first match wins), the sub-agent header
+and the error shape ``{"error": {"message", "type", "code"}}``.
+
 A stream carries usage only in its final chunk (``"choices": []``), and only when the client asked
 for it (``stream_options.include_usage``); a tool call's name comes in the first delta of that call.
 """
@@ -8,14 +12,55 @@ for it (``stream_options.include_usage``); a tool call's name comes in the first
 from __future__ import annotations
 
 import re
+from typing import Any, Callable
 
+from llmproxy.clientids import RESPONSE_KEY, first, header, valid
 from llmproxy.providers.summary import Summary, common_request, count
+
+PREFIX = "openai"
+NAMES = ("openai", "chatgpt")
+HOSTS = {"api.openai.com": "openai"}
+LOGGED = re.compile(r"/v1/chat/completions|/v1/completions|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?")
+AGENT_HEADERS = ("x-openai-subagent",)
+_THREAD_PATH = re.compile(r"/v1/threads/([^/?]+)/")
 
 WANTED = re.compile(rb'"usage"\s*:\s*\{|"finish_reason"\s*:\s*"|"tool_calls"|"function_call"')
 
 
 def handles(provider: str, path: str) -> bool:
-    return provider in ("openai", "chatgpt")
+    return provider in NAMES
+
+
+def client_session_id(path: str, headers: dict[str, str], body: dict) -> str | None:
+    """An Assistants thread; the Codex CLI's ``session-id`` header; the Responses API's
+    ``conversation`` or ``previous_response_id`` (the session of that response, by its lookup
+    key); ``metadata.session_id``; ``X-Session-ID``; ``X-Client-Request-Id``; ``user``."""
+    thread = _THREAD_PATH.match(path)
+    conversation_id = body.get("conversation")
+    if isinstance(conversation_id, dict):
+        conversation_id = conversation_id.get("id")
+    previous = valid(body.get("previous_response_id"))
+    metadata = body.get("metadata")
+    candidates: list[Callable[[], str | None]] = [
+        lambda: valid(thread.group(1)) if thread else None,
+        lambda: header(headers, "session-id", "session_id"),
+        lambda: valid(conversation_id),
+        lambda: RESPONSE_KEY + previous if previous else None,
+        lambda: valid(metadata.get("session_id")) if isinstance(metadata, dict) else None,
+        lambda: header(headers, "x-session-id", "x-client-request-id"),
+        lambda: valid(body.get("user")),
+    ]
+    return first(candidates)
+
+
+def conversation(body: dict) -> list:
+    messages = body.get("messages")
+    return messages if isinstance(messages, list) else []
+
+
+def error_document(status: int, message: str, code: str) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "code": code}}
 
 
 def request_summary(body: dict) -> dict:

@@ -4,19 +4,78 @@ signed in with ChatGPT (``chatgpt.com/backend-api/codex/responses``), over SSE o
 The answer is a response object; a stream (or a WebSocket session) sends it in
 ``response.created`` (model, no usage yet) and in full in its last event, ``response.completed``
 (or ``response.incomplete`` / ``response.failed``), with usage. Tool calls are output items.
+
+Routed as ``/openai/{upstream}/…``; an OpenAI call to api.openai.com made with a ChatGPT
+sign-in token goes to the ChatGPT backend instead (:func:`rewrite`). Session ids, sub-agents
+and errors as every OpenAI API (:mod:`llmproxy.providers.openai_chat`); a response's id is
+remembered so that a later ``previous_response_id`` finds its session.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Iterable
 
+from llmproxy.providers.openai_chat import AGENT_HEADERS, client_session_id, error_document  # noqa: F401
 from llmproxy.providers.summary import Summary, common_request
+
+PREFIX = "openai"
+NAMES = ("openai", "chatgpt")
+HOSTS = {"chatgpt.com": "chatgpt"}
+LOGGED = re.compile(r"/v1/responses|/backend-api/.+/responses")
+
+# ChatGPT sign-in (Codex CLI): an OAuth access token, a JWT, instead of an sk-… API key.
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+CHATGPT_HOST = "chatgpt.com"
+CHATGPT_PREFIX = "/backend-api/codex"
 
 WANTED = re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed|output_item\.done)"')
 
 
 def handles(provider: str, path: str) -> bool:
-    return provider in ("openai", "chatgpt") and path.endswith("/responses")
+    return provider in NAMES and path.endswith("/responses")
+
+
+def is_chatgpt_token(authorization: str | None) -> bool:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return False
+    token = authorization[7:].strip()
+    return not token.startswith("sk-") and bool(_JWT.fullmatch(token))
+
+
+def rewrite(host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
+    """(provider, host, path) of a call that goes to the ChatGPT backend instead, else None.
+
+    Codex signed in with ChatGPT talks to chatgpt.com/backend-api/codex/responses; clients
+    configured with the usual …/v1 base URL send /v1/responses."""
+    if host != "api.openai.com" or not is_chatgpt_token(authorization):
+        return None
+    return "chatgpt", CHATGPT_HOST, CHATGPT_PREFIX + (path[3:] if path == "/v1" or path.startswith("/v1/") else path)
+
+
+def conversation(body: dict) -> list:
+    if body.get("previous_response_id"):  # the history lives on the server, not in the request
+        return []
+    items = body.get("input")
+    return items if isinstance(items, list) else []
+
+
+def response_id(events: Iterable[dict], body: bytes | None) -> str | None:
+    """The id of the answer (its first events, or its JSON body)."""
+    for i, event in enumerate(events):
+        response = event.get("response")
+        if isinstance(response, dict) and isinstance(response.get("id"), str):
+            return response["id"]
+        if i >= 2:
+            return None
+    if body is None or body.lstrip()[:1] != b"{":
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
 
 
 def request_summary(body: dict) -> dict:

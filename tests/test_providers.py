@@ -1,0 +1,119 @@
+"""Each API module answers every question the proxy asks (llmproxy/providers/); nothing outside
+that package names a provider. Adding an API is adding a module and a row to these tables."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from llmproxy import providers
+from llmproxy.errors import BadRoute, ProxyError, RequestRejected, UnknownProvider, UpstreamNotAllowed, \
+    UpstreamTimeout, UpstreamUnreachable, WebSocketUnsupported
+from llmproxy.providers import anthropic, openai_chat, openai_responses
+
+PACKAGE = Path(providers.__file__).parents[1]
+REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "handles", "client_session_id",
+            "conversation", "error_document", "request_summary", "response_summary", "add_event")
+
+
+@pytest.mark.parametrize("api", providers.APIS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_every_api_module_answers_every_question(api):
+    missing = [name for name in REQUIRED if not hasattr(api, name)]
+    assert missing == []
+    assert api.PREFIX in providers.PREFIXES and api.PREFIX in api.NAMES
+
+
+def test_no_code_outside_the_providers_package_names_a_provider():
+    names = {n for api in providers.APIS for n in api.NAMES}
+    pattern = re.compile(r"""["'](%s)["']""" % "|".join(sorted(names)))
+    offenders = [f"{path.relative_to(PACKAGE)}:{i}" for path in PACKAGE.rglob("*.py")
+                 if "providers" not in path.parts
+                 for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("provider, path, api", [
+    ("anthropic", "/v1/messages", anthropic),
+    ("openai", "/v1/chat/completions", openai_chat),
+    ("openai", "/v1/completions", openai_chat),
+    ("openai", "/v1/threads/t1/runs", openai_chat),
+    ("openai", "/v1/responses", openai_responses),
+    ("chatgpt", "/backend-api/codex/responses", openai_responses),
+    ("nosuch", "/v1/messages", None),
+])
+def test_each_exchange_is_answered_by_its_api(provider, path, api):
+    assert providers.api_for(provider, path) is api
+
+
+@pytest.mark.parametrize("path, logged", [
+    ("/v1/messages", True), ("/v1/messages/count_tokens", False), ("/v1/chat/completions", True),
+    ("/v1/completions", True), ("/v1/responses", True), ("/backend-api/codex/responses", True),
+    ("/v1/threads/t/messages", True), ("/v1/models", False), ("/backend-api/codex/models", False),
+])
+def test_logged_paths(path, logged):
+    assert providers.logged(path) is logged
+
+
+@pytest.mark.parametrize("error, anthropic_type, openai_type", [
+    (BadRoute("m"), "invalid_request_error", "invalid_request_error"),
+    (UnknownProvider("m"), "invalid_request_error", "invalid_request_error"),
+    (UpstreamNotAllowed("m"), "permission_error", "invalid_request_error"),
+    (UpstreamUnreachable("m"), "api_error", "server_error"),
+    (UpstreamTimeout("m"), "timeout_error", "server_error"),
+    (RequestRejected(405, "m"), "invalid_request_error", "invalid_request_error"),
+    (WebSocketUnsupported("m"), "api_error", "server_error"),
+    (ProxyError("m"), "api_error", "server_error"),
+])
+def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai_type):
+    assert json.loads(providers.error_body("anthropic", error)) == {
+        "type": "error", "error": {"type": anthropic_type, "message": "m"}}
+    for name in ("openai", "chatgpt"):
+        assert json.loads(providers.error_body(name, error)) == {
+            "error": {"message": "m", "type": openai_type, "code": error.code}}
+    # A provider no API knows: one body that every SDK reads.
+    assert json.loads(providers.error_body("gemini", error)) == {
+        "type": "error", "error": {"type": anthropic_type, "message": "m", "code": error.code}}
+
+
+@pytest.mark.parametrize("prefix, host, path, authorization, expected", [
+    ("openai", "api.openai.com", "/v1/responses", "Bearer aaa.bbb.ccc",
+     ("chatgpt", "chatgpt.com", "/backend-api/codex/responses")),
+    ("openai", "api.openai.com", "/v1/models", "Bearer aaa.bbb.ccc", ("chatgpt", "chatgpt.com", "/backend-api/codex/models")),
+    ("openai", "api.openai.com", "/v1/responses", "Bearer sk-proj-a.b.c", None),
+    ("openai", "127.0.0.1", "/v1/responses", "Bearer aaa.bbb.ccc", None),
+    ("anthropic", "api.openai.com", "/v1/responses", "Bearer aaa.bbb.ccc", None),
+])
+def test_a_chatgpt_sign_in_goes_to_the_chatgpt_backend(prefix, host, path, authorization, expected):
+    assert providers.rewrite(prefix, host, path, authorization) == expected
+
+
+@pytest.mark.parametrize("provider, path, body, expected", [
+    ("anthropic", "/v1/messages", {"messages": [{"role": "user"}]}, [{"role": "user"}]),
+    ("openai", "/v1/chat/completions", {"messages": [1, 2]}, [1, 2]),
+    ("openai", "/v1/responses", {"input": [1]}, [1]),
+    ("openai", "/v1/responses", {"input": [1], "previous_response_id": "resp_1"}, []),  # history on the server
+    ("openai", "/v1/responses", {"input": "just text"}, []),
+    ("anthropic", "/v1/messages", "not a dict", []),
+])
+def test_conversation_history(provider, path, body, expected):
+    assert providers.conversation(provider, path, body) == expected
+
+
+@pytest.mark.parametrize("host, provider", [
+    ("api.anthropic.com", "anthropic"), ("api.openai.com", "openai"), ("chatgpt.com", "chatgpt"),
+    ("127.0.0.1:9000", None),
+])
+def test_default_hosts_name_their_provider(host, provider):
+    assert providers.provider_for_host(host) == provider
+
+
+def test_only_the_responses_api_names_answers_a_later_request_continues():
+    sse = [b'event: response.created\ndata: {"type":"response.created","response":{"id":"resp_7"}}\n\n']
+    assert providers.response_id("chatgpt", "/backend-api/codex/responses", sse, None) == "resp_7"
+    assert providers.response_id("openai", "/v1/responses", [b'{"type":"response.created","response":{"id":"r"}}'],
+                                 None) == "r"  # a WebSocket message
+    assert providers.response_id("openai", "/v1/responses", None, b'{"id":"resp_9","object":"response"}') == "resp_9"
+    assert providers.response_id("openai", "/v1/responses", None, b"\x1f\x8b gzip") is None
+    assert providers.response_id("anthropic", "/v1/messages", None, b'{"id":"msg_1"}') is None
+    assert providers.response_id("openai", "/v1/chat/completions", None, b'{"id":"chatcmpl-1"}') is None
