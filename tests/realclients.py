@@ -255,11 +255,16 @@ def codex_tools(client: Client) -> Session:
 
 
 def codex_chatgpt(client: Client) -> Session:
-    """Signed in with ChatGPT, the built-in provider at ``openai_base_url``: WebSocket, 2 turns."""
+    """Signed in with ChatGPT, the built-in provider at ``openai_base_url``: WebSocket, 2 turns.
+
+    Without ``features.apps=false`` Codex also starts its connectors, which go to chatgpt.com
+    directly (not through ``openai_base_url``) and, finding no network, hold each run ~20 s longer.
+    """
     client.configure_codex(choose_provider=False)
     client.chatgpt_sign_in()
-    runs = [client.codex("exec", "--skip-git-repo-check", "Signed in.\nfake-reply: chatgpt-answer-1"),
-            client.codex("exec", "resume", "--last", "--skip-git-repo-check", "Again.\nfake-reply: chatgpt-answer-2")]
+    flags = ("-c", "features.apps=false", "--skip-git-repo-check")
+    runs = [client.codex("exec", *flags, "Signed in.\nfake-reply: chatgpt-answer-1"),
+            client.codex("exec", "resume", "--last", *flags, "Again.\nfake-reply: chatgpt-answer-2")]
     return Session(runs, ["chatgpt-answer-1", "chatgpt-answer-2"], client.codex_session_ids())
 
 
