@@ -9,12 +9,11 @@ request that worker takes waits in gunicorn's queue for a free thread, and nothi
 request (a lock and two integers). Its monitor thread wakes once a second: it logs a warning at
 most once a minute while every thread is busy, and publishes the worker's numbers to the run
 directory so that ``/health``, whichever worker answers it, sums all workers
-(:func:`summarize`), the way :class:`llmproxy.loki.health.StatsBoard` does for the exporter.
+(:func:`summarize`), on the :class:`llmproxy.loki.health.StatsBoard` the exporter uses too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from llmproxy.loki.health import pid_alive
+from llmproxy.loki.health import StatsBoard, pid_alive
 
 log = logging.getLogger("llmproxy.saturation")
 
@@ -40,7 +39,7 @@ class Saturation:
     def __init__(self, threads: int, directory: Path | None = None,
                  waiting: Callable[[], int] | None = None, warn_interval: float = WARN_INTERVAL):
         self.threads = threads
-        self.directory = Path(directory) if directory is not None else None
+        self.board = StatsBoard(directory, "threads") if directory is not None else None
         self.warn_interval = warn_interval
         self._waiting = waiting
         self._lock = threading.Lock()
@@ -114,11 +113,8 @@ class Saturation:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(TICK * 2)
-        if self.directory is not None:
-            try:
-                (self.directory / f"threads-{os.getpid()}.json").unlink()
-            except OSError:
-                pass
+        if self.board is not None:
+            self.board.withdraw(os.getpid())
 
     def _run(self) -> None:
         while not self._stop.wait(TICK):
@@ -134,7 +130,7 @@ class Saturation:
             log.warning("all %d request threads of worker %d are busy (for %.0fs%s): new requests wait; "
                         "raise LLM_PROXY_THREADS or LLM_PROXY_WORKERS (README: Performance)",
                         self.threads, os.getpid(), self.saturated_for() or 0.0, waiting)
-        if self.directory is not None:
+        if self.board is not None:
             current = {k: v for k, v in doc.items() if k != "saturated_seconds"}
             if current != self._published or doc["saturated"]:
                 self._publish(doc)
@@ -142,27 +138,16 @@ class Saturation:
 
     def _publish(self, doc: dict) -> None:
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"threads-{os.getpid()}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**doc, "pid": os.getpid()}))
-            os.replace(tmp, path)
+            self.board.publish(os.getpid(), doc)
         except OSError:  # the run dir is gone or full: /health then shows this worker alone
             pass
 
     def read_others(self) -> list[dict]:
         """The numbers the other live workers of this server published."""
-        if self.directory is None:
+        if self.board is None:
             return []
-        docs = []
-        for path in self.directory.glob("threads-*.json"):
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError):  # being replaced right now
-                continue
-            if doc.get("pid") != os.getpid() and pid_alive(doc.get("pid", 0)):
-                docs.append(doc)
-        return docs
+        return [doc for doc in self.board.read()
+                if doc.get("pid") != os.getpid() and pid_alive(doc.get("pid", 0))]
 
 
 def summarize(own: dict, others: list[dict]) -> dict:

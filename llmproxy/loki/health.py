@@ -105,26 +105,39 @@ def pid_alive(pid: int) -> bool:
 
 
 class StatsBoard:
-    """The directory where the workers of one gunicorn master publish their exporter numbers."""
+    """The directory where the workers of one gunicorn master publish their numbers: one file
+    per worker, ``{prefix}-{pid}.json``, replaced atomically. The exporter's numbers are
+    ``loki-*``; the request threads' (llmproxy/saturation.py) are ``threads-*``."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, prefix: str = "loki"):
         self.directory = Path(directory)
+        self.prefix = prefix
+
+    def _path(self, pid: int) -> Path:
+        return self.directory / f"{self.prefix}-{pid}.json"
 
     def publish(self, pid: int, snapshot: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"loki-{pid}.json"
+        path = self._path(pid)
         tmp = path.with_suffix(f".tmp{threading.get_ident()}")
         tmp.write_text(json.dumps({**snapshot, "pid": pid, "updated": time.time()}))
         os.replace(tmp, path)
 
     def read(self) -> list[dict]:
         docs = []
-        for path in self.directory.glob("loki-*.json"):
+        for path in self.directory.glob(f"{self.prefix}-*.json"):
             try:
                 docs.append(json.loads(path.read_text()))
             except (OSError, ValueError):  # a worker replacing its file right now
                 continue
         return docs
+
+    def withdraw(self, pid: int) -> None:
+        """Remove a worker's file (it is stopping); gone already is fine."""
+        try:
+            self._path(pid).unlink()
+        except OSError:
+            pass
 
 
 def summarize(own: dict, own_pid: int, others: list[dict], failing_after: float) -> dict:
