@@ -69,14 +69,15 @@ def unavailable() -> str | None:
     return None
 
 
-def require() -> None:
-    """Skip the calling test with the reason the CLIs cannot run here; under CI, fail instead:
-    CI must run them."""
+def require(reason: str | None = None, what: str = "the real-CLI tests") -> None:
+    """Skip the calling test with the reason it cannot run here (by default: why the CLIs cannot
+    run); under CI, fail instead: CI must run it."""
     import pytest
 
-    reason = unavailable()
+    if reason is None:
+        reason = unavailable()
     if reason and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"the real-CLI tests must run under CI: {reason}")
+        pytest.fail(f"{what} must run under CI: {reason}")
     if reason:
         pytest.skip(reason)
 

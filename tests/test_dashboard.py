@@ -14,12 +14,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-import pytest
 import requests
 
 from llmproxy.entries import METADATA_KEYS
 from proxyproc import wait_until
-from realclients import NPM
+from realclients import NPM, require
 
 ANSWERS = Path(__file__).parent / "answers"
 NODE_MODULES = NPM / "node_modules"   # tests/npm/package.json, installed by scripts/test
@@ -64,11 +63,12 @@ def grafana_interpolated(query: str) -> str:
 
 
 def parse(texts: list[str]) -> list[dict]:
+    # Under CI a missing parser fails the test: the dashboard's queries must be checked there.
     if not shutil.which("node"):
-        pytest.skip("node is not installed")
+        require("node is not installed", "the LogQL grammar check")
     if not GRAMMAR.is_dir():
-        pytest.skip(f"@grafana/lezer-logql is not installed in {NODE_MODULES} (tests/npm/package.json; "
-                    "./scripts/test installs it)")
+        require(f"@grafana/lezer-logql is not installed in {NODE_MODULES} (tests/npm/package.json; "
+                "./scripts/test installs it)", "the LogQL grammar check")
     done = subprocess.run(["node", str(Path(__file__).with_name("logql_parse.cjs"))], input=json.dumps(texts),
                           capture_output=True, text=True, timeout=60, env={**os.environ, "NODE_PATH": str(NODE_MODULES)})
     assert done.returncode == 0, done.stderr
