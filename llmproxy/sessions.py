@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llmproxy.clientids import session_name
+from llmproxy.providers import SPELLING
 from llmproxy.writelock import WriteLock
 
 SCHEMA = """
@@ -63,18 +64,16 @@ def session_date(session_id: str) -> str:
 
 
 # What a message's identity leaves out, and why (README "Where the logs go" lists the rules):
-# per-request markers clients move between turns;
-_ANNOTATIONS = frozenset({"cache_control"})
-# the client's instructions, regenerated per request (Claude Code's reminders in the middle of
-# ``messages``, Codex's developer items), not turns of the conversation;
-_INSTRUCTION_ROLES = frozenset({"system", "developer"})
-# the model's hidden reasoning, which clients keep or drop for earlier turns as they like;
-_REASONING = frozenset({"thinking", "redacted_thinking", "reasoning"})
-# item ids and states the server assigns (Responses API); a ``store: false`` client drops them.
-_ITEM_FIELDS = frozenset({"id", "status"})
-# One kind of text block, whatever the API calls it (the role says who spoke).
-_TEXT_TYPES = {"input_text": "text", "output_text": "text"}
-_REMINDER = "<system-reminder>"  # context Claude Code prepends to a user message, fresh each request
+# each API module declares its spellings (llmproxy/providers/spelling.py); they are bound here
+# once, so the hashing below, which reads megabyte bodies, does plain set lookups.
+_ANNOTATIONS = SPELLING.annotations          # per-request markers clients move between turns
+_INSTRUCTION_ROLES = SPELLING.context_roles  # the client's instructions, regenerated per request
+_CONTEXT_TEXTS = SPELLING.context_texts      # client context prepended to a user message
+_REASONING = SPELLING.hidden                 # the model's hidden reasoning, kept or dropped at will
+_ITEM_FIELDS = SPELLING.server_fields        # ids and states the server assigns
+_TEXT_TYPES = SPELLING.text_types            # other names of a "text" block (the canonical one)
+_CONTENT_FIELDS = SPELLING.content_fields    # item type → the field that holds its content
+_MESSAGE_TYPE = SPELLING.message_type        # the type of an item with a role and no type
 
 
 def _feed(out: list[bytes], value: Any) -> None:
@@ -104,7 +103,7 @@ def _feed(out: list[bytes], value: Any) -> None:
 
 def _content(value: Any) -> Any:
     """Content in one spelling: a string is the list of one text block; reasoning blocks and
-    Claude Code's reminders are left out."""
+    client context (Claude Code's reminders) are left out."""
     if isinstance(value, str):
         return [{"type": "text", "text": value}]
     if not isinstance(value, list):
@@ -116,31 +115,33 @@ def _content(value: Any) -> Any:
             if kind in _REASONING:
                 continue
             text = block.get("text")
-            if kind == "text" and isinstance(text, str) and text.startswith(_REMINDER):
+            if kind == "text" and isinstance(text, str) and text.startswith(_CONTEXT_TEXTS):
                 continue
             block = {k: _content(v) if k == "content" else v for k, v in block.items()}
             if kind in _TEXT_TYPES:
-                block["type"] = _TEXT_TYPES[kind]
+                block["type"] = "text"
         blocks.append(block)
     return blocks
 
 
 def _canonical(message: Any) -> Any:
-    """A message or Responses input item as its identity sees it; None when it is no turn of
-    the conversation (an instruction, reasoning)."""
+    """A message or input item as its identity sees it; None when it is no turn of the
+    conversation (an instruction, reasoning)."""
     if not isinstance(message, dict):
         return message
-    if message.get("role") in _INSTRUCTION_ROLES or message.get("type") in _REASONING:
+    kind = message.get("type")
+    if message.get("role") in _INSTRUCTION_ROLES or kind in _REASONING:
         return None
+    content = _CONTENT_FIELDS.get(kind, "content")
     doc = {}
     for key, value in message.items():
         if key in _ITEM_FIELDS:
             continue
-        if key == "content" or (key == "output" and message.get("type") == "function_call_output"):
+        if key == "content" or key == content:
             value = _content(value)
         doc[key] = value
-    if "role" in doc and "type" not in doc:  # a Responses message item may omit its type
-        doc["type"] = "message"
+    if "role" in doc and "type" not in doc:  # a message item may omit its type
+        doc["type"] = _MESSAGE_TYPE
     return doc
 
 

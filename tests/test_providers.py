@@ -13,8 +13,8 @@ from llmproxy.errors import BadRoute, ProxyError, RequestRejected, UnknownProvid
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 
 PACKAGE = Path(providers.__file__).parents[1]
-REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "handles", "client_session_id",
-            "conversation", "error_document", "request_summary", "response_summary", "add_event")
+REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "SPELLING", "handles",
+            "client_session_id", "conversation", "error_document", "request_summary", "response_summary", "add_event")
 
 
 @pytest.mark.parametrize("api", providers.APIS, ids=lambda m: m.__name__.rsplit(".", 1)[1])

@@ -7,8 +7,9 @@ Each module answers every question the proxy has about its API:
   ``LOGGED`` (the paths whose exchanges are logged), and optionally ``rewrite`` (a call that goes
   elsewhere: the ChatGPT backend);
 - sessions: ``client_session_id`` (where its clients name their session), ``AGENT_HEADERS``
-  (sub-agents), ``conversation`` (the message history a request carries), and optionally
-  ``response_id`` (an answer a later request may continue);
+  (sub-agents), ``conversation`` (the message history a request carries), ``SPELLING`` (how its
+  messages canonicalise for their identity), and optionally ``response_id`` (an answer a later
+  request may continue);
 - errors: ``error_document`` (the proxy's own errors in the provider's shape);
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
   ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing).
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from llmproxy.clientids import valid
 from llmproxy.providers import anthropic, openai_chat, openai_responses
+from llmproxy.providers.spelling import Spelling, merged
 from llmproxy.providers.summary import Summary
 
 if TYPE_CHECKING:
@@ -33,8 +35,10 @@ if TYPE_CHECKING:
 # First match wins: Responses before Chat, whose module also takes the rest of OpenAI's paths.
 APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat)
 PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
+# Every API's message spellings at once: what a conversation's identity reads messages with.
+SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
-__all__ = ["APIS", "PREFIXES", "Summary", "agent_name", "api_for", "client_session_id", "conversation",
+__all__ = ["APIS", "PREFIXES", "SPELLING", "Summary", "agent_name", "api_for", "client_session_id", "conversation",
            "error_body", "logged", "provider_for_host", "request_summary", "response_id",
            "response_summary", "rewrite", "stream_summary"]
 
@@ -193,3 +197,4 @@ def stream_summary(api: ModuleType | None, raws: Iterable[bytes]) -> dict:
     except Exception:
         pass
     return summary.fields()
+

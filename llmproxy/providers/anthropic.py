@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from llmproxy.clientids import header, valid
+from llmproxy.providers.spelling import Spelling
 from llmproxy.providers.summary import Summary, common_request, count
 
 PREFIX = "anthropic"                       # /anthropic/{upstream}/…
@@ -27,6 +28,12 @@ AGENT_HEADERS = ("x-claude-code-agent-id",)
 # Events worth parsing; the many content_block_delta events carry none of the summary.
 WANTED = re.compile(rb'"type"\s*:\s*"(?:message_start|message_delta|content_block_start)"')
 TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+
+# A turn's identity leaves out cache_control (moved to the newest message each request), the
+# system messages and <system-reminder> text Claude Code regenerates per request, and thinking
+# blocks (kept or dropped for earlier turns as the client likes).
+SPELLING = Spelling(annotations=frozenset({"cache_control"}), context_roles=frozenset({"system"}),
+                    context_texts=("<system-reminder>",), hidden=frozenset({"thinking", "redacted_thinking"}))
 
 
 def handles(provider: str, path: str) -> bool:
@@ -95,3 +102,4 @@ def add_event(event: dict, summary: Summary) -> None:
     elif kind == "message_delta":
         summary.set_stop_reason((event.get("delta") or {}).get("stop_reason"))
         summary.merge_usage(event.get("usage"))
+

@@ -15,6 +15,7 @@ import re
 from typing import Any, Callable
 
 from llmproxy.clientids import RESPONSE_KEY, first, header, valid
+from llmproxy.providers.spelling import Spelling
 from llmproxy.providers.summary import Summary, common_request, count
 
 PREFIX = "openai"
@@ -23,6 +24,9 @@ HOSTS = {"api.openai.com": "openai"}
 LOGGED = re.compile(r"/v1/chat/completions|/v1/completions|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?")
 AGENT_HEADERS = ("x-openai-subagent",)
 _THREAD_PATH = re.compile(r"/v1/threads/([^/?]+)/")
+
+# System and developer messages are the client's instructions, not turns of the conversation.
+SPELLING = Spelling(context_roles=frozenset({"system", "developer"}))
 
 WANTED = re.compile(rb'"usage"\s*:\s*\{|"finish_reason"\s*:\s*"|"tool_calls"|"function_call"')
 
@@ -95,3 +99,4 @@ def add_event(event: dict, summary: Summary) -> None:
     summary.merge_usage(event.get("usage"))
     for choice in event.get("choices") or ():
         _choice(choice, summary, "delta")
+

@@ -18,6 +18,7 @@ import re
 from typing import Iterable
 
 from llmproxy.providers.openai_chat import AGENT_HEADERS, client_session_id, error_document  # noqa: F401
+from llmproxy.providers.spelling import Spelling
 from llmproxy.providers.summary import Summary, common_request
 
 PREFIX = "openai"
@@ -29,6 +30,13 @@ LOGGED = re.compile(r"/v1/responses|/backend-api/.+/responses")
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 CHATGPT_HOST = "chatgpt.com"
 CHATGPT_PREFIX = "/backend-api/codex"
+
+# Codex's developer items are instructions and reasoning items hidden reasoning: no turns. Item
+# ids and states are the server's (a ``store: false`` client drops them); a message item may
+# omit its type; input_text / output_text are text; a function_call_output's content is ``output``.
+SPELLING = Spelling(context_roles=frozenset({"system", "developer"}), hidden=frozenset({"reasoning"}),
+                    server_fields=frozenset({"id", "status"}), text_types=frozenset({"input_text", "output_text"}),
+                    content_fields={"function_call_output": "output"}, message_type="message")
 
 WANTED = re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed|output_item\.done)"')
 
@@ -117,3 +125,4 @@ def add_event(event: dict, summary: Summary) -> None:
     elif isinstance(event.get("response"), dict):
         # response.completed repeats the output items already counted from output_item.done
         response_summary(event["response"], summary, items=not summary.tool_calls)
+
