@@ -14,7 +14,8 @@ from llmproxy.providers import anthropic, openai_chat, openai_responses
 
 PACKAGE = Path(providers.__file__).parents[1]
 REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "SPELLING", "handles",
-            "client_session_id", "conversation", "error_document", "request_summary", "response_summary", "add_event")
+            "client_session_id", "conversation", "error_document", "request_summary", "response_summary", "add_event",
+            "turn", "said", "said_events", "tokens")
 
 
 @pytest.mark.parametrize("api", providers.APIS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
@@ -31,6 +32,7 @@ def test_no_code_outside_the_providers_package_names_a_provider():
                  if "providers" not in path.parts
                  for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
 
 
 @pytest.mark.parametrize("provider, path, api", [
@@ -117,3 +119,78 @@ def test_only_the_responses_api_names_answers_a_later_request_continues():
     assert providers.response_id("openai", "/v1/responses", None, b"\x1f\x8b gzip") is None
     assert providers.response_id("anthropic", "/v1/messages", None, b'{"id":"msg_1"}') is None
     assert providers.response_id("openai", "/v1/chat/completions", None, b'{"id":"chatcmpl-1"}') is None
+
+
+@pytest.mark.parametrize("provider, path, usage, expected", [
+    ("anthropic", "/v1/messages", {"input_tokens": 10, "cache_read_input_tokens": 5,
+                                   "cache_creation_input_tokens": 2, "output_tokens": 7}, (17, 7)),
+    ("anthropic", "/v1/messages", {"output_tokens": 1}, (None, 1)),
+    ("openai", "/v1/chat/completions", {"prompt_tokens": 9, "completion_tokens": 3}, (9, 3)),
+    ("openai", "/v1/responses", {"input_tokens": 20, "output_tokens": 5, "input_tokens_details": {"cached_tokens": 4}},
+     (20, 5)),
+])
+def test_tokens_in_and_out_of_each_apis_usage(provider, path, usage, expected):
+    assert providers.tokens(providers.api_for(provider, path), usage) == expected
+
+
+def _sse(*events):
+    return {"chunks": [{"raw": f"data: {json.dumps(e)}\n\n"} for e in events] + [{"raw": "data: [DONE]\n\n"}]}
+
+
+@pytest.mark.parametrize("path, response, text, tools", [
+    ("/v1/messages", _sse({"type": "message_start", "message": {}},
+                          {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+                          {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}},
+                          {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "name": "sh"}},
+                          {"type": "content_block_delta", "index": 1,
+                           "delta": {"type": "input_json_delta", "partial_json": '{"a"'}},
+                          {"type": "content_block_delta", "index": 1,
+                           "delta": {"type": "input_json_delta", "partial_json": ": 1}"}}),
+     ["Hello"], [("sh", '{"a": 1}')]),
+    ("/v1/messages", {"body": json.dumps({"content": [{"type": "text", "text": "A"},
+                                                      {"type": "tool_use", "name": "sh", "input": {"a": 1}}]})},
+     ["A"], [("sh", '{"a": 1}')]),
+    ("/v1/chat/completions", _sse({"choices": [{"delta": {"content": "Hi"}}]},
+                                  {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "f"}}]}}]},
+                                  {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]},
+                                  {"choices": [], "usage": {"prompt_tokens": 1}}),
+     ["Hi"], [("f", "{}")]),
+    ("/v1/chat/completions", {"body": json.dumps({"choices": [{"message": {
+        "content": "Yo", "tool_calls": [{"function": {"name": "g", "arguments": "{}"}}]}}]})}, ["Yo"], [("g", "{}")]),
+    ("/v1/responses", {"transport": "websocket", "chunks": [{"raw": json.dumps(e)} for e in (
+        {"type": "response.created", "response": {}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "function_call", "name": "sh"}},
+        {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": "{}"},
+        {"type": "response.output_text.delta", "delta": "Tool "},
+        {"type": "response.output_text.delta", "delta": "out"})]},
+     ["Tool out"], [("sh", "{}")]),
+    ("/v1/responses", {"body": json.dumps({"output": [
+        {"type": "reasoning"}, {"type": "message", "content": [{"type": "output_text", "text": "T"}]},
+        {"type": "function_call", "name": "f", "arguments": "{}"}]})}, ["T"], [("f", "{}")]),
+])
+def test_what_each_api_answer_said(path, response, text, tools):
+    said = providers.said(providers.api_of_entry(None, path), response)
+    assert (said.text, said.tools) == (text, tools)
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("/v1/messages", {"messages": [
+        {"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "out"},
+                                     {"type": "text", "text": "more"}, {"type": "image"}]}]},
+     [("user", [("result", "t1", "out"), ("text", "", "more"), ("block", "image", "")])]),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "a"},
+                                           {"role": "tool", "tool_call_id": "c1", "content": "res"}]},
+     [("tool", [("result", "c1", [("text", "", "res")])])]),
+    ("/v1/responses", {"input": [{"type": "function_call", "call_id": "c1", "name": "sh", "arguments": "{}"},
+                                 {"type": "function_call_output", "call_id": "c1", "output": "README"},
+                                 {"role": "user", "content": [{"type": "input_text", "text": "next"}]}]},
+     [("tool", [("result", "c1", "README")]), ("user", [("text", "", "next")])]),
+    ("/v1/responses", {"input": "just text"}, [("user", [("text", "", "just text")])]),
+])
+def test_what_each_api_request_adds_to_the_conversation(path, body, expected):
+    def flat(part):
+        return part.kind, part.name, part.text if part.parts is None else [flat(p) for p in part.parts]
+
+    turn = providers.turn(providers.api_of_entry(None, path), body)
+    assert [(role, [flat(p) for p in parts]) for role, parts in turn] == expected

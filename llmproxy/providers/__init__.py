@@ -12,7 +12,10 @@ Each module answers every question the proxy has about its API:
   request may continue);
 - errors: ``error_document`` (the proxy's own errors in the provider's shape);
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
-  ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing).
+  ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing);
+- transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
+  conversation), ``said`` (a JSON answer's text and tool calls), ``said_events`` (a stream's) and
+  ``tokens`` (in and out, from the answer's usage).
 
 Adding an API is adding a module here and to :data:`APIS`, with a test table.
 """
@@ -28,6 +31,7 @@ from llmproxy.clientids import valid
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 from llmproxy.providers.spelling import Spelling, merged
 from llmproxy.providers.summary import Summary
+from llmproxy.providers.transcribe import Part, Said
 
 if TYPE_CHECKING:
     from llmproxy.errors import ProxyError
@@ -38,9 +42,9 @@ PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 # Every API's message spellings at once: what a conversation's identity reads messages with.
 SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
-__all__ = ["APIS", "PREFIXES", "SPELLING", "Summary", "agent_name", "api_for", "client_session_id", "conversation",
-           "error_body", "logged", "provider_for_host", "request_summary", "response_id",
-           "response_summary", "rewrite", "stream_summary"]
+__all__ = ["APIS", "PREFIXES", "SPELLING", "Part", "Said", "Summary", "agent_name", "api_for", "api_of_entry",
+           "client_session_id", "conversation", "error_body", "logged", "provider_for_host", "request_summary",
+           "response_id", "response_summary", "rewrite", "said", "stream_summary", "tokens", "turn"]
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -198,3 +202,47 @@ def stream_summary(api: ModuleType | None, raws: Iterable[bytes]) -> dict:
         pass
     return summary.fields()
 
+
+def api_of_entry(provider: str | None, path: str) -> ModuleType | None:
+    """The API of a logged exchange: by its provider and path, or (the provider unknown: a
+    session read from its middle) the API whose logged paths include this one."""
+    api = api_for(provider, path) if provider else None
+    return api or next((api for api in APIS if api.LOGGED.fullmatch(path)), None)
+
+
+def turn(api: ModuleType | None, body: Any) -> list[tuple[str, list[Part]]]:
+    """(role, parts) of what a request adds to the conversation: the messages after the model's
+    last one. Empty when unknown. Never raises."""
+    if api is None or not isinstance(body, dict):
+        return []
+    try:
+        return api.turn(body)
+    except Exception:
+        return []
+
+
+def said(api: ModuleType | None, response: dict) -> Said:
+    """The text and tool calls of a logged answer (a response entry): from its chunks (SSE
+    events or WebSocket messages) or its JSON body. Never raises."""
+    if api is None:
+        return Said()
+    try:
+        chunks = response.get("chunks")
+        if chunks is not None:
+            raws = (c["raw"].encode() for c in chunks if isinstance(c, dict) and isinstance(c.get("raw"), str)
+                    and not c.get("encoding"))
+            return api.said_events(events(raws, _ANY))
+        doc = _json((response.get("body") or "").lstrip())
+        return api.said(doc) if isinstance(doc, dict) else Said()
+    except Exception:
+        return Said()
+
+
+def tokens(api: ModuleType | None, usage: Any) -> tuple[int | None, int | None]:
+    """Tokens in and out of an answer's usage (in the provider's names). Never raises."""
+    if api is None or not isinstance(usage, dict):
+        return None, None
+    try:
+        return api.tokens(usage)
+    except Exception:
+        return None, None

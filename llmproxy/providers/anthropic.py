@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from llmproxy.clientids import header, valid
-from llmproxy.providers.spelling import Spelling
+from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Summary, common_request, count
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
 
 PREFIX = "anthropic"                       # /anthropic/{upstream}/…
 NAMES = ("anthropic",)                     # the provider label its exchanges get
@@ -103,3 +104,60 @@ def add_event(event: dict, summary: Summary) -> None:
         summary.set_stop_reason((event.get("delta") or {}).get("stop_reason"))
         summary.merge_usage(event.get("usage"))
 
+
+# --- the transcript ---
+
+def _part(block: dict) -> Part | None:
+    kind = block.get("type")
+    if kind == "tool_result":
+        inner = block.get("content")
+        return Part("result", name=str(block.get("tool_use_id", "")),
+                    **({"text": inner} if isinstance(inner, str) else {"parts": _parts(inner)}))
+    if kind == "tool_use":
+        return Part("call", json.dumps(block.get("input"), ensure_ascii=False), name=block.get("name"))
+    return None
+
+
+def _parts(content: Any) -> list[Part]:
+    return blocks(content, (TEXT,), _part)
+
+
+def turn(body: dict) -> list[tuple[str, list[Part]]]:
+    """(role, parts) of the messages after the last assistant message."""
+    messages = conversation(body)
+    return [(m.get("role", "user"), _parts(m.get("content")))
+            for m in after_last(messages, lambda m: m.get("role") == "assistant")]
+
+
+def said(doc: dict) -> Said:
+    out = Said()
+    for block in doc.get("content") or ():
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == TEXT:
+            out.text.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            out.tools.append((block.get("name"), json.dumps(block.get("input"), ensure_ascii=False)))
+    return out
+
+
+def said_events(events: Iterable[dict]) -> Said:
+    stream = Stream()
+    for event in events:
+        kind = event.get("type")
+        if kind == "content_block_start" and (event.get("content_block") or {}).get("type") == "tool_use":
+            stream.call(event.get("index"), event["content_block"].get("name"))
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                stream.delta(delta.get("text", ""))
+            elif delta.get("type") == "input_json_delta":
+                stream.arguments(event.get("index"), delta.get("partial_json", ""))
+    return stream.said()
+
+
+def tokens(usage: dict) -> tuple[int | None, int | None]:
+    """Tokens in (cache reads and writes included) and out."""
+    given = number(usage.get("input_tokens"))
+    cached = (number(usage.get("cache_read_input_tokens")) or 0) + (number(usage.get("cache_creation_input_tokens")) or 0)
+    return None if given is None else given + cached, number(usage.get("output_tokens"))

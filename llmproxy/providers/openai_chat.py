@@ -12,11 +12,12 @@ for it (``stream_options.include_usage``); a tool call's name comes in the first
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from llmproxy.clientids import RESPONSE_KEY, first, header, valid
-from llmproxy.providers.spelling import Spelling
+from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Summary, common_request, count
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
 
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
@@ -100,3 +101,46 @@ def add_event(event: dict, summary: Summary) -> None:
     for choice in event.get("choices") or ():
         _choice(choice, summary, "delta")
 
+
+# --- the transcript ---
+
+def turn(body: dict) -> list[tuple[str, list[Part]]]:
+    """(role, parts) of the messages after the last assistant message; a ``tool`` message is
+    the result of a call."""
+    out = []
+    for message in after_last(conversation(body), lambda m: m.get("role") == "assistant"):
+        role, parts = message.get("role", "user"), blocks(message.get("content"), (TEXT,))
+        if role == "tool":
+            parts = [Part("result", name=str(message.get("tool_call_id", "")), parts=parts)]
+        out.append((role, parts))
+    return out
+
+
+def said(doc: dict) -> Said:
+    out = Said()
+    for choice in doc.get("choices") or ():
+        message = (choice.get("message") if isinstance(choice, dict) else None) or {}
+        if message.get("content"):
+            out.text.append(message["content"])
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            out.tools.append((function.get("name"), function.get("arguments", "")))
+    return out
+
+
+def said_events(events: Iterable[dict]) -> Said:
+    stream = Stream()
+    for event in events:
+        for choice in event.get("choices") or ():
+            delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
+            if delta.get("content"):
+                stream.delta(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                stream.call(call.get("index"), function.get("name"))
+                stream.arguments(call.get("index"), function.get("arguments") or "")
+    return stream.said()
+
+
+def tokens(usage: dict) -> tuple[int | None, int | None]:
+    return number(usage.get("prompt_tokens")), number(usage.get("completion_tokens"))

@@ -18,8 +18,9 @@ import re
 from typing import Iterable
 
 from llmproxy.providers.openai_chat import AGENT_HEADERS, client_session_id, error_document  # noqa: F401
-from llmproxy.providers.spelling import Spelling
+from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Summary, common_request
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
 
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
@@ -126,3 +127,53 @@ def add_event(event: dict, summary: Summary) -> None:
         # response.completed repeats the output items already counted from output_item.done
         response_summary(event["response"], summary, items=not summary.tool_calls)
 
+
+# --- the transcript ---
+
+_TEXT_BLOCKS = (TEXT, *SPELLING.text_types)
+
+
+def turn(body: dict) -> list[tuple[str, list[Part]]]:
+    """(role, parts) of the input items after the model's last message or call; a
+    ``function_call_output`` is the result of a call."""
+    items = body.get("input")
+    if isinstance(items, str):
+        return [("user", [Part("text", items)])]
+    out = []
+    for item in after_last(items if isinstance(items, list) else [],
+                           lambda m: m.get("role") == "assistant" or m.get("type") == "function_call"):
+        if item.get("type") == "function_call_output":
+            out.append(("tool", [Part("result", str(item.get("output")), name=str(item.get("call_id", "")))]))
+        else:
+            out.append((item.get("role", "user"), blocks(item.get("content"), _TEXT_BLOCKS)))
+    return out
+
+
+def said(doc: dict) -> Said:
+    out = Said()
+    for item in doc.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "message":
+            out.text.extend(b.get("text", "") for b in item.get("content") or ()
+                            if isinstance(b, dict) and b.get("type") == "output_text")
+        elif item.get("type") == "function_call":
+            out.tools.append((item.get("name"), item.get("arguments", "")))
+    return out
+
+
+def said_events(events: Iterable[dict]) -> Said:
+    stream = Stream()
+    for event in events:
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            stream.delta(event.get("delta", ""))
+        elif kind == "response.output_item.added" and (event.get("item") or {}).get("type") == "function_call":
+            stream.call(event.get("output_index"), event["item"].get("name"))
+        elif kind == "response.function_call_arguments.delta":
+            stream.arguments(event.get("output_index"), event.get("delta", ""))
+    return stream.said()
+
+
+def tokens(usage: dict) -> tuple[int | None, int | None]:
+    return number(usage.get("input_tokens")), number(usage.get("output_tokens"))
