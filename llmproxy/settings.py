@@ -19,11 +19,11 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from llmproxy.masking import mask_token
+from llmproxy.providers import APIS
 
+# Every API's default upstreams (llmproxy/providers/), and this machine.
 DEFAULT_ALLOWED_UPSTREAMS = (
-    "api.anthropic.com",
-    "api.openai.com",
-    "chatgpt.com",
+    *sorted(host for api in APIS for host in api.HOSTS),
     "localhost",
     "127.0.0.1",
     "::1",

@@ -1,6 +1,7 @@
 """Each API module answers every question the proxy asks (llmproxy/providers/); nothing outside
 that package names a provider. Adding an API is adding a module and a row to these tables."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -33,6 +34,51 @@ def test_no_code_outside_the_providers_package_names_a_provider():
                  for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
 
+
+API_MODULES = [Path(api.__file__) for api in providers.APIS]
+# Also a name of the proxy's own: the Loki metadata key of our session id.
+OURS = {"session_id"}
+
+
+def _literals(source: str) -> list[tuple[int, str]]:
+    """(line, text) of the string literals of Python source, docstrings left out."""
+    tree = ast.parse(source)
+    docstrings = {id(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def _api_vocabulary() -> set[str]:
+    """What only an API module spells: its compound literals (event and block types such as
+    ``message_start`` or ``input_text``, fields such as ``cache_read_input_tokens``, paths,
+    hosts, header names, ``<system-reminder>``). Single words (``content``, ``status``) are
+    everyone's, and the package's shared modules' literals are the proxy's own."""
+    shared = {text for path in Path(providers.__file__).parent.glob("*.py") if path not in API_MODULES
+              for _, text in _literals(path.read_text())}
+    return {text for path in API_MODULES for _, text in _literals(path.read_text())
+            if re.search(r"[_.\-/<]", text) and text not in shared and text not in OURS}
+
+
+def _spoken(source: str, vocabulary: set[str]) -> list[tuple[int, str]]:
+    return [(line, text) for line, text in _literals(source) if text in vocabulary]
+
+
+def test_no_code_outside_the_providers_package_speaks_an_api():
+    vocabulary = _api_vocabulary()
+    offenders = [f"{path.relative_to(PACKAGE)}:{line} {text!r}" for path in PACKAGE.rglob("*.py")
+                 if "providers" not in path.parts for line, text in _spoken(path.read_text(), vocabulary)]
+    assert offenders == []
+
+
+def test_the_api_vocabulary_check_finds_what_it_looks_for():
+    vocabulary = _api_vocabulary()
+    assert {"message_start", "input_text", "function_call_output", "redacted_thinking", "cache_control",
+            "<system-reminder>", "response.output_text.delta", "prompt_tokens", "api.openai.com"} <= vocabulary
+    assert not {"content", "status", "model", "usage", "session_id"} & vocabulary
+    parsing = 'if event["type"] == "content_block_delta":\n    text = {"type": "input_text"}\n'
+    assert [text for _, text in _spoken(parsing, vocabulary)] == ["content_block_delta", "input_text"]
+    assert _spoken('"""Parses message_start."""\nkind = "content"\n', vocabulary) == []
 
 
 @pytest.mark.parametrize("provider, path, api", [
