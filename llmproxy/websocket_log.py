@@ -4,7 +4,8 @@ Each client message (a Responses API ``response.create``) is a ``request`` entry
 messages that answer it are the ``chunks`` of its ``response`` entry, which is written when the
 answer ends (``response.completed``, ``.failed``, ``.incomplete``, ``.done``, ``error``) or the
 connection does (then ``incomplete``). Frames are parsed with wsproto, ``permessage-deflate``
-undone as negotiated, in one logging thread per worker: the relay thread only hands bytes over.
+undone as negotiated, in one logging thread per worker: the relay thread only hands bytes over,
+and stops reading a connection whose bytes pile up there (:meth:`Conversation.behind`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from llmproxy.routing import Route
 
 log = logging.getLogger("llmproxy.websocket")
 _failures = RateLimitedLog(log, logging.ERROR, 60.0)
+
+# Relayed bytes of one WebSocket waiting for the logging thread (a slow disk) beyond which the
+# relay stops reading that connection until the log catches up (websocket.Tap.behind).
+BACKLOG_LIMIT = 4 * 1024 * 1024
 
 FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete",
                           "response.done", "error"})
@@ -96,15 +101,29 @@ class Conversation:
         self._pending: deque[tuple[Exchange, bool]] = deque()
         self._last: tuple[object, str] | None = None  # the last request's (session state, request_id)
         self._early: list[tuple[bytes, int, float, bool]] = []  # server messages before any request
+        # bytes handed to the logging thread (counted by the relay thread) and parsed there (by
+        # the logging thread): one writer each, so no lock
+        self._handed = 0
+        self._fed = 0
 
     # Tap: called in the relay thread; the work is done in the logging thread.
     def data(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
+        self._handed += len(data)
         self.owner.submit(self._feed, source, data, ts_ns, at)
 
     def closed(self, reason: str, at: float) -> None:
         self.owner.submit(self._close, reason, at)
 
+    def behind(self) -> bool:
+        return self._handed - self._fed > BACKLOG_LIMIT
+
     def _feed(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
+        try:
+            self._parse(source, data, ts_ns, at)
+        finally:
+            self._fed += len(data)
+
+    def _parse(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
         if source in self._stopped:
             return
         parser = self._parsers[source]
