@@ -23,6 +23,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
 from llmproxy.errors import rejected
+from llmproxy.masking import mask_text
 from llmproxy.providers import error_body
 
 # How long a request thread waits on its kept-alive connection for the next request. A client
@@ -67,7 +68,8 @@ class ProxyWorker(ThreadWorker):
         page = _Page(client)
         super().handle_error(req, page, addr, exc)
         status, reason = _status(page.written)
-        message = f"{reason}: {exc}" if status < 500 else reason  # a failure of ours stays inside
+        # A failure of ours stays inside; a refusal may quote the client's header line, key and all.
+        message = mask_text(f"{reason}: {exc}") if status < 500 else reason
         request = req or getattr(exc, "req", None)  # an invalid header names its request
         path = getattr(request, "path", None)
         provider = path.lstrip("/").split("/", 1)[0] if isinstance(path, str) else None

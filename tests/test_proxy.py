@@ -240,6 +240,18 @@ def test_requests_gunicorn_cannot_parse_get_json_never_html(proxy, request_bytes
     assert http_get(proxy.port, "/health")[0] == 200
 
 
+def test_a_key_in_a_header_line_gunicorn_cannot_parse_is_masked_in_its_warning(proxy):
+    """gunicorn's warning quotes the bad header line; a key in it must not reach the log, nor
+    come back in the error."""
+    key = "sk-ant-api03-" + "k" * 40 + "WXYZ"
+    got, _, body = raw_answer(proxy.port, b"GET /anthropic/x/v1/models HTTP/1.1\r\nHost: x\r\n"
+                                          b"Authorization Bearer " + key.encode() + b"\r\n\r\n")
+    assert got == 400 and key.encode() not in body and b"sk-ant-...WXYZ" in body
+    wait_until(lambda: "Invalid request from ip=127.0.0.1" in proxy.output() and "sk-ant-...WXYZ" in proxy.output(),
+               timeout=5, message="gunicorn's warning, masked")
+    assert key not in proxy.output()
+
+
 def test_upstream_read_timeout_is_504(start_proxy, fake_provider):
     server = start_proxy({"LLM_PROXY_UPSTREAM_READ_TIMEOUT": "300ms", "LLM_PROXY_WORKERS": "1"})
     resp = requests.post(f"{server.url}/openai/{fake_provider.upstream}/v1/chat/completions",
