@@ -10,7 +10,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from llmproxy import __version__, forwarding, websocket
 from llmproxy.capture import Exchange
-from llmproxy.errors import ProxyError, RequestRejected
+from llmproxy.errors import ProxyError, rejected
 from llmproxy.providers import error_body
 from llmproxy.metrics import CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.ratelimit import RateLimitedLog
@@ -65,7 +65,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         provider = path.lstrip("/").split("/", 1)[0]
         status = error.code or 400
         message = f"{request.method} {path.split('?')[0]}: {error.description}"
-        refusal = RequestRejected(status, message) if status < 500 else ProxyError(message)
+        refusal = rejected(status, message)
         response = RelayedResponse(error_body(provider, refusal), status=refusal.status,
                                    content_type="application/json")
         for name, value in error.get_headers():

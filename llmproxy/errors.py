@@ -44,14 +44,20 @@ class UpstreamTimeout(ProxyError):
 
 
 class RequestRejected(ProxyError):
-    """A request the proxy's router refuses (a method it does not know, a WebSocket upgrade
-    with a method other than GET…): Werkzeug's own HTTP exceptions, answered as JSON."""
+    """A request the proxy refuses before any of its code runs: Werkzeug's own HTTP exceptions
+    (a method the router does not know, a WebSocket upgrade with a method other than GET…) and
+    gunicorn's request parser (a bad request line or header), answered as JSON."""
 
     code = "request_rejected"
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def rejected(status: int, message: str) -> ProxyError:
+    """A refusal with the server's status: the client's fault (4xx) or the proxy's (5xx)."""
+    return RequestRejected(status, message) if status < 500 else ProxyError(message)
 
 
 class WebSocketUnsupported(ProxyError):

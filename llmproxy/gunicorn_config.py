@@ -14,7 +14,7 @@ import signal
 import time
 
 from llmproxy import forwarding
-from llmproxy import metrics
+from llmproxy import masking, metrics
 from llmproxy.cli import load_settings_or_exit
 from llmproxy.runtime import Runtime, describe_destinations, prepare_run_dir
 from llmproxy.saturation import Saturation, pool_queue
@@ -100,6 +100,9 @@ def post_request(worker, req, environ, resp):
 def on_starting(server):
     # llm-proxy's own messages go where gunicorn's go (stderr → journald), in the same format.
     ours = logging.getLogger("llmproxy")
+    # A filter on the loggers (not their handlers) survives gunicorn re-creating handlers on HUP.
+    for logger in (server.log.error_log, ours):
+        logger.addFilter(masking.MaskingFilter())
     ours.handlers = list(server.log.error_log.handlers)
     ours.setLevel(server.log.error_log.level)
     ours.propagate = False

@@ -79,3 +79,32 @@ def mask_query(path: str) -> str:
     if "?" not in path:
         return path
     return _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={mask_token(m.group(2))}", path)
+
+
+# Free text that may hold a key: gunicorn's warning about a header line it cannot parse quotes
+# the line (``Invalid header: 'Authorization Bearer sk-…'``), an error may quote a URL.
+_SECRET_IN_TEXT = re.compile(
+    r"(?:(?<=Bearer )|(?<=Basic )|(?<=Token ))[^\s'\"]+"
+    r"|(?:sk-|glc_|xai-|gsk_|AIza|ghp_|github_pat_)[A-Za-z0-9_\-]{8,}"
+    r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*",
+    re.IGNORECASE)
+_QUERY_SECRET_IN_TEXT = re.compile(
+    r"(?<=[?&])(" + "|".join(re.escape(p) for p in SECRET_QUERY_PARAMS) + r")=([^&#\s'\"]*)", re.IGNORECASE)
+
+
+def mask_text(text: str) -> str:
+    """A log message or error text with anything that looks like a key or token masked."""
+    text = _SECRET_IN_TEXT.sub(lambda m: mask_token(m.group(0)), text)
+    return _QUERY_SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}={mask_token(m.group(2))}", text)
+
+
+class MaskingFilter:
+    """A :mod:`logging` filter: the record's formatted message with secrets masked
+    (:func:`mask_text`). Attached to gunicorn's error log and llm-proxy's own logger."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        masked = mask_text(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True

@@ -36,6 +36,8 @@ READ_SIZE = 64 * 1024
 BUFFER_LIMIT = 1024 * 1024
 # After one side closed, how long bytes it sent before closing may take to reach the other.
 CLOSE_FLUSH_SECONDS = 2.0
+# How often a relay held back for its log (Tap.behind) looks whether the log has caught up.
+LOG_CATCH_UP_POLL = 0.05
 _RETRY = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -194,6 +196,11 @@ class Tap(Protocol):
 
     def closed(self, reason: str, at: float) -> None: ...
 
+    def behind(self) -> bool:
+        """Whether too much of this connection waits for the log: the relay then reads neither
+        side (as for a slow reader) until it has caught up, so memory stays bounded and
+        nothing is dropped."""
+
 
 class _Side:
     """One of a relay's two connections, and the bytes waiting to be written to it."""
@@ -216,6 +223,7 @@ class _Relay:
         self.closing: str | None = None   # why, once one side has closed
         self.deadline = 0.0
         self.closed = False
+        self.held = False                 # not read while its log catches up (Tap.behind)
 
 
 class RelayHub:
@@ -297,6 +305,8 @@ class RelayHub:
 
     def _turn(self) -> None:
         deadlines = [r.deadline for r in self._relays if r.closing]
+        if any(r.held for r in self._relays):
+            deadlines.append(time.monotonic() + LOG_CATCH_UP_POLL)
         timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         for key, events in self._selector.select(timeout):
             side: _Side | None = key.data
@@ -311,6 +321,8 @@ class RelayHub:
                 self._read(side)
             if not side.relay.closed:
                 self._watch(side.relay)
+        for relay in [r for r in self._relays if r.held]:
+            self._watch(relay)
         now = time.monotonic()
         for relay in [r for r in self._relays if r.closing and r.deadline <= now]:
             self._close(relay, relay.closing)
@@ -370,9 +382,10 @@ class RelayHub:
             relay.deadline = time.monotonic() + CLOSE_FLUSH_SECONDS
 
     def _watch(self, relay: _Relay) -> None:
+        relay.held = relay.tap is not None and relay.tap.behind()
         for side in (relay.client, relay.upstream):
             wanted = 0
-            if relay.closing is None and len(side.peer.out) < BUFFER_LIMIT:
+            if relay.closing is None and not relay.held and len(side.peer.out) < BUFFER_LIMIT:
                 wanted |= selectors.EVENT_READ
             if side.out:
                 wanted |= selectors.EVENT_WRITE

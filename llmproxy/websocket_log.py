@@ -4,7 +4,8 @@ Each client message (a Responses API ``response.create``) is a ``request`` entry
 messages that answer it are the ``chunks`` of its ``response`` entry, which is written when the
 answer ends (``response.completed``, ``.failed``, ``.incomplete``, ``.done``, ``error``) or the
 connection does (then ``incomplete``). Frames are parsed with wsproto, ``permessage-deflate``
-undone as negotiated, in one logging thread per worker: the relay thread only hands bytes over.
+undone as negotiated, in one logging thread per worker: the relay thread only hands bytes over,
+and stops reading a connection whose bytes pile up there (:meth:`Conversation.behind`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from llmproxy.routing import Route
 
 log = logging.getLogger("llmproxy.websocket")
 _failures = RateLimitedLog(log, logging.ERROR, 60.0)
+
+# Relayed bytes of one WebSocket waiting for the logging thread (a slow disk) beyond which the
+# relay stops reading that connection until the log catches up (websocket.Tap.behind).
+BACKLOG_LIMIT = 4 * 1024 * 1024
 
 FINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete",
                           "response.done", "error"})
@@ -91,19 +96,34 @@ class Conversation:
         }
         self._parts: dict[str, list] = {"client": [], "upstream": []}
         self._stopped: dict[str, str] = {}        # direction → why its frames are no longer read
-        self._pending: deque[Exchange] = deque()   # requests whose answer is still coming
+        # requests whose answer is still coming, each with whether it answers a request (a
+        # follow-up of the server's after an answer ended cuts nothing when the socket closes)
+        self._pending: deque[tuple[Exchange, bool]] = deque()
         self._last: tuple[object, str] | None = None  # the last request's (session state, request_id)
         self._early: list[tuple[bytes, int, float, bool]] = []  # server messages before any request
-        self._follow_ups: set[int] = set()  # pending entries that answer nothing: no answer to cut
+        # bytes handed to the logging thread (counted by the relay thread) and parsed there (by
+        # the logging thread): one writer each, so no lock
+        self._handed = 0
+        self._fed = 0
 
     # Tap: called in the relay thread; the work is done in the logging thread.
     def data(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
+        self._handed += len(data)
         self.owner.submit(self._feed, source, data, ts_ns, at)
 
     def closed(self, reason: str, at: float) -> None:
         self.owner.submit(self._close, reason, at)
 
+    def behind(self) -> bool:
+        return self._handed - self._fed > BACKLOG_LIMIT
+
     def _feed(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
+        try:
+            self._parse(source, data, ts_ns, at)
+        finally:
+            self._fed += len(data)
+
+    def _parse(self, source: str, data: bytes, ts_ns: int, at: float) -> None:
         if source in self._stopped:
             return
         parser = self._parsers[source]
@@ -147,7 +167,7 @@ class Conversation:
         for early, early_ns, _, early_binary in self._early:  # before the request: no delay to show
             exchange.got_message(early, early_ns, at, early_binary)
         self._early.clear()
-        self._pending.append(exchange)
+        self._pending.append((exchange, True))
         self._last = exchange.state, exchange.request_id
 
     def _event(self, raw: bytes, binary: bool, ts_ns: int, at: float) -> None:
@@ -159,9 +179,8 @@ class Conversation:
             # under the same request.
             follow_up = self._exchange(b"", False, ts_ns, at)
             follow_up.state, follow_up.request_id = self._last
-            self._follow_ups.add(id(follow_up))
-            self._pending.append(follow_up)
-        exchange = self._pending[0]
+            self._pending.append((follow_up, False))
+        exchange = self._pending[0][0]
         exchange.got_message(raw, ts_ns, at, binary)
         if not binary and _event_type(raw) in FINAL_EVENTS:
             self._pending.popleft()
@@ -171,8 +190,7 @@ class Conversation:
     def _close(self, reason: str, at: float) -> None:
         why = next(iter(self._stopped.values()), reason)
         while self._pending:
-            exchange = self._pending.popleft()
-            cut = id(exchange) not in self._follow_ups
+            exchange, cut = self._pending.popleft()
             exchange.finish(f"WebSocket closed before the answer ended: {why}" if cut else None, at=at)
             self.owner.logger.log_response(exchange)
 

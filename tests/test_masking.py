@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmproxy.masking import mask_headers, mask_query, mask_value
+from llmproxy.masking import mask_headers, mask_query, mask_text, mask_value
 
 KEY = "sk-ant-api03-" + "x" * 80 + "abcd"
 
@@ -34,3 +34,19 @@ def test_repeated_headers_become_lists_and_are_masked():
 def test_keys_in_query_strings_are_masked():
     assert mask_query("/v1/models?key=AIzaSyA" + "z" * 30 + "&x=1") == "/v1/models?key=AIza...zzzz&x=1"
     assert mask_query("/v1/messages?beta=true") == "/v1/messages?beta=true"
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("Invalid header: 'Authorization Bearer abcdefghijklmnopqrstuvwxyz0123'", "abcdefghijklmnopqrstuvwxyz0123"),
+    ("cannot use sk-proj-abcdefghijklmnopqrstuvwxyz here", "sk-proj-abcdefghijklmnopqrstuvwxyz"),
+    ("GET /v1/models?key=AIzaSyA1234567890abcdefghijkl&x=1", "AIzaSyA1234567890abcdefghijkl"),
+    ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ", "c2lnbmF0dXJlLXNpZ25hdHVyZQ"),
+])
+def test_mask_text_hides_keys_in_free_text(text, secret):
+    masked = mask_text(text)
+    assert secret not in masked and "..." in masked
+
+
+def test_mask_text_leaves_ordinary_text_alone():
+    text = "Invalid request from ip=127.0.0.1: Invalid HTTP method: 'post'"
+    assert mask_text(text) == text

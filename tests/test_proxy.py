@@ -203,6 +203,55 @@ def test_proxy_errors_are_in_the_providers_shape(proxy, raw_uri, status, provide
         assert "/{provider}/{upstream}/{path}" in doc["error"]["message"]
 
 
+def raw_answer(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client library would, read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    return int(status_line.split()[1]), dict(line.split(": ", 1) for line in lines), body
+
+
+@pytest.mark.parametrize("request_bytes, status, provider_shape", [
+    (b"post /anthropic/api.anthropic.com/v1/messages HTTP/1.1\r\nHost: x\r\n\r\n", 400, "both"),
+    (b"GET /anthropic/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "both"),
+    (b"GET /openai/x/v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, "both"),
+    (b"GET /openai/x/v1/models HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, "both"),
+    (b"POST /anthropic/x/v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n", 400, "anthropic"),
+    (b"POST /openai/x/v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+     400, "openai"),
+], ids=["lowercase-method", "request-line-over-limit", "header-over-limit", "header-without-colon",
+        "invalid-content-length", "two-content-lengths"])
+def test_requests_gunicorn_cannot_parse_get_json_never_html(proxy, request_bytes, status, provider_shape):
+    """gunicorn's parser answers these before the app sees them; the worker makes that JSON in
+    the provider's shape (every provider's while the request line is not parsed yet)."""
+    got, headers, body = raw_answer(proxy.port, request_bytes)
+    assert got == status
+    assert headers["Content-Type"] == "application/json"
+    assert int(headers["Content-Length"]) == len(body) and headers["Connection"] == "close"
+    assert b"<html" not in body.lower()
+    doc = json.loads(body)
+    assert doc["error"]["message"] and doc["error"]["type"] == "invalid_request_error"
+    assert (doc.get("type") == "error") == (provider_shape in ("anthropic", "both"))
+    assert ("code" in doc["error"]) == (provider_shape in ("openai", "both"))
+    warning = "Invalid request from ip=127.0.0.1: " + doc["error"]["message"].split(": ", 1)[1]
+    wait_until(lambda: warning in proxy.output(), timeout=5, message="gunicorn's own warning")
+    assert http_get(proxy.port, "/health")[0] == 200
+
+
+def test_a_key_in_a_header_line_gunicorn_cannot_parse_is_masked_in_its_warning(proxy):
+    """gunicorn's warning quotes the bad header line; a key in it must not reach the log, nor
+    come back in the error."""
+    key = "sk-ant-api03-" + "k" * 40 + "WXYZ"
+    got, _, body = raw_answer(proxy.port, b"GET /anthropic/x/v1/models HTTP/1.1\r\nHost: x\r\n"
+                                          b"Authorization Bearer " + key.encode() + b"\r\n\r\n")
+    assert got == 400 and key.encode() not in body and b"sk-ant-...WXYZ" in body
+    wait_until(lambda: "Invalid request from ip=127.0.0.1" in proxy.output() and "sk-ant-...WXYZ" in proxy.output(),
+               timeout=5, message="gunicorn's warning, masked")
+    assert key not in proxy.output()
+
+
 def test_upstream_read_timeout_is_504(start_proxy, fake_provider):
     server = start_proxy({"LLM_PROXY_UPSTREAM_READ_TIMEOUT": "300ms", "LLM_PROXY_WORKERS": "1"})
     resp = requests.post(f"{server.url}/openai/{fake_provider.upstream}/v1/chat/completions",

@@ -98,3 +98,9 @@ def test_pipelined_and_back_to_back_requests_through_the_real_server(start_proxy
             chunk = sock.recv(65536)
             assert chunk, f"connection closed after {data.count(b'HTTP/1.1 200')} answers"
             data += chunk
+
+
+def test_the_status_of_gunicorns_error_page_is_read_from_its_status_line():
+    assert worker_module._status(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close") == \
+        (431, "Request Header Fields Too Large")
+    assert worker_module._status(b"") == (500, "Internal Server Error")  # a page that says nothing
