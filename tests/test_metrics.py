@@ -83,8 +83,17 @@ def test_metrics_equal_what_was_sent_across_two_workers(start_proxy, fake_provid
     wait_until(lambda: loki.count() >= 84, 20, message="entries in fakeloki")
     from llmproxy.metrics import multiprocess_dir
 
-    pids = {p.name.split("_")[-1] for p in multiprocess_dir(server.proc.pid).glob("counter_*.db")}
-    assert len(pids) == 2, "both workers served calls"
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    # Every worker creates its files at start-up: what proves it served calls is its own count.
+    per_worker = {}
+    for path in multiprocess_dir(server.proc.pid).glob("counter_*.db"):
+        for metric in MultiProcessCollector.merge([str(path)]):
+            if metric.name == "llm_proxy_requests":
+                per_worker[path.name] = sum(s.value for s in metric.samples if s.name.endswith("_total")
+                                            and s.labels.get("status_class") == "2xx")
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), f"both workers served calls: {per_worker}"
+    assert sum(per_worker.values()) == 40
 
     def settled():
         samples = scrape(server)
