@@ -18,6 +18,7 @@ from typing import Iterator
 PLAIN = ".jsonl"
 COMPRESSED = ".jsonl.zst"
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+READ_SIZE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,31 @@ def read_session(files: SessionFiles) -> bytes:
                 raise
             data = decompress(files.compressed.read_bytes())
     return data
+
+
+def first_line(files: SessionFiles) -> bytes:
+    """The session's first line (its ``session_start``), decompressing no more than it takes."""
+    import zstandard
+
+    if files.compressed is not None:
+        with open(files.compressed, "rb") as f:
+            reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+            head = bytearray()
+            try:
+                while b"\n" not in head and (chunk := reader.read(READ_SIZE)):
+                    head += chunk
+            except zstandard.ZstdError as exc:
+                raise ValueError(f"{files.compressed}: not readable as zstd: {exc}") from None
+            if head:
+                return bytes(head.split(b"\n", 1)[0])
+    if files.plain is not None:
+        try:
+            with open(files.plain, "rb") as f:
+                return f.readline().rstrip(b"\n")
+        except FileNotFoundError:  # compressed by prune since it was listed
+            return first_line(SessionFiles(files.upstream, files.day, files.session,
+                                           files.plain.with_name(files.session + COMPRESSED), None))
+    return b""
 
 
 def find_session(log_dir: Path, session: str) -> SessionFiles | None:

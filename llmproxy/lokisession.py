@@ -112,10 +112,10 @@ def from_files(log_dir: Path, session: str) -> list[str]:
 
 
 def client_sessions_in_files(log_dir: Path, client_id: str) -> list[str]:
-    """Our sessions whose session_start names this client session id (forks included)."""
+    """Our sessions whose session_start names this client session id (a session's first line)."""
     found = []
     for files in logtree.sessions(log_dir):
-        first = logtree.read_session(files).split(b"\n", 1)[0]
+        first = logtree.first_line(files)
         try:
             doc = json.loads(first)
         except ValueError:
@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
     parser.add_argument("--page-size", type=int, default=PAGE,
                         help=f"lines per query: your Loki's max_entries_limit_per_query (default {PAGE})")
     args = parser.parse_args(argv)
+    bad = (f"--page-size must be at least 1, got {args.page_size}" if args.page_size < 1 else
+           "--since must be before --until" if args.since is not None and args.until is not None
+           and args.since >= args.until else None)
+    if bad:
+        print(f"loki-session: {bad}", file=sys.stderr)
+        return 2
 
     try:
         settings = load_settings(environ, create_dirs=False)
