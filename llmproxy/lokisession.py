@@ -1,4 +1,4 @@
-"""``scripts/loki-session``: every entry of one session, from Loki or from the JSONL tree.
+"""``llm-proxy loki-session``: every entry of one session, from Loki or from the JSONL tree.
 
 From Loki: ``query_range`` forward in time, paged past Loki's per-query line limit (a page that
 comes back full continues from its last timestamp; what was already seen is skipped, as are
@@ -136,9 +136,10 @@ def _time(text: str) -> int:
     return int(stamp.timestamp() * 1e9)
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict | None = None) -> int:
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict | None = None,
+         prog: str = "loki-session") -> int:
     parser = argparse.ArgumentParser(
-        prog="loki-session",
+        prog=prog,
         description="Print every entry of one session (ours, or a client's session id) from Loki, "
                     "as JSONL in order or as a readable transcript.",
         epilog="exit status: 0 printed, 1 no such session, 2 bad arguments or settings, 3 Loki did not answer")
