@@ -12,7 +12,7 @@ from llmproxy import __version__, forwarding, websocket
 from llmproxy.capture import Exchange
 from llmproxy.errors import ProxyError, rejected
 from llmproxy.providers import error_body
-from llmproxy.metrics import CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
+from llmproxy.metrics import BODY_BYTES_KEY, CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.ratelimit import RateLimitedLog
 from llmproxy.routing import resolve
 from llmproxy.runtime import EXTENSION_KEY, Runtime
@@ -85,6 +85,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
         if request.method == "GET" and websocket.is_upgrade(environ):
             return _upgrade(runtime, settings, route, headers)
         body = request.get_data(cache=False)
+        environ[BODY_BYTES_KEY] = len(body)
 
         exchange = None
         if route.conversation:
@@ -168,7 +169,8 @@ def _upgrade(runtime: Runtime, settings: Settings, route, headers: list[tuple[st
         tap = None
         if route.conversation:
             tap = runtime.ws_log.conversation(route, path, headers, 101, handshake.headers)
-        runtime.relays.add(client, handshake.sock, tap, handshake.early)
+        runtime.relays.add(client, handshake.sock, tap, handshake.early,
+                           runtime.metrics.websocket_bytes(route.provider))
         return RelayedResponse(b"", status=101)
 
     resp_headers = forwarding.without_hop_by_hop(handshake.headers)

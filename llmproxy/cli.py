@@ -1,4 +1,5 @@
-"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``, ``systemd-unit``, ``prune``."""
+"""The ``llm-proxy`` command: ``serve``, ``check-config``, ``env``, ``systemd-unit``, ``prune``,
+``loki-health``, ``loki-session``."""
 
 from __future__ import annotations
 
@@ -103,7 +104,25 @@ def prune(args: argparse.Namespace) -> int:
     return pruning.run(load_settings_or_exit(create_dirs=False), dry_run=args.dry_run)
 
 
+def tool(name: str, argv: list[str]) -> int:
+    """``loki-health`` and ``loki-session``: their own options and exit codes (Nagios for the
+    first), so they parse their arguments themselves."""
+    if name == "loki-health":
+        from llmproxy import lokihealth
+
+        return lokihealth.main(argv, prog="llm-proxy loki-health")
+    from llmproxy import lokisession
+
+    return lokisession.main(argv, prog="llm-proxy loki-session")
+
+
+TOOLS = ("loki-health", "loki-session")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        return tool(argv[0], argv[1:])
     parser = argparse.ArgumentParser(
         prog="llm-proxy",
         description="Transparent logging proxy for LLM API traffic.",
@@ -125,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pruning = commands.add_parser("prune", help="compress old session logs, delete expired ones "
                                   "(LLM_PROXY_LOG_COMPRESS_AFTER, LLM_PROXY_LOG_RETENTION)")
     pruning.add_argument("--dry-run", action="store_true", help="print what would be done and the bytes freed")
+    # Listed for --help only: main() hands their arguments over before parsing.
+    commands.add_parser("loki-health", add_help=False,
+                        help="one line on the Loki export, Nagios exit codes (see: llm-proxy loki-health --help)")
+    commands.add_parser("loki-session", add_help=False,
+                        help="print one session from Loki or the log files (see: llm-proxy loki-session --help)")
     args, extra = parser.parse_known_args(argv)
 
     if args.command == "serve":

@@ -96,9 +96,9 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, prog: str = "loki-health") -> int:
     parser = argparse.ArgumentParser(
-        prog="loki-health",
+        prog=prog,
         description="Check llm-proxy's Loki export (/health/loki) and print one line.",
         epilog="exit status (Nagios): 0 ok or disabled, 1 degraded or a warning threshold, "
                "2 failing or a critical threshold, 3 the proxy did not answer")

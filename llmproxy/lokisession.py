@@ -1,4 +1,4 @@
-"""``scripts/loki-session``: every entry of one session, from Loki or from the JSONL tree.
+"""``llm-proxy loki-session``: every entry of one session, from Loki or from the JSONL tree.
 
 From Loki: ``query_range`` forward in time, paged past Loki's per-query line limit (a page that
 comes back full continues from its last timestamp; what was already seen is skipped, as are
@@ -112,10 +112,10 @@ def from_files(log_dir: Path, session: str) -> list[str]:
 
 
 def client_sessions_in_files(log_dir: Path, client_id: str) -> list[str]:
-    """Our sessions whose session_start names this client session id (forks included)."""
+    """Our sessions whose session_start names this client session id (a session's first line)."""
     found = []
     for files in logtree.sessions(log_dir):
-        first = logtree.read_session(files).split(b"\n", 1)[0]
+        first = logtree.first_line(files)
         try:
             doc = json.loads(first)
         except ValueError:
@@ -136,9 +136,10 @@ def _time(text: str) -> int:
     return int(stamp.timestamp() * 1e9)
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict | None = None) -> int:
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict | None = None,
+         prog: str = "loki-session") -> int:
     parser = argparse.ArgumentParser(
-        prog="loki-session",
+        prog=prog,
         description="Print every entry of one session (ours, or a client's session id) from Loki, "
                     "as JSONL in order or as a readable transcript.",
         epilog="exit status: 0 printed, 1 no such session, 2 bad arguments or settings, 3 Loki did not answer")
@@ -153,6 +154,12 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
     parser.add_argument("--page-size", type=int, default=PAGE,
                         help=f"lines per query: your Loki's max_entries_limit_per_query (default {PAGE})")
     args = parser.parse_args(argv)
+    bad = (f"--page-size must be at least 1, got {args.page_size}" if args.page_size < 1 else
+           "--since must be before --until" if args.since is not None and args.until is not None
+           and args.since >= args.until else None)
+    if bad:
+        print(f"loki-session: {bad}", file=sys.stderr)
+        return 2
 
     try:
         settings = load_settings(environ, create_dirs=False)

@@ -39,6 +39,7 @@ REASONS = ("ingester_error", "rate_limited", "stream_limited", "line_too_long", 
 OWN_PATHS = frozenset({"/health", "/health/loki", "/metrics"})
 PROVIDER_KEY = "llmproxy.provider"   # WSGI environ keys the app sets; the access log shows them
 SESSION_KEY = "llmproxy.session"
+BODY_BYTES_KEY = "llmproxy.body_bytes"  # the request body the view read (a chunked one has no length)
 SAMPLE_INTERVAL = 1.0  # live counts (busy threads, streams) reach the shared files this often
 
 
@@ -122,9 +123,11 @@ class Metrics:
         self.ttfb = Histogram("llm_proxy_time_to_first_byte_seconds",
                               "From the call reaching the proxy to the upstream's response headers.",
                               ["provider"], buckets=DURATION_BUCKETS, registry=reg)
-        self.bytes_in = Counter("llm_proxy_request_bytes_total", "Request body bytes received from clients.",
+        self.bytes_in = Counter("llm_proxy_request_bytes_total",
+                                "Request body bytes received from clients (WebSocket: every byte from the client).",
                                 ["provider"], registry=reg)
-        self.bytes_out = Counter("llm_proxy_response_bytes_total", "Response body bytes relayed to clients.",
+        self.bytes_out = Counter("llm_proxy_response_bytes_total",
+                                 "Response body bytes relayed to clients (WebSocket: every byte to the client).",
                                  ["provider"], registry=reg)
         # Busy threads are counted by llmproxy.saturation (gunicorn's pre/post_request hooks),
         # which also warns while a worker is full; the gauges here publish its numbers.
@@ -188,6 +191,16 @@ class Metrics:
                 self.duration.labels(name), self.ttfb.labels(name),
                 self.bytes_in.labels(name), self.bytes_out.labels(name))
         return children
+
+    def websocket_bytes(self, provider: str) -> Callable[[str, int], None]:
+        """For a WebSocket relay of ``provider``: counts what it moves as it moves it (called in
+        the relay thread with ``"client"`` or ``"upstream"``, the side the bytes came from)."""
+        bytes_in, bytes_out = self.provider(provider)[3:]
+
+        def count(source: str, n: int) -> None:
+            (bytes_in if source == "client" else bytes_out).inc(n)
+
+        return count
 
     def sample(self) -> None:
         """Write this process's live counts to its gauge files."""
@@ -334,9 +347,9 @@ class _Call:
         duration.observe(time.perf_counter() - self.t0)
         if self.t_headers:
             ttfb.observe(self.t_headers - self.t0)
-        received = self.environ.get("CONTENT_LENGTH")
-        if received and received.isdigit():
-            bytes_in.inc(int(received))
+        received = self.environ.get(BODY_BYTES_KEY)
+        if received:
+            bytes_in.inc(received)
         if self.sent:
             bytes_out.inc(self.sent)
 

@@ -15,24 +15,32 @@ What is never touched:
   the file's last write, or an unreadable ``.bad`` spool file): deleting it would lose the only
   copy that ``loki-backfill`` could push again.
 
-A compressed file is written beside the original (temp file, fsync), decompressed and compared
-with what was read; only if the original has not changed meanwhile is the temp file renamed into
-place and the original removed (the proxy writes a line in one ``writev``; after the quiet period
-above a write landing in the microseconds between that check and the removal is not a practical
-concern, and a write before the check leaves the file uncompressed until the next run).
+How a file is compressed without losing or doubling a line (llmproxy/logtree.py, filelog.py):
+the plain file is renamed aside (``.{session}.jsonl.{N}.pruning``, N the ``.zst``'s size), so a
+new line starts a fresh plain file; prune then takes the file's exclusive ``flock`` once, which
+waits for any writer that opened it before the rename (each writes one line under a shared lock,
+and checks the path still names its file). The aside file is final from then on: streamed
+through zstd into a temp file after the old ``.zst``'s bytes, fsync'ed, decompressed and compared
+with the old ``.zst`` plus the aside file, renamed over the ``.zst``, and only then removed.
+Readers count the aside file in until the ``.zst`` has grown past N. A run interrupted anywhere
+is finished by the next one.
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, Iterator, TextIO
 
-from llmproxy.logtree import COMPRESSED, SessionFiles, day_dirs, decompress, sessions_in
+from llmproxy.logtree import (COMPRESSED, READ_SIZE, SessionFiles, aside_name, chunks, day_dirs, sessions_in,
+                              stream)
 from llmproxy.loki.spool import Spool
 from llmproxy.settings import Settings
 
@@ -90,7 +98,7 @@ class Pruner:
                 try:
                     if expired:
                         self._delete(files, oldest_spooled)
-                    elif files.plain is not None:
+                    elif files.plain is not None or files.aside is not None:
                         self._compress(files)
                 except (OSError, ValueError) as exc:  # ValueError: an unreadable .zst, left alone
                     self.report.errors += 1
@@ -135,58 +143,85 @@ class Pruner:
         self.report.freed += size
 
     def _compress(self, files: SessionFiles) -> None:
-        plain = files.plain
-        fd = os.open(plain, os.O_RDONLY)
-        try:
-            before = os.fstat(fd)
-            if self.now - before.st_mtime < self.compress_after:
-                self.report.kept += 1
-                self.say(files, f"keep uncompressed: written {_ago(self.now - before.st_mtime)} ago")
-                return
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read()
-            if len(data) != before.st_size:
-                raise OSError(f"{plain} changed while it was read")
-            old = files.compressed.read_bytes() if files.compressed is not None else b""
-            frame = compressor().compress(data)
-            target = plain.with_name(files.session + COMPRESSED)
-            freed = len(data) - len(frame)
-            self.say(files, f"compress {_size(len(data))} → {_size(len(frame))}"
-                     + (" (appended to the .zst)" if old else ""))
-            if self.dry_run:
+        target = files.paths[0].with_name(files.session + COMPRESSED)
+        if files.aside is not None:  # an earlier run was interrupted: finish it first
+            self.say(files, "finish the compression an earlier run began")
+            if not self.dry_run:
+                size, compressed = self._absorb(files.aside, files.aside_base, target)
                 self.report.compressed += 1
-                self.report.freed += freed
-                return
-            expected = (decompress(old) if old else b"") + data
-            tmp = self._write_verified(target, old + frame, expected)
-            after = os.stat(plain)
-            if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size,
-                                                                    before.st_mtime_ns):
-                tmp.unlink()
-                self.report.kept += 1
-                self.say(files, "keep uncompressed: written to during compression")
-                return
-            os.replace(tmp, target)
-            plain.unlink()
-            self._fsync_dir(plain.parent)
+                self.report.freed += size - compressed
+        plain = files.plain
+        if plain is None:
+            return
+        before = plain.stat()
+        if self.now - before.st_mtime < self.compress_after:
+            self.report.kept += 1
+            self.say(files, f"keep uncompressed: written {_ago(self.now - before.st_mtime)} ago")
+            return
+        base = target.stat().st_size if target.exists() else 0
+        if base:  # an unreadable .zst is reported and left as it is, the plain file beside it
+            with open(target, "rb") as old:
+                for _ in chunks(stream(old)):
+                    pass
+        if self.dry_run:
+            with open(plain, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                compressed = _Count()
+                _compress_into(f, size, compressed)
+                compressed = compressed.n
+            self.say(files, f"compress {_size(size)} → {_size(compressed)}"
+                     + (" (appended to the .zst)" if base else ""))
             self.report.compressed += 1
-            self.report.freed += freed
-        finally:
-            os.close(fd)
+            self.report.freed += size - compressed
+            return
+        aside = plain.with_name(aside_name(files.session, base))
+        os.rename(plain, aside)
+        self._fsync_dir(plain.parent)
+        size, compressed = self._absorb(aside, base, target)
+        self.say(files, f"compress {_size(size)} → {_size(compressed)}"
+                 + (" (appended to the .zst)" if base else ""))
+        self.report.compressed += 1
+        self.report.freed += size - compressed
 
-    def _write_verified(self, target: Path, data: bytes, expected: bytes) -> Path:
-        """A temp file beside ``target`` holding ``data``, on disk and known to decompress to
-        ``expected``."""
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(0o600)
-        if decompress(tmp.read_bytes()) != expected:
-            tmp.unlink()
-            raise OSError(f"{target}: compressed copy does not read back identically; original kept")
-        return tmp
+    def _absorb(self, aside: Path, base: int, target: Path) -> tuple[int, int]:
+        """Append the aside file to ``target`` as one more zstd frame, then remove it; its size
+        and the frame's."""
+        current = target.stat().st_size if target.exists() else 0
+        if current != base:  # renamed into place before an interruption: only the removal is left
+            size = aside.stat().st_size
+            aside.unlink()
+            self._fsync_dir(aside.parent)
+            return size, current - base
+        with open(aside, "rb") as source:
+            # Wait for the writers that opened the file before it was renamed (one line each);
+            # any later one finds the path names another file and writes there.
+            fcntl.flock(source.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(source.fileno(), fcntl.LOCK_UN)
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
+                    if base:
+                        with open(target, "rb") as old:
+                            for chunk in iter(lambda: old.read(READ_SIZE), b""):
+                                out.write(chunk)
+                    size = os.fstat(source.fileno()).st_size
+                    _compress_into(source, size, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    frame = out.tell() - base
+                source.seek(0)
+                with open(tmp, "rb") as written, open(target, "rb") if base else nullcontext() as old:
+                    expected = itertools.chain(chunks(stream(old)) if old else (), chunks(source))
+                    if not _same(chunks(stream(written)), expected):
+                        raise OSError(f"{target}: compressed copy does not read back identically; original kept")
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        os.replace(tmp, target)
+        self._fsync_dir(target.parent)
+        aside.unlink()
+        self._fsync_dir(target.parent)
+        return size, frame
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
@@ -195,6 +230,41 @@ class Pruner:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _compress_into(source: BinaryIO, size: int, out) -> None:
+    """``source`` (``size`` bytes) as one zstd frame written to ``out``, streamed. The size goes
+    in the frame header, so a decoder needs a window no larger than the file."""
+    with compressor().stream_writer(out, size=size, closefd=False) as writer:
+        for chunk in iter(lambda: source.read(READ_SIZE), b""):
+            writer.write(chunk)
+
+
+class _Count:
+    """A writer that only counts."""
+
+    def __init__(self):
+        self.n = 0
+
+    def write(self, data) -> int:
+        self.n += len(data)
+        return len(data)
+
+
+def _same(a: Iterator[bytes], b: Iterator[bytes]) -> bool:
+    """Whether two streams of chunks hold the same bytes."""
+    left = right = b""
+    while True:
+        if not left:
+            left = next(a, b"")
+        if not right:
+            right = next(b, b"")
+        if not left or not right:
+            return not left and not right
+        n = min(len(left), len(right))
+        if left[:n] != right[:n]:
+            return False
+        left, right = left[n:], right[n:]
 
 
 def _size(n: int) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -215,11 +215,13 @@ class _Side:
 
 
 class _Relay:
-    def __init__(self, client: socket.socket, upstream: socket.socket, tap: Tap | None):
+    def __init__(self, client: socket.socket, upstream: socket.socket, tap: Tap | None,
+                 count: Callable[[str, int], None] | None):
         self.client = _Side(self, client, "client")
         self.upstream = _Side(self, upstream, "upstream")
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.tap = tap
+        self.count = count                # metrics: (side the bytes came from, how many)
         self.closing: str | None = None   # why, once one side has closed
         self.deadline = 0.0
         self.closed = False
@@ -248,15 +250,17 @@ class RelayHub:
         return len(self._relays) + len(self._incoming)
 
     def add(self, client: socket.socket, upstream: socket.socket, tap: Tap | None,
-            early: bytes = b"") -> None:
+            early: bytes = b"", count: Callable[[str, int], None] | None = None) -> None:
         """Relay between the two sockets until either closes. ``early``: upstream bytes already
-        read (they go to the client first)."""
-        relay = _Relay(client, upstream, tap)
+        read (they go to the client first); ``count`` is told the bytes read from each side."""
+        relay = _Relay(client, upstream, tap, count)
         for side in (relay.client, relay.upstream):
             side.sock.setblocking(False)
             side.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if early:
             relay.client.out += early
+            if count is not None:
+                count("upstream", len(early))
             if tap is not None:
                 tap.data("upstream", early, now_ns(), time.perf_counter())
         with self._lock:
@@ -349,6 +353,8 @@ class RelayHub:
                     self._ended(relay, f"{side.name} closed the connection")
                     break
                 peer.out += data
+                if relay.count is not None:
+                    relay.count(side.name, len(data))
                 if relay.tap is not None:
                     relay.tap.data(side.name, data, now_ns(), time.perf_counter())
                 # TLS may hold decrypted bytes the selector cannot see.

@@ -1,7 +1,10 @@
 """scripts/loki-health against the real proxy and fakeloki: one line, Nagios exit codes."""
 
+import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,32 @@ def test_disabled_is_ok_and_unreachable_is_unknown(start_proxy):
 def test_help_names_the_exit_codes():
     out = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "3 the proxy did not answer" in out.stdout
+
+
+LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))
+
+
+def test_the_installed_command_has_the_same_exit_codes():
+    port = free_port()
+    out = subprocess.run([LLM_PROXY, "loki-health", "--url", f"http://127.0.0.1:{port}", "--timeout", "2s"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stdout.count("\n") == 1 and out.stdout.startswith("UNKNOWN: "), out
+    bad = subprocess.run([LLM_PROXY, "loki-session", "20261128-101500-a1b2c3d4", "--page-size", "0"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "LLM_PROXY_ENV_FILE": "/nonexistent"})
+    assert bad.returncode == 2 and bad.stderr == "loki-session: --page-size must be at least 1, got 0\n"
+    listed = subprocess.run([LLM_PROXY, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "loki-health" in listed and "loki-session" in listed
+    usage = subprocess.run([LLM_PROXY, "loki-health", "--help"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: llm-proxy loki-health")
+
+
+def test_the_script_says_unknown_when_it_cannot_set_up_its_venv(tmp_path):
+    """A check that could not run is UNKNOWN (3) to Nagios, not WARNING (1)."""
+    (tmp_path / "scripts").mkdir()
+    for name in ("loki-health", "bootstrap.sh"):
+        shutil.copy2(Path(SCRIPT).with_name(name), tmp_path / "scripts" / name)
+    (tmp_path / ".venv").write_text("not a directory: the venv cannot be created\n")
+    out = subprocess.run([str(tmp_path / "scripts" / "loki-health")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out
+    assert out.stdout.startswith("UNKNOWN: could not set up") and out.stdout.count("\n") == 1

@@ -158,3 +158,36 @@ def test_transcript_of_a_tool_call_and_its_result(start_proxy, fake_provider, pa
     assert "[tool result " in text and "README.rst" in text
     assert "assistant: Tool output: README.rst" in text
     assert "tokens in " in text
+
+
+def test_client_sessions_in_files_reads_only_first_lines(tmp_path):
+    """A session's first line decides; the rest of a compressed file is never decompressed (here
+    it could not be: after the first frame come bytes that are no zstd)."""
+    import zstandard
+
+    from llmproxy.lokisession import client_sessions_in_files
+
+    day = tmp_path / "api.anthropic.com" / "2026-11-28"
+    day.mkdir(parents=True)
+    start = json.dumps({"type": "session_start", "client_session_id": "cc-1"}).encode()
+    rest = b"".join(b'{"type":"request","n":%d,"pad":"%s"}\n' % (i, b"x" * 1000) for i in range(2000))
+    (day / "20261128-101500-aaaaaaaa.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(start + b"\n" + rest) + b"not zstd at all" * 1000)
+    (day / "20261128-111500-bbbbbbbb.jsonl").write_bytes(start.replace(b"cc-1", b"cc-2") + b"\n" + rest)
+    (day / "20261128-121500-cccccccc.jsonl").write_bytes(start + b"\n")
+    assert client_sessions_in_files(tmp_path, "cc-1") == ["20261128-101500-aaaaaaaa", "20261128-121500-cccccccc"]
+    assert client_sessions_in_files(tmp_path, "cc-2") == ["20261128-111500-bbbbbbbb"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--page-size", "0"], "--page-size must be at least 1, got 0"),
+    (["--page-size", "-5"], "--page-size must be at least 1, got -5"),
+    (["--since", "2026-11-29", "--until", "2026-11-28"], "--since must be before --until"),
+])
+def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    from llmproxy.lokisession import main
+
+    env = {"LLM_PROXY_ENV_FILE": "/nonexistent", "LLM_PROXY_LOG_DIR": str(tmp_path),
+           "LLM_PROXY_LOKI_URL": "http://127.0.0.1:9"}
+    assert main(["20261128-101500-aaaaaaaa", *args], environ=env) == 2
+    assert capsys.readouterr().err == f"loki-session: {message}\n"

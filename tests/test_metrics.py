@@ -83,8 +83,17 @@ def test_metrics_equal_what_was_sent_across_two_workers(start_proxy, fake_provid
     wait_until(lambda: loki.count() >= 84, 20, message="entries in fakeloki")
     from llmproxy.metrics import multiprocess_dir
 
-    pids = {p.name.split("_")[-1] for p in multiprocess_dir(server.proc.pid).glob("counter_*.db")}
-    assert len(pids) == 2, "both workers served calls"
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    # Every worker creates its files at start-up: what proves it served calls is its own count.
+    per_worker = {}
+    for path in multiprocess_dir(server.proc.pid).glob("counter_*.db"):
+        for metric in MultiProcessCollector.merge([str(path)]):
+            if metric.name == "llm_proxy_requests":
+                per_worker[path.name] = sum(s.value for s in metric.samples if s.name.endswith("_total")
+                                            and s.labels.get("status_class") == "2xx")
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker.values()), f"both workers served calls: {per_worker}"
+    assert sum(per_worker.values()) == 40
 
     def settled():
         samples = scrape(server)
@@ -197,7 +206,7 @@ def test_metrics_cost_per_call_is_small(tmp_path):
     m = Metrics(Saturation(8))
     app = m.wrap(lambda environ, start: (start("200 OK", [("Content-Type", "application/json")]) and None)
                  or [b"x" * 100])
-    environ = {"PATH_INFO": "/anthropic/x/v1/messages", "CONTENT_LENGTH": "100", "llmproxy.provider": "anthropic"}
+    environ = {"PATH_INFO": "/anthropic/x/v1/messages", "llmproxy.body_bytes": 100, "llmproxy.provider": "anthropic"}
     n = 20000
     started = time.perf_counter()
     for _ in range(n):
@@ -242,3 +251,39 @@ def test_open_websockets_and_streams_are_gauges(start_proxy, fake_provider):
         resp.content
     wait_until(lambda: value(scrape(server), "llm_proxy_active_streams") == 0, 10, interval=0.1,
                message="the stream is over")
+
+
+def test_chunked_uploads_and_websocket_bytes_are_counted(start_proxy, fake_provider):
+    """Request bytes are what the proxy read (a chunked upload has no Content-Length); a
+    WebSocket's bytes count as they are relayed, each way."""
+    from fakews import WsClient
+
+    server = start_proxy({"LLM_PROXY_WORKERS": "1"})
+    parts = [b'{"model":"m","max_tokens":5,', b'"messages":[{"role":"user",', b'"content":"chunked"}]}']
+    resp = requests.post(f"{server.url}/anthropic/{fake_provider.upstream}/v1/messages", data=iter(parts),
+                         headers={"x-api-key": KEY, "content-type": "application/json"}, timeout=10)
+    assert resp.status_code == 200 and "chunked" in resp.request.headers.get("Transfer-Encoding", "")
+    samples = wait_until(lambda: (s := scrape(server)) and value(s, "llm_proxy_requests_total") == 1 and s, 10,
+                         interval=0.1, message="the call counted")
+    assert value(samples, "llm_proxy_request_bytes_total", provider="anthropic") == len(b"".join(parts))
+    assert value(samples, "llm_proxy_response_bytes_total", provider="anthropic") == len(resp.content)
+
+    client = WsClient(server.port, f"/openai/{fake_provider.upstream}/v1/responses",
+                      [("Authorization", "Bearer sk-proj-" + "k" * 40), ("session-id", "ws-bytes"),
+                       ("x-fake-echo", "1")])
+    assert client.status == 101
+    for message in ["x" * 10, "ü" * 70_000, bytes(range(256)) * 300]:
+        client.send(message)
+        assert client.receive() == message
+    # counted while the connection is open, not only at its end
+    wait_until(lambda: value(scrape(server), "llm_proxy_request_bytes_total", provider="openai") ==
+               len(client.sent), 10, interval=0.1, message="client bytes counted")
+    client.close()
+
+    def both():
+        s = scrape(server)
+        return s if (value(s, "llm_proxy_request_bytes_total", provider="openai"),
+                     value(s, "llm_proxy_response_bytes_total", provider="openai")) == \
+            (len(client.sent), len(client.received)) else None
+
+    wait_until(both, 10, interval=0.1, message="WebSocket bytes both ways")

@@ -173,3 +173,128 @@ def test_an_unreadable_compressed_file_is_reported_not_lost(tmp_path):
     report = Pruner(settings_for(tmp_path), dry_run=False, out=out).run()
     assert report.errors == 1 and "failed, left as it was: not readable as zstd" in out.getvalue()
     assert plain.read_bytes() == b'{"type":"request"}\n'
+
+
+def _line(n: int) -> bytes:
+    return b'{"type":"request","n":%d,"pad":"%s"}' % (n, b"x" * (n % 700))
+
+
+def _write(log_dir, path: str, n: int) -> None:
+    from types import SimpleNamespace
+
+    from llmproxy.filelog import FileLogger
+
+    assert FileLogger(log_dir).write(SimpleNamespace(path=path, line=_line(n))) is None
+
+
+def _numbers(data: bytes) -> list[int]:
+    return [json.loads(line)["n"] for line in data.splitlines()]
+
+
+OLD_DAY = "2026-01-01"
+SESSION = "20260101-000000-ffffffff"
+LATER = time.time() + 400 * DAY  # prune runs long after: every file is old enough
+
+
+def test_a_line_written_while_prune_swaps_files_is_kept_and_read_once(tmp_path, monkeypatch):
+    """The moments that lost a line (written between prune's last check and the removal) or showed
+    one twice (read between the .zst's rename and the removal): both made to happen."""
+    import llmproxy.prune
+
+    path = f"api.anthropic.com/{OLD_DAY}/{SESSION}.jsonl"
+    for n in range(50):
+        _write(tmp_path, path, n)
+    real_replace = os.replace
+    seen = []
+
+    def replace(src, dst):
+        _write(tmp_path, path, 50)           # the proxy appends, just before the swap
+        real_replace(src, dst)
+        seen.append(_numbers(logtree.read_session(next(logtree.sessions(tmp_path)))))  # a reader, just after
+
+    monkeypatch.setattr(llmproxy.prune.os, "replace", replace)
+    report = Pruner(settings_for(tmp_path), dry_run=False, out=io.StringIO(), now=LATER).run()
+    assert (report.compressed, report.errors) == (1, 0)
+    assert seen == [list(range(51))]
+    files = next(logtree.sessions(tmp_path))
+    assert files.compressed is not None and files.plain is not None and files.aside is None
+    assert _numbers(logtree.read_session(files)) == list(range(51))
+    monkeypatch.setattr(llmproxy.prune.os, "replace", real_replace)
+    Pruner(settings_for(tmp_path), dry_run=False, out=io.StringIO(), now=LATER).run()
+    files = next(logtree.sessions(tmp_path))
+    assert files.plain is None and _numbers(logtree.read_session(files)) == list(range(51))
+
+
+def test_prune_running_while_the_proxy_writes_and_readers_read_loses_and_doubles_nothing(tmp_path):
+    """One writer appends numbered lines as fast as it can while prune compresses the file again
+    and again; every read shows lines 0..k, each once, in order."""
+    import threading
+
+    path = f"api.anthropic.com/{OLD_DAY}/{SESSION}.jsonl"
+    _write(tmp_path, path, 0)
+    stop = threading.Event()
+    written, reads, problems = [1], [], []
+
+    def writer():
+        while not stop.is_set():
+            _write(tmp_path, path, written[0])
+            written[0] += 1
+
+    def reader():
+        while not stop.is_set():
+            numbers = _numbers(logtree.read_session(next(logtree.sessions(tmp_path))))
+            if numbers != list(range(len(numbers))):
+                problems.append(numbers)
+            reads.append(len(numbers))
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    compressed = 0
+    try:
+        for _ in range(8):
+            report = Pruner(settings_for(tmp_path), dry_run=False, out=io.StringIO(), now=LATER).run()
+            assert report.errors == 0
+            compressed += report.compressed
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not problems, problems[0]
+    assert compressed >= 4 and len(reads) >= 2 and written[0] > 100, (compressed, len(reads), written[0])
+    assert _numbers(logtree.read_session(next(logtree.sessions(tmp_path)))) == list(range(written[0]))
+
+
+def test_an_interrupted_prune_is_read_right_and_finished_by_the_next(tmp_path):
+    import zstandard
+
+    day = tmp_path / "api.anthropic.com" / OLD_DAY
+    day.mkdir(parents=True)
+    first = b"".join(_line(n) + b"\n" for n in range(10))
+    second = b"".join(_line(n) + b"\n" for n in range(10, 20))
+    third = b"".join(_line(n) + b"\n" for n in range(20, 30))
+    zst = day / f"{SESSION}.jsonl.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(first))
+    # set aside, not compressed yet (the .zst is still as large as the name says); new lines went on
+    aside = day / logtree.aside_name(SESSION, zst.stat().st_size)
+    aside.write_bytes(second)
+    (day / f"{SESSION}.jsonl").write_bytes(third)
+    files = next(logtree.sessions(tmp_path))
+    assert files.aside == aside and files.paths == [zst, aside, day / f"{SESSION}.jsonl"]
+    assert _numbers(logtree.read_session(files)) == list(range(30))
+    assert logtree.first_line(files) == _line(0)
+    # compressed into the .zst already, the aside file not yet removed: not read twice
+    grown = zst.read_bytes() + zstandard.ZstdCompressor().compress(second)
+    done_day = tmp_path / "api.openai.com" / OLD_DAY
+    done_day.mkdir(parents=True)
+    (done_day / f"{SESSION}.jsonl.zst").write_bytes(grown)
+    (done_day / aside.name).write_bytes(second)
+    other = next(f for f in logtree.sessions(tmp_path) if f.upstream == "api.openai.com")
+    assert _numbers(logtree.read_session(other)) == list(range(20))
+
+    report = Pruner(settings_for(tmp_path), dry_run=False, out=io.StringIO(), now=LATER).run()
+    assert report.errors == 0
+    for f in logtree.sessions(tmp_path):
+        assert f.aside is None and f.plain is None
+    assert [_numbers(logtree.read_session(f)) for f in logtree.sessions(tmp_path)] == \
+        [list(range(30)), list(range(20))]
