@@ -183,9 +183,15 @@ def read_session(files: SessionFiles) -> bytes:
     """The session's JSONL bytes, as if it had never been compressed."""
     def read(opened: _Opened) -> bytes:
         data = b"".join(chunks(stream(opened.compressed))) if opened.compressed else b""
-        return data + b"".join(f.read() for f in opened.parts)
+        return data + b"".join(_whole_lines(f.read()) for f in opened.parts)
 
     return _consistent(files, read)
+
+
+def _whole_lines(data: bytes) -> bytes:
+    """A plain file up to its last newline: a line without one is still being written (one
+    ``write`` per line, which a reader may catch half-way)."""
+    return data[:data.rfind(b"\n") + 1]
 
 
 def first_line(files: SessionFiles) -> bytes:

@@ -298,3 +298,11 @@ def test_an_interrupted_prune_is_read_right_and_finished_by_the_next(tmp_path):
         assert f.aside is None and f.plain is None
     assert [_numbers(logtree.read_session(f)) for f in logtree.sessions(tmp_path)] == \
         [list(range(30)), list(range(20))]
+
+
+def test_a_line_still_being_written_is_not_read(tmp_path):
+    """A reader that catches a write half-way sees the lines before it, never half a line."""
+    day = tmp_path / "127.0.0.1:9" / "2026-12-01"
+    day.mkdir(parents=True)
+    (day / "20261201-000000-0000abcd.jsonl").write_bytes(b'{"n":0}\n{"n":1}\n{"n":2, "half')
+    assert logtree.read_session(next(logtree.sessions(tmp_path))) == b'{"n":0}\n{"n":1}\n'
