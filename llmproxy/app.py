@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from llmproxy import __version__, forwarding, websocket
+from llmproxy import forwarding, websocket
 from llmproxy.capture import Exchange
 from llmproxy.errors import ProxyError, rejected
 from llmproxy.providers import error_body
