@@ -5,6 +5,11 @@ session, seq and thread are decided in one ``BEGIN IMMEDIATE`` transaction, so t
 receive the first two requests of a client session at the same instant still create one session
 with seq 1 and 2. The caller writes its log lines inside that transaction too (see
 :meth:`SessionStore.assign`), which keeps each session file in seq order.
+
+The threads of one worker that need a transaction while another one holds the write lock share
+the next one (group commit): one lock, one ``BEGIN`` and one ``COMMIT`` for all of them, each
+request in a savepoint of its own. Under load that is what keeps the one lock every request of
+the server passes through from becoming its limit (README, "Performance").
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from llmproxy.clientids import session_name
 from llmproxy.providers import SPELLING
@@ -161,6 +166,21 @@ def message_hashes(messages: Any) -> list[str]:
     return digests
 
 
+T = TypeVar("T")
+
+
+class _Job:
+    """One thread's share of a write transaction: ``work(conn)``, then its result or error."""
+
+    __slots__ = ("work", "result", "error", "done")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]):
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
 @dataclass
 class Fork:
     """Where a conversation departed from its history: the user rewound or edited it, or a
@@ -202,6 +222,9 @@ class SessionStore:
         self._local = threading.local()
         self._schema_ready = False
         self._write_lock = WriteLock(self.path.with_name(self.path.name + ".lock"))
+        self._jobs: list[_Job] = []
+        self._jobs_changed = threading.Condition()
+        self._leading = False  # a thread of this process is running a transaction for the jobs
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -252,17 +275,75 @@ class SessionStore:
         ``within`` writes the request's lines, so lines of one session land in seq order even
         when workers race. If it raises, nothing is recorded.
         """
-        conn = self._conn()
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
+        def work(conn: sqlite3.Connection) -> Assignment:
+            assignment = self._assign(conn, provider, upstream, client_id, agent, hashes, now_ns)
+            within(assignment)
+            return assignment
+        return self._transact(work)
+
+    def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work(conn)`` in a write transaction; return its result or raise its error.
+
+        A thread that comes while another thread of this process runs a transaction queues its
+        work; when that transaction ends, one waiting thread runs all queued work in the next
+        one (group commit), and the others only collect their results.
+        """
+        job = _Job(work)
+        with self._jobs_changed:
+            self._jobs.append(job)
+            while self._leading and not job.done:
+                self._jobs_changed.wait()
+            batch = None
+            if not job.done:
+                self._leading = True
+                batch, self._jobs = self._jobs, []
+        if batch is not None:
             try:
-                assignment = self._assign(conn, provider, upstream, client_id, agent, hashes, now_ns)
-                within(assignment)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        return assignment
+                self._run(batch)
+            finally:
+                with self._jobs_changed:
+                    self._leading = False
+                    self._jobs_changed.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run(self, batch: list[_Job]) -> None:
+        """One transaction for ``batch``: each job's changes in a savepoint of its own (one that
+        fails is rolled back alone), all committed at once. A failed commit fails them all."""
+        try:
+            conn = self._conn()
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if len(batch) == 1:  # no savepoint needed: the transaction is the job's
+                        job = batch[0]
+                        try:
+                            job.result = job.work(conn)
+                        except BaseException as exc:
+                            job.error = exc
+                            conn.execute("ROLLBACK")
+                            return
+                    else:
+                        for job in batch:
+                            conn.execute("SAVEPOINT job")
+                            try:
+                                job.result = job.work(conn)
+                            except BaseException as exc:
+                                job.error = exc
+                                conn.execute("ROLLBACK TO job")
+                            conn.execute("RELEASE job")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            for job in batch:
+                if job.error is None:
+                    job.error, job.result = exc, None
+        finally:
+            for job in batch:
+                job.done = True
 
     def _assign(self, conn, provider, upstream, client_id, agent, hashes, now_ns) -> Assignment:
         row = None
@@ -334,7 +415,6 @@ class SessionStore:
 
     def remember(self, provider: str, upstream: str, client_id: str, session: str) -> None:
         """Map one more client id (a response id) to a session."""
-        conn = self._conn()
-        with self._write_lock:
-            conn.execute("INSERT OR REPLACE INTO client_ids (provider, upstream, client_id, session) VALUES (?, ?, ?, ?)",
-                         (provider, upstream, client_id, session))
+        self._transact(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO client_ids (provider, upstream, client_id, session) VALUES (?, ?, ?, ?)",
+            (provider, upstream, client_id, session)))
