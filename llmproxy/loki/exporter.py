@@ -3,7 +3,10 @@
 ``push`` is ``put_nowait``: it never blocks on Loki and never raises, so Loki can never slow or
 fail a proxied call. The pusher drains the queue into a :class:`Batch` and pushes it when it
 holds ``batch_size`` entries or ``batch_bytes`` bytes, or when its oldest entry has waited
-``batch_wait`` (a deadline per batch, not a ticker). Failed pushes are retried with backoff; what
+``batch_wait`` (a deadline per batch, not a ticker). The pusher is woken only when it has
+something to do: an entry for an empty batch, a full batch's worth queued, the batch's deadline
+(under load, once per batch instead of once per entry: each wake costs the request threads GIL
+hand-overs). Failed pushes are retried with backoff; what
 still fails goes to the disk spool, and while anything is spooled, new batches go there too and
 the spool is replayed oldest first (Loki wants each stream's entries roughly in order). ``close``
 flushes within the shutdown budget and spools the rest.
@@ -88,6 +91,9 @@ class LokiExporter:
         self._queued_bytes = 0
         self._bytes_lock = threading.Lock()
         self._stop = threading.Event()
+        # Set by push when the pusher must look at the queue before its next deadline.
+        self._wake = threading.Event()
+        self._idle = True  # the pusher waits with an empty batch: the next entry starts one
         self._deadline: float | None = None
         self._thread: threading.Thread | None = None
         # The push in flight (at most one: Loki wants each stream's entries in order). The pusher
@@ -125,6 +131,9 @@ class LokiExporter:
             if room:
                 try:
                     self._queue.put_nowait(entry)
+                    if self._idle or self._queued_bytes >= self.settings.batch_bytes or (
+                            self._queue.qsize() >= self.settings.batch_size):
+                        self._wake.set()
                     return True
                 except queue.Full:
                     with self._bytes_lock:
@@ -180,6 +189,7 @@ class LokiExporter:
             self._queue.put_nowait(_WAKE)
         except queue.Full:
             pass  # the pusher is busy and will see the stop flag
+        self._wake.set()
         if self._thread is not None and self._pid == os.getpid():
             self._thread.join(timeout + 2.0)
             left = self._queue.qsize() + self._undelivered
@@ -234,8 +244,14 @@ class LokiExporter:
             timeout = min(timeout, max(0.01, self._next_replay - time.monotonic()))
         if batch:
             timeout = min(timeout, max(0.0, self.settings.batch_wait - batch.age()))
+        self._idle = not batch
+        if self._queue.empty() or (batch and self._queue.qsize() + len(batch) < self.settings.batch_size
+                                   and self._queued_bytes + batch.bytes < self.settings.batch_bytes):
+            self._wake.wait(timeout)
+        self._wake.clear()
+        self._idle = False
         try:
-            item = self._queue.get(timeout=timeout)
+            item = self._queue.get_nowait()
         except queue.Empty:
             item = None
         while item is not None and item is not _WAKE:
