@@ -77,6 +77,7 @@ control_socket_disable = True
 errorlog = "-"
 loglevel = _settings.log_level
 accesslog = "-"
+logger_class = "llmproxy.accesslog.AccessLogger"  # gunicorn's, computing only the atoms named
 # Path without the query string: a query may carry a key (?key=…), and nothing secret is logged.
 # The app puts the provider and the session id into the WSGI environ ("-" for other paths).
 access_log_format = ('%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms '
