@@ -67,9 +67,11 @@ class Exchange:
 
     _sse_buffer: bytearray = field(default_factory=bytearray, repr=False)
     _last_event: float = 0.0
-    # An encoded stream: each piece as it arrived (perf_counter, time_ns, bytes), decoded once the
-    # last byte is relayed, so the events keep their arrival times and the relay does no work.
-    _encoded: list[tuple[float, int, bytes]] | None = field(default=None, repr=False)
+    # An SSE stream: each piece as it arrived (perf_counter, time_ns, bytes), split into events
+    # (decoded first when content-encoded) once the last byte is relayed, so the events keep
+    # their arrival times and the relay does no more than an append per read.
+    _pieces: list[tuple[float, int, bytes]] | None = field(default=None, repr=False)
+    _encoded: bool = field(default=False, repr=False)
     _decoded: Decoded | None = field(default=None, repr=False)
     _sent: float = 0.0
 
@@ -88,8 +90,8 @@ class Exchange:
         self._last_event = time.perf_counter()
         if sse:
             self.chunks = []
-            if decoding.codings(self.response_header("content-encoding")):
-                self._encoded = []
+            self._pieces = []
+            self._encoded = bool(decoding.codings(self.response_header("content-encoding")))
         else:
             self.body = bytearray()
 
@@ -101,17 +103,20 @@ class Exchange:
 
     def got_data(self, data: bytes) -> None:
         self.size += len(data)
-        if self.chunks is None:
-            if self.body is not None:
-                self.body += data
-        elif self._encoded is not None:
-            self._encoded.append((time.perf_counter(), now_ns(), data))
-        else:
-            self._take_events(data, time.perf_counter(), now_ns())
+        if self._pieces is not None:
+            self._pieces.append((time.perf_counter(), now_ns(), data))
+        elif self.body is not None:
+            self.body += data
 
     def _take_events(self, data: bytes, at: float, at_ns: int) -> None:
         buf = self._sse_buffer
         buf += data
+        if b"\r" not in buf:  # the usual spelling: one split instead of a search per event
+            *events, rest = bytes(buf).split(b"\n\n")
+            for event in events:
+                self._add_chunk(event + b"\n\n", at, at_ns)
+            buf[:] = rest
+            return
         while True:
             end, sep = _event_end(buf)
             if end < 0:
@@ -123,10 +128,18 @@ class Exchange:
         self.chunks.append(Chunk(at_ns, _ms(at - self._last_event), raw))
         self._last_event = at
 
-    def _decode_stream(self) -> None:
+    def _split_stream(self) -> None:
+        """The stream's pieces, as events with their arrival times."""
+        pieces, self._pieces = self._pieces, None
+        if self._encoded:
+            self._decode_stream(pieces)
+        else:
+            for at, at_ns, data in pieces:
+                self._take_events(data, at, at_ns)
+
+    def _decode_stream(self, pieces: list[tuple[float, int, bytes]]) -> None:
         """Replay an encoded stream's pieces through the decoder, with their arrival times. What
         cannot be decoded is kept as the body, as it came, with the reason."""
-        pieces, self._encoded = self._encoded, None
         try:
             decoder = decoding.StreamDecoder(self.response_header("content-encoding"))
         except decoding.DecodeError as exc:
@@ -161,8 +174,8 @@ class Exchange:
     def finish(self, error: str | None = None, at: float | None = None) -> None:
         """The answer is over (at ``at``, perf_counter; default now): completely, or cut
         (``error`` says why)."""
-        if self._encoded is not None:
-            self._decode_stream()
+        if self._pieces is not None:
+            self._split_stream()
         if self.chunks is not None and self._sse_buffer:
             self._add_chunk(bytes(self._sse_buffer), time.perf_counter(), now_ns())
             self._sse_buffer.clear()

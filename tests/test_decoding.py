@@ -120,3 +120,13 @@ def test_an_encoded_stream_that_breaks_keeps_its_events_and_the_rest_raw():
     assert [c.raw for c in exchange.chunks] == [b"data: 1\n\n"]
     rest = exchange.decoded_body()
     assert rest.data == b"\x00\x01garbagemore" and rest.error.startswith("zstd: ")
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_events_are_split_on_every_separator_wherever_the_pieces_are_cut(sep):
+    events = [b"event: e" + sep[:len(sep) // 2] + b"data: {\"n\": %d}" % i + sep for i in range(5)]
+    stream = b"".join(events) + b"data: cut off"
+    for cut in (1, 3, 7, len(stream)):
+        pieces = [stream[i:i + cut] for i in range(0, len(stream), cut)]
+        exchange = _stream_exchange("identity", pieces)
+        assert [c.raw for c in exchange.chunks] == events + [b"data: cut off"]
