@@ -6,6 +6,7 @@ hand lifecycle work to :mod:`llmproxy.runtime`.
 """
 
 import ctypes
+import gc
 import logging
 import os
 import resource
@@ -128,6 +129,10 @@ def post_worker_init(worker):
     _saturation.threads = worker.cfg.threads
     _saturation.set_waiting(pool_queue(worker))
     runtime.start()
+    # Everything made so far (modules, the app, the runtime) lives as long as the worker: move it
+    # out of the collector's reach. A full collection then scans only what requests made,
+    # instead of pausing every thread, a relaying stream's included, for 25 to 100 ms.
+    gc.freeze()
     # gunicorn has no hook for "SIGTERM arrived". The worker then finishes its in-flight
     # requests (an SSE stream may take a while) before worker_exit, and the arbiter kills it at
     # graceful_timeout: note when the stop began so the Loki flush fits in what is left.
