@@ -75,7 +75,8 @@ def test_host_lists_accept_names_wildcards_and_ipv6():
 
 def test_defaults_match_the_product_table(tmp_path):
     settings = load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)})
-    assert (settings.host, settings.port, settings.workers, settings.threads) == ("127.0.0.1", 8080, 2, 128)
+    assert (settings.host, settings.port, settings.threads) == ("127.0.0.1", 8080, 128)
+    assert settings.workers == min(8, max(2, 2 * len(os.sched_getaffinity(0))))
     assert settings.upstream_connect_timeout == 10 and settings.upstream_read_timeout == 600
     assert "api.anthropic.com" in settings.allowed_upstreams and "::1" in settings.allowed_upstreams
     assert "@" in settings.machine_id
