@@ -72,24 +72,40 @@ def new_session(pool_size: int) -> requests.Session:
     return session
 
 
+# WSGI environ key → (header name as forwarded, its lower case); the same keys come every request.
+_HEADER_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _header_name(key: str) -> tuple[str, str]:
+    names = _HEADER_NAMES.get(key)
+    if names is None:
+        name = (key[5:] if key.startswith("HTTP_") else key).replace("_", "-").title()
+        names = (name, name.lower())
+        if len(_HEADER_NAMES) < 1000:  # header names are the client's to choose: keep it bounded
+            _HEADER_NAMES[key] = names
+    return names
+
+
 def client_headers(environ: dict) -> list[tuple[str, str]]:
     """The request headers to forward: all but hop-by-hop ones and those ``Connection`` names."""
     with_underscores = getattr(underscore_headers, "names", None) or ()
     underscore_headers.names = None
+    connection = environ.get("HTTP_CONNECTION")
+    connection_tokens = {t.strip().lower() for t in connection.split(",")} if connection else ()
     headers: list[tuple[str, str]] = []
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            raw = key[5:]
-            name = raw.lower() if raw in with_underscores else raw.replace("_", "-").title()
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            name = key.replace("_", "-").title()
-        else:
+            if key[5:] in with_underscores:
+                name = lowered = key[5:].lower()
+            else:
+                name, lowered = _header_name(key)
+        elif key == "CONTENT_TYPE":
+            name, lowered = "Content-Type", "content-type"
+        else:  # CONTENT_LENGTH is the proxy's to set; the rest is not a header
             continue
-        headers.append((name, value))
-    connection_tokens = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
-    return [(n, v) for n, v in headers
-            if n.lower() not in HOP_BY_HOP and n.lower() not in connection_tokens
-            and n.lower() != "content-length"]
+        if lowered not in HOP_BY_HOP and lowered not in connection_tokens and lowered != "content-length":
+            headers.append((name, value))
+    return headers
 
 
 def upstream_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
