@@ -455,7 +455,7 @@ def bench_many_streams(work: Path, provider: Helper, scale: float) -> list[Figur
     complete = sum(1 for _, ds in results if len(ds) >= events)
     answered = [h for h in health if "busy" in h]
     peak = max((h["busy"] for h in answered), default=0)
-    threads = answered[0]["threads"] if answered else 0
+    threads = max((h["threads"] for h in answered), default=0)  # the first samples may miss workers still starting
     what = f"{count} streams of {seconds:.0f} s open at once, 2KB calls one after another beside them"
     return [
         Figure(f"{count} streams: complete", complete, f"of {count}", count, what, f"= {count}", complete == count),
