@@ -44,6 +44,10 @@ def session(start_proxy, fake_provider, loki):
                              timeout=10)
         assert resp.status_code == 200
         messages.append({"role": "assistant", "content": "ok"})
+        # A response line is written after its last byte is on the wire; the next call waits
+        # for it, so file order and timestamp order agree (what this test compares).
+        wait_until(lambda: (fs := next(logtree.sessions(server.log_dir), None)) and len(
+            logtree.read_session(fs).decode().splitlines()) == 3 + 2 * i, 10, message="response line written")
     files = next(logtree.sessions(server.log_dir))
     # the last response is logged once its last byte is on the wire
     lines = wait_until(lambda: (ls := logtree.read_session(files).decode().splitlines()) and len(ls) == 9 and ls,
