@@ -83,8 +83,18 @@ def test_a_spool_left_by_a_killed_worker_is_replayed(start_proxy, fake_provider)
     victim = server.worker_pids()[0]
     # As if the victim had died in the middle of replaying: it holds a claimed file.
     spool = Spool(server.log_dir / ".loki-spool", 1 << 30)
-    first = spool.files()[0]
-    os.rename(first.path, f"{first.path}.claimed-{victim}")
+
+    def claim_for_victim():
+        # The worker that replays may hold the file this instant (claimed, push failed, given
+        # back): name the claim from the file's base name, and try again if it moved under us.
+        first = spool.files()[0]
+        try:
+            os.rename(first.path, first.path.with_name(f"{first.name.split('.claimed-')[0]}.claimed-{victim}"))
+        except FileNotFoundError:
+            return False
+        return True
+
+    wait_until(claim_for_victim, timeout=10, message="a file claimed for the victim")
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 2, timeout=30)
 

@@ -157,8 +157,8 @@ def test_the_unit_run_as_systemd_runs_it(tmp_path):
             'LLM_PROXY_LOKI_ENVIRONMENT="prod \\"eu\\""\n'
             "LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT=10s\n"
             "LLM_PROXY_THREADS=\\\n4\n")
-        unit = render("llm-proxy.service", load_settings({**read_env_file(env_file), "LLM_PROXY_ENV_FILE": "/dev/null"},
-                                                          create_dirs=False), "nobody", env_file, Path(LLM_PROXY))
+        settings = load_settings({**read_env_file(env_file), "LLM_PROXY_ENV_FILE": "/dev/null"}, create_dirs=False)
+        unit = render("llm-proxy.service", settings, "nobody", env_file, Path(LLM_PROXY))
         service = unit_values(unit)
         environ = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
         for assignment in service["Environment"]:
@@ -186,7 +186,9 @@ def test_the_unit_run_as_systemd_runs_it(tmp_path):
             for _ in range(3):
                 call()
             assert loki.count() == 0  # held by the 10-minute batch wait
-            old = _children(proc.pid)
+            # gunicorn forks its workers one by one, a random pause apart: wait for all of them.
+            old = wait_until(lambda: len(kids := _children(proc.pid)) == settings.workers and kids, 30,
+                             message="all workers forked")
             reload = service["ExecReload"][0].replace("$MAINPID", str(proc.pid))
             assert subprocess.run(shlex.split(reload), timeout=10).returncode == 0
             wait_until(lambda: not set(_children(proc.pid)) & set(old) and len(_children(proc.pid)) == len(old), 60,
