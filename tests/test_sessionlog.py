@@ -70,7 +70,9 @@ def test_a_claude_code_session_lands_in_one_file_in_order(proxy, fake_provider):
     assert entries[0]["provider"] == "anthropic" and entries[0]["upstream"] == fake_provider.upstream
     assert entries[0]["client_session_id"] == client_session
 
-    request, response = entries[-2], entries[-1]
+    # The last turn's pair, found by seq: the previous response may land after this request.
+    request, = (e for e in entries if e["type"] == "request" and e["seq"] == 10)
+    response, = (e for e in entries if e["type"] == "response" and e["seq"] == 10)
     assert request["method"] == "POST" and request["path"] == "/v1/messages"
     assert json.loads(request["body"])["messages"][0]["content"][1]["text"].startswith("Fix the failing")
     assert request["size"] == len(request["body"].encode())
