@@ -38,6 +38,15 @@ def wait_until(condition, timeout: float, interval: float = 0.02, message: str =
         time.sleep(interval)
 
 
+def jsonl_lines(path) -> list[str]:
+    """The whole lines of a JSONL file the proxy may be appending to.
+
+    A reader can see part of a write still being copied in (the kernel copies page by page), so
+    a last line without its newline is not yet a line and is left out.
+    """
+    return [line.decode() for line in Path(path).read_bytes().split(b"\n")[:-1]]
+
+
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 import requests
 
 from llmproxy.entries import METADATA_KEYS
-from proxyproc import wait_until
+from proxyproc import jsonl_lines, wait_until
 from realclients import NPM, require
 
 ANSWERS = Path(__file__).parent / "answers"
@@ -211,7 +211,7 @@ def test_every_field_a_query_names_is_in_entries_the_proxy_writes(proxy):
             assert resp.status_code == status
 
         def written():
-            docs = [json.loads(line) for p in proxy.log_dir.glob("*/*/*.jsonl") for line in p.read_text().splitlines()]
+            docs = [json.loads(line) for p in proxy.log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(p)]
             ours = [d for d in docs if d.get("_meta", {}).get("host") == upstream]
             return ours if sum(d["type"] == "response" for d in ours) == len(CALLS) else None
 

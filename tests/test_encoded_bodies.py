@@ -14,7 +14,7 @@ import zstandard
 from contentcoding import encode, header_value
 from fakeloki import FakeLoki
 from fakeprovider import FakeProvider
-from proxyproc import ProxyServer, wait_until
+from proxyproc import ProxyServer, jsonl_lines, wait_until
 
 STACKS = ["gzip", "deflate", "deflate-raw", "br", "zstd", "gzip, br", "br, zstd"]
 
@@ -46,7 +46,7 @@ def logged(server, loki, marker: str, count: int = 2) -> tuple[list[dict], list[
     """The entries holding ``marker``, from the session files and from Loki, in file order."""
     def in_files():
         found = [json.loads(line) for path in server.log_dir.glob("*/*/*.jsonl")
-                 for line in path.read_text().splitlines() if marker in line]
+                 for line in jsonl_lines(path) if marker in line]
         return found if len(found) >= count else None
 
     def in_loki():
@@ -59,7 +59,7 @@ def logged(server, loki, marker: str, count: int = 2) -> tuple[list[dict], list[
 
 def session_entries(server, session: str) -> list[dict]:
     path, = server.log_dir.glob(f"*/*/{session}.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in jsonl_lines(path)]
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -138,7 +138,7 @@ def test_a_zstd_request_body_from_codex_is_relayed_as_sent_and_finds_its_session
 
     lines = wait_until(found, timeout=10, message="the client session in Loki")
     path, = server.log_dir.glob(f"*/*/{session}.jsonl")
-    assert lines == sorted(path.read_text().splitlines())
+    assert lines == sorted(jsonl_lines(path))
 
 
 def test_a_body_that_does_not_decode_is_logged_raw_with_the_reason(setup):

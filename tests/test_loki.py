@@ -12,7 +12,7 @@ import requests
 
 from fakeloki import FakeLoki
 from llmproxy import __version__
-from proxyproc import http_get, wait_until
+from proxyproc import http_get, jsonl_lines, wait_until
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def health(server):
 
 
 def file_lines(log_dir):
-    return [line for path in log_dir.glob("*/*/*.jsonl") for line in path.read_text().splitlines()]
+    return [line for path in log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(path)]
 
 
 def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, loki):

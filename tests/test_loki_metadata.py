@@ -16,7 +16,7 @@ from llmproxy.loki.exporter import LokiExporter
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool, decode_entries, encode_entries
 from llmproxy.settings import LokiSettings, SettingsError, load_settings
-from proxyproc import http_get, wait_until
+from proxyproc import http_get, jsonl_lines, wait_until
 
 LABEL_NAMES = {"app", "provider", "environment", "machine", "log_type", "service_name"}
 API_KEY = "sk-ant-api03-" + "m" * 80 + "wxyz"
@@ -54,7 +54,7 @@ def call(server, fake, session, stream=False, status=None):
 
 
 def file_docs(log_dir) -> list[dict]:
-    return [json.loads(line) for path in sorted(log_dir.glob("*/*/*.jsonl")) for line in path.read_text().splitlines()]
+    return [json.loads(line) for path in sorted(log_dir.glob("*/*/*.jsonl")) for line in jsonl_lines(path)]
 
 
 def test_every_value_carries_its_ids_model_and_status(start_proxy, fake_provider, loki):
@@ -67,7 +67,7 @@ def test_every_value_carries_its_ids_model_and_status(start_proxy, fake_provider
     assert loki.wait_for(len(docs), timeout=10) == len(docs) == 7
     session = docs[0]["_meta"]["session"]
     by_line = {line: (labels, metadata) for labels, _, line, metadata in loki.entries_with_metadata()}
-    lines = [l for p in sorted(server.log_dir.glob("*/*/*.jsonl")) for l in p.read_text().splitlines()]
+    lines = [l for p in sorted(server.log_dir.glob("*/*/*.jsonl")) for l in jsonl_lines(p)]
     for doc, line in zip(docs, lines):
         labels, metadata = by_line[line]
         assert set(labels) == LABEL_NAMES  # no new labels
@@ -100,7 +100,7 @@ def test_a_loki_without_structured_metadata_gets_everything_without_it(start_pro
     for i in range(3):  # later batches go without metadata from the start
         call(server, fake_provider, marker, stream=bool(i % 2))
         assert old_loki.wait_for(3 + 2 * (i + 1), timeout=10) == 3 + 2 * (i + 1)
-    lines = [l for p in server.log_dir.glob("*/*/*.jsonl") for l in p.read_text().splitlines()]
+    lines = [l for p in server.log_dir.glob("*/*/*.jsonl") for l in jsonl_lines(p)]
     assert sorted(old_loki.lines()) == sorted(lines)
     first, *rest = old_loki.pushes
     assert first.status == 400 and first.with_metadata == first.values

@@ -15,7 +15,7 @@ from llmproxy.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool
-from proxyproc import http_get, wait_until
+from proxyproc import http_get, jsonl_lines, wait_until
 
 FAST = {"LLM_PROXY_LOKI_BATCH_WAIT": "200ms", "LLM_PROXY_LOKI_RETRY_MAX": "1",
         "LLM_PROXY_LOKI_BACKOFF_MIN": "50ms", "LLM_PROXY_LOKI_BACKOFF_MAX": "500ms",
@@ -35,7 +35,7 @@ def call(server, fake, session, body_size=0):
 
 
 def file_lines(log_dir):
-    return [line for path in log_dir.glob("*/*/*.jsonl") for line in path.read_text().splitlines()]
+    return [line for path in log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(path)]
 
 
 def loki_health(server):

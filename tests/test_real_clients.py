@@ -21,7 +21,7 @@ import pytest
 
 import realclients
 from fakeprovider import FakeProvider
-from proxyproc import wait_until
+from proxyproc import jsonl_lines, wait_until
 
 LOGGED_PATHS = ("/v1/messages", "/v1/responses")  # the conversation calls these clients make
 
@@ -48,7 +48,7 @@ def logged_sessions(proxy, fake, turns: int) -> dict[str, list[dict]]:
     calls = max(turns, sum(1 for r in fake.received if r.method == "POST" and r.path.split("?")[0] in LOGGED_PATHS))
 
     def complete():
-        files = {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+        files = {p.stem: [json.loads(line) for line in jsonl_lines(p)]
                  for p in proxy.log_dir.glob(f"{fake.upstream}/*/*.jsonl")}
         responses = sum(1 for entries in files.values() for e in entries if e["type"] == "response")
         return files if responses >= calls else None

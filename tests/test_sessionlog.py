@@ -14,7 +14,7 @@ import requests
 
 import claudecode
 from llmproxy.sessions import SessionStore
-from proxyproc import http_get, wait_until
+from proxyproc import http_get, jsonl_lines, wait_until
 
 API_KEY = "sk-ant-api03-" + "Q" * 86 + "Zabcd"
 OPENAI_KEY = "sk-proj-" + "P" * 60 + "wxyz"
@@ -24,7 +24,7 @@ def session_files(log_dir: Path) -> dict[str, list[dict]]:
     """Every session file under the log dir: session id → its entries in file order."""
     files = {}
     for path in sorted(log_dir.glob("*/*/*.jsonl")):
-        files[path.stem] = [json.loads(line) for line in path.read_text().splitlines()]
+        files[path.stem] = [json.loads(line) for line in jsonl_lines(path)]
     return files
 
 

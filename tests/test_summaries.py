@@ -18,7 +18,7 @@ import pytest
 
 from llmproxy import providers
 from llmproxy.capture import Exchange
-from proxyproc import wait_until
+from proxyproc import jsonl_lines, wait_until
 
 ANSWERS = Path(__file__).parent / "answers"
 
@@ -200,7 +200,7 @@ def logged(log_dir: Path, marker: str, responses: int) -> list[dict]:
     """The entries of the session whose client id is ``marker``, once ``responses`` are logged."""
     def done():
         for path in log_dir.glob("*/*/*.jsonl"):
-            entries = [json.loads(line) for line in path.read_text().splitlines()]
+            entries = [json.loads(line) for line in jsonl_lines(path)]
             if entries and entries[0].get("client_session_id") == marker and \
                     sum(e["type"] == "response" for e in entries) >= responses:
                 return entries

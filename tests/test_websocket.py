@@ -14,7 +14,7 @@ import requests
 from fakeloki import FakeLoki
 from llmproxy.transcript import render
 from fakews import WsClient, open_many
-from proxyproc import wait_until
+from proxyproc import jsonl_lines, wait_until
 
 KEY = "sk-proj-" + "k" * 40 + "wxyz"
 
@@ -28,7 +28,7 @@ def handshake(session: str = "ws-session-1", **fake: str) -> list[tuple[str, str
 
 def entries(log_dir):
     return [json.loads(line) for path in sorted(log_dir.glob("*/*/*.jsonl"))
-            for line in path.read_text().splitlines()]
+            for line in jsonl_lines(path)]
 
 
 def session_entries(log_dir, client_session_id: str) -> list[dict]:

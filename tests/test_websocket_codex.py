@@ -13,7 +13,7 @@ import pytest
 
 import realclients
 from fakeloki import FakeLoki
-from proxyproc import wait_until
+from proxyproc import jsonl_lines, wait_until
 
 @pytest.fixture(autouse=True)
 def real_clients():
@@ -53,7 +53,7 @@ def test_codex_builtin_provider_completes_over_websocket_and_is_logged(start_pro
         assert sent and all(m["type"] == "response.create" for m in sent)
 
         # The turns are in one session file: a request per message, a response per answer.
-        lines = [line for path in server.log_dir.glob("*/*/*.jsonl") for line in path.read_text().splitlines()]
+        lines = [line for path in server.log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(path)]
         found = [json.loads(line) for line in lines]
         assert {e["_meta"]["session"] for e in found} == {found[0]["_meta"]["session"]}
         assert found[0]["type"] == "session_start"
