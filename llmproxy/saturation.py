@@ -117,6 +117,7 @@ class Saturation:
             self.board.withdraw(os.getpid())
 
     def _run(self) -> None:
+        self.tick()  # publish at once: /health counts this worker from its first second
         while not self._stop.wait(TICK):
             self.tick()
 

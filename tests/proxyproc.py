@@ -89,7 +89,16 @@ class ProxyServer:
         self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.workdir,
                                      stdout=self._output, stderr=subprocess.STDOUT)
         self.wait_healthy(timeout)
+        self.wait_for_workers(timeout)
         return self
+
+    def wait_for_workers(self, timeout: float = 30.0) -> None:
+        """Until every worker has booted and counts in /health: gunicorn forks them a random pause
+        apart, and a test that wants calls spread over them must not start before the last."""
+        want = self.env.get("LLM_PROXY_WORKERS", "")
+        if want.isdigit():
+            wait_until(lambda: http_get(self.port, "/health", timeout=1.0)[1].get("threads", {}).get("workers")
+                       == int(want), timeout, interval=0.05, message=f"{want} workers in /health")
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         def healthy():

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from proxyproc import http_get, wait_until
+from proxyproc import http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ def test_llm_proxy_serve_answers_health_and_stops_on_sigterm(start_proxy):
     status, body = http_get(server.port, "/health")
     assert status == 200
     assert body["status"] == "ok" and body["version"]
-    wait_until(lambda: len(server.worker_pids()) == 2, 10, message="both workers forked")  # a random pause apart
+    assert len(server.worker_pids()) == 2 and body["threads"]["workers"] == 2  # start_proxy waited for both
 
     started = time.monotonic()
     assert server.stop(signal.SIGTERM, timeout=60) == 0
