@@ -53,6 +53,9 @@ def test_an_outage_longer_than_retries_and_the_window_loses_nothing_and_keeps_or
     server = start_proxy(loki_env(loki, LLM_PROXY_THREADS="16"))
     call(server, fake_provider, "warm-up")
     assert loki.wait_for(3, timeout=10) == 3
+    # Loki counts a push before it answers: going down before the proxy has read the 204 would
+    # make it a failed push, spooled and sent again.
+    wait_until(lambda: loki_health(server)["entries_sent"] == 3, timeout=10, message="the warm-up push answered")
 
     loki.down()
     sessions = [f"outage-{i}" for i in range(10)]
