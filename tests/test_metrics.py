@@ -94,7 +94,9 @@ def test_metrics_equal_what_was_sent_across_two_workers(start_proxy, fake_provid
         sent_in += sum(len(b) for b, _ in calls)
         sent_out += sum(n for _, n in results)
         rounds += 1
-        per_worker = served_per_worker()
+        # A worker counts a call once its last byte is sent, a moment after the client has it all.
+        per_worker = wait_until(lambda: (p := served_per_worker()) and sum(p.values()) == 40 * rounds and p, 10,
+                                message=f"{40 * rounds} calls counted")
         return per_worker if len(per_worker) == 2 and all(n > 0 for n in per_worker.values()) else None
 
     per_worker = wait_until(one_round, 60, message="both workers served calls")
