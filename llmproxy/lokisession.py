@@ -3,8 +3,9 @@
 From Loki: ``query_range`` forward in time, paged past Loki's per-query line limit (a page that
 comes back full continues from its last timestamp; what was already seen is skipped, as are
 the duplicates Loki 3's stream sharding can return). Lines shipped in parts (longer than
-Loki's ``max_line_size``) are joined back byte for byte. Output: the session's JSONL lines in
-order, exactly as in the session file, or with ``--transcript`` the conversation as text.
+Loki's ``max_line_size``) are joined back byte for byte. Output: the session file's lines in
+timestamp order (the file's, but where calls overlapped), or with ``--transcript`` the
+conversation as text.
 """
 
 from __future__ import annotations
