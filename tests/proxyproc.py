@@ -47,6 +47,16 @@ def jsonl_lines(path) -> list[str]:
     return [line.decode() for line in Path(path).read_bytes().split(b"\n")[:-1]]
 
 
+def logged_lines(log_dir, count: int, timeout: float = 10.0) -> list[str]:
+    """The whole lines of the session files under ``log_dir`` once there are ``count`` of them.
+    A client has its answer before the proxy writes the response line (after the last byte)."""
+    def done():
+        lines = [line for path in sorted(Path(log_dir).glob("*/*/*.jsonl")) for line in jsonl_lines(path)]
+        return lines if len(lines) == count else None
+
+    return wait_until(done, timeout, message=f"{count} lines in the session files")
+
+
 def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:

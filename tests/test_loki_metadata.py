@@ -16,7 +16,7 @@ from llmproxy.loki.exporter import LokiExporter
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool, decode_entries, encode_entries
 from llmproxy.settings import LokiSettings, SettingsError, load_settings
-from proxyproc import http_get, jsonl_lines, wait_until
+from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
 
 LABEL_NAMES = {"app", "provider", "environment", "machine", "log_type", "service_name"}
 API_KEY = "sk-ant-api03-" + "m" * 80 + "wxyz"
@@ -53,21 +53,17 @@ def call(server, fake, session, stream=False, status=None):
     return resp
 
 
-def file_docs(log_dir) -> list[dict]:
-    return [json.loads(line) for path in sorted(log_dir.glob("*/*/*.jsonl")) for line in jsonl_lines(path)]
-
-
 def test_every_value_carries_its_ids_model_and_status(start_proxy, fake_provider, loki):
     server = start_proxy(loki_env(loki))
     marker = f"cc-{uuid.uuid4()}"
     call(server, fake_provider, marker)
     call(server, fake_provider, marker, stream=True)
     call(server, fake_provider, marker, status=429)
-    docs = file_docs(server.log_dir)
-    assert loki.wait_for(len(docs), timeout=10) == len(docs) == 7
+    lines = logged_lines(server.log_dir, 7)
+    docs = [json.loads(line) for line in lines]
+    assert loki.wait_for(len(docs), timeout=10) == len(docs)
     session = docs[0]["_meta"]["session"]
     by_line = {line: (labels, metadata) for labels, _, line, metadata in loki.entries_with_metadata()}
-    lines = [l for p in sorted(server.log_dir.glob("*/*/*.jsonl")) for l in jsonl_lines(p)]
     for doc, line in zip(docs, lines):
         labels, metadata = by_line[line]
         assert set(labels) == LABEL_NAMES  # no new labels

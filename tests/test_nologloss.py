@@ -15,7 +15,7 @@ from llmproxy.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool
-from proxyproc import http_get, jsonl_lines, wait_until
+from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
 
 FAST = {"LLM_PROXY_LOKI_BATCH_WAIT": "200ms", "LLM_PROXY_LOKI_RETRY_MAX": "1",
         "LLM_PROXY_LOKI_BACKOFF_MIN": "50ms", "LLM_PROXY_LOKI_BACKOFF_MAX": "500ms",
@@ -183,6 +183,7 @@ def test_backfill_of_a_day_twice_leaves_no_duplicates(start_proxy, fake_provider
     server = start_proxy()  # Loki disabled: the files are all there is
     for i in range(5):
         call(server, fake_provider, f"bf-{i % 2}", body_size=300_000 if i == 0 else 10)
+    logged_lines(server.log_dir, 12)  # 2 session starts, 5 requests, 5 responses: all written
     loki = FakeLoki().start()
     day = next(server.log_dir.glob("*/????-??-??")).name
     code, out = run_backfill(loki, server.log_dir, "--since", day, "--until", day)
@@ -206,6 +207,7 @@ def test_backfill_of_a_day_twice_leaves_no_duplicates(start_proxy, fake_provider
 def test_backfill_reports_what_loki_refuses_and_can_push_it_apart(start_proxy, fake_provider):
     server = start_proxy()
     call(server, fake_provider, "late-session")
+    logged_lines(server.log_dir, 3)
     loki = FakeLoki(out_of_order_window=1.0).start()
     # Loki's streams already hold newer entries: the session's entries are too far behind now.
     now = __import__("time").time_ns() + 5 * 10**9
