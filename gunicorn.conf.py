@@ -1,3 +1,3 @@
 # Gunicorn settings for `gunicorn -c gunicorn.conf.py` in a checkout. They ship inside the
-# package (llmproxy/gunicorn_config.py) so that `llm-proxy serve` works from any directory.
-from llmproxy.gunicorn_config import *  # noqa: F401,F403
+# package (llmproxy/server/gunicorn_config.py) so that `llm-proxy serve` works from any directory.
+from llmproxy.server.gunicorn_config import *  # noqa: F401,F403

@@ -1,3 +1,3 @@
-from llmproxy.cli import main
+from llmproxy.commands.main import main
 
 raise SystemExit(main())

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-from llmproxy.masking import mask_token
+from llmproxy.common.masking import mask_token
 from llmproxy.providers import APIS
 
 # Every API's default upstreams (llmproxy/providers/), and this machine.

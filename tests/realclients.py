@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from llmproxy.masking import mask_headers, mask_query
+from llmproxy.common.masking import mask_headers, mask_query
 
 PACKAGES = Path(__file__).parent / "npm" / "package.json"
 CACHE = Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")

@@ -8,8 +8,8 @@ import pytest
 from gunicorn import glogging
 from gunicorn.config import Config
 
-from llmproxy import gunicorn_config
-from llmproxy.accesslog import AccessLogger
+from llmproxy.server import gunicorn_config
+from llmproxy.server.accesslog import AccessLogger
 
 ALL_ATOMS = ('%(h)s %(l)s %(u)s %(r)s %(s)s %(m)s %(U)s %(q)s %(H)s %(b)s %(B)s %(f)s %(a)s %(T)s %(D)s '
              '%(M)s %(L)s %(p)s %({user-agent}i)s %({X-Missing}i)s %({content-type}o)s %({llmproxy.provider}e)s '
@@ -57,4 +57,4 @@ def test_only_named_atoms_are_computed():
 
 
 def test_the_proxy_uses_it():
-    assert gunicorn_config.logger_class == "llmproxy.accesslog.AccessLogger"
+    assert gunicorn_config.logger_class == "llmproxy.server.accesslog.AccessLogger"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llmproxy.clientids import RESPONSE_KEY
+from llmproxy.common.clientids import RESPONSE_KEY
 from llmproxy.providers import agent_name, client_session_id
 
 UUID = "3f1c2a9e-8b7d-4c6e-9a1b-2d3e4f5a6b7c"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from llmproxy.capture import Exchange
-from llmproxy.entries import EntryBuilder
-from llmproxy.filelog import FileLogger
-from llmproxy.routing import resolve
-from llmproxy.sessionlog import SessionLog
-from llmproxy.sessions import SessionStore
+from llmproxy.proxy.capture import Exchange
+from llmproxy.record.entries import EntryBuilder
+from llmproxy.record.filelog import FileLogger
+from llmproxy.proxy.routing import resolve
+from llmproxy.record.sessionlog import SessionLog
+from llmproxy.record.sessions import SessionStore
 
 CORPUS = Path(os.environ.get("LLM_PROXY_CORPUS", Path(__file__).parent / "corpus"))
 RECORDINGS = sorted(CORPUS.glob("*.jsonl"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from llmproxy.entries import METADATA_KEYS
+from llmproxy.record.entries import METADATA_KEYS
 from proxyproc import jsonl_lines, wait_until
 from realclients import NPM, require
 

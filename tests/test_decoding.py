@@ -7,10 +7,10 @@ import time
 import pytest
 
 from contentcoding import StreamEncoder, encode, header_value
-from llmproxy.capture import Exchange
-from llmproxy.decoding import Decoded, StreamDecoder, codings, decode
-from llmproxy.entries import body_fields
-from llmproxy.routing import resolve
+from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.decoding import Decoded, StreamDecoder, codings, decode
+from llmproxy.record.entries import body_fields
+from llmproxy.proxy.routing import resolve
 
 BODY = json.dumps({"model": "m", "input": [{"role": "user", "content": "héllo " * 2000}]}).encode()
 STACKS = ["gzip", "deflate", "deflate-raw", "br", "zstd", "gzip, br", "deflate, zstd", "zstd, gzip, br"]

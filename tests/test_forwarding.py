@@ -4,10 +4,10 @@ import pytest
 import requests
 import responses
 
-from llmproxy import forwarding
-from llmproxy.app import create_app
-from llmproxy.errors import UpstreamTimeout, UpstreamUnreachable
-from llmproxy.runtime import Runtime
+from llmproxy.proxy import forwarding
+from llmproxy.proxy.views import create_app
+from llmproxy.common.errors import UpstreamTimeout, UpstreamUnreachable
+from llmproxy.server.runtime import Runtime
 from llmproxy.settings import load_settings
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from llmproxy.sessions import SessionStore
+from llmproxy.record.sessions import SessionStore
 from proxyproc import wait_until
 
 NOW = 1_764_300_000_000_000_000

@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmproxy.sessions import message_hashes
+from llmproxy.record.sessions import message_hashes
 
 CC = {"type": "ephemeral"}
 SIG = "EqQBCkgIARABGAIiQL" + "x" * 40

@@ -14,7 +14,7 @@ import responses
 from llmproxy.loki.backoff import Backoff, parse_retry_after
 from llmproxy.loki.batch import Batch, LokiEntry
 from llmproxy.loki.exporter import LokiExporter, rejected_entries
-from llmproxy.loki.health import StatsBoard, summarize, worker_status
+from llmproxy.loki.stats import StatsBoard, summarize, worker_status
 from llmproxy.settings import LokiSettings
 
 URL = "http://loki.test:3100/loki/api/v1/push"

@@ -72,7 +72,7 @@ DOC = {"status": "ok", "entries_sent": 10, "entries_dropped": 1, "queue_depth": 
     ({"queue_warn": 10, "spool_crit": 2048}, 2, "queue 50 >= 10; spool 2048 >= 2048; 10 sent"),
 ])
 def test_thresholds_on_queue_depth_and_spool_size(thresholds, code, start):
-    from llmproxy.lokihealth import verdict
+    from llmproxy.loki.check import verdict
 
     args = {"queue_warn": None, "queue_crit": None, "spool_warn": None, "spool_crit": None, **thresholds}
     got_code, line = verdict(DOC, **args)
@@ -80,7 +80,7 @@ def test_thresholds_on_queue_depth_and_spool_size(thresholds, code, start):
 
 
 def test_degraded_adds_to_a_threshold_warning():
-    from llmproxy.lokihealth import verdict
+    from llmproxy.loki.check import verdict
 
     code, line = verdict({**DOC, "status": "degraded"}, None, 10, None, None)
     assert code == 2 and line.startswith("queue 50 >= 10; degraded: last error at 2026-11-28 10:02:11: HTTP 429")

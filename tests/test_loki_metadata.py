@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from fakeloki import FakeLoki
-from llmproxy.backfill import main as backfill_main
+from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.exporter import LokiExporter
 from llmproxy.loki.split import join_parts, split_entry
@@ -234,7 +234,7 @@ def test_a_line_whose_small_fields_do_not_fit_goes_in_plain_parts(line):
 
 def test_a_worker_starting_after_another_found_loki_refusing_sends_none(tmp_path, loki):
     import time
-    from llmproxy.loki.health import StatsBoard
+    from llmproxy.loki.stats import StatsBoard
     board = StatsBoard(tmp_path / "board")
     board.publish(1, {"structured_metadata": "refused"})  # what a sibling worker published
     exporter = LokiExporter(replace(loki_settings(loki, "auto"), batch_wait=0.05), board=board)

@@ -10,7 +10,7 @@ import requests
 
 from fakeloki import FakeLoki
 from fakeprovider import WORDS
-from llmproxy import logtree
+from llmproxy.record import logtree
 from proxyproc import wait_until
 
 SCRIPT = str(Path(__file__).resolve().parent.parent / "scripts" / "loki-session")
@@ -113,7 +113,7 @@ def test_exit_codes(session, tmp_path):
 def test_split_parts_are_joined_in_any_order():
     from llmproxy.loki.batch import LokiEntry
     from llmproxy.loki.split import split_entry
-    from llmproxy.lokisession import join_split
+    from llmproxy.loki.session import join_split
 
     line = json.dumps({"type": "request", "_meta": {"session": "s"}, "body": "é" * 5000}, ensure_ascii=False)
     parts = split_entry(LokiEntry(1000, line.encode(), ()), 2048)
@@ -169,7 +169,7 @@ def test_client_sessions_in_files_reads_only_first_lines(tmp_path):
     it could not be: after the first frame come bytes that are no zstd)."""
     import zstandard
 
-    from llmproxy.lokisession import client_sessions_in_files
+    from llmproxy.loki.session import client_sessions_in_files
 
     day = tmp_path / "api.anthropic.com" / "2026-11-28"
     day.mkdir(parents=True)
@@ -189,7 +189,7 @@ def test_client_sessions_in_files_reads_only_first_lines(tmp_path):
     (["--since", "2026-11-29", "--until", "2026-11-28"], "--since must be before --until"),
 ])
 def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    from llmproxy.lokisession import main
+    from llmproxy.loki.session import main
 
     env = {"LLM_PROXY_ENV_FILE": "/nonexistent", "LLM_PROXY_LOG_DIR": str(tmp_path),
            "LLM_PROXY_LOKI_URL": "http://127.0.0.1:9"}

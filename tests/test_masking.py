@@ -2,7 +2,7 @@
 
 import pytest
 
-from llmproxy.masking import mask_headers, mask_query, mask_text, mask_value
+from llmproxy.common.masking import mask_headers, mask_query, mask_text, mask_value
 
 KEY = "sk-ant-api03-" + "x" * 80 + "abcd"
 

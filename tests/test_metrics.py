@@ -68,7 +68,7 @@ def test_metrics_equal_what_was_sent_across_two_workers(start_proxy, fake_provid
     body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
     stream_body = body[:-1] + b',"stream":true}'
     calls = [(body, False)] * 30 + [(stream_body, True)] * 10
-    from llmproxy.metrics import multiprocess_dir
+    from llmproxy.server.metrics import multiprocess_dir
 
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -216,8 +216,8 @@ def test_log_level_setting(start_proxy, level, shown, hidden):
 
 def test_metrics_cost_per_call_is_small(tmp_path):
     """Not a timing assertion: prints the figure for the report (see README, /metrics)."""
-    from llmproxy.metrics import Metrics
-    from llmproxy.saturation import Saturation
+    from llmproxy.server.metrics import Metrics
+    from llmproxy.server.saturation import Saturation
 
     m = Metrics(Saturation(8))
     app = m.wrap(lambda environ, start: (start("200 OK", [("Content-Type", "application/json")]) and None)

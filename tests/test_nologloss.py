@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from fakeloki import FakeLoki
-from llmproxy.backfill import main as backfill_main
+from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmproxy import providers
-from llmproxy.errors import BadRoute, ProxyError, RequestRejected, UnknownProvider, UpstreamNotAllowed, \
+from llmproxy.common.errors import BadRoute, ProxyError, RequestRejected, UnknownProvider, UpstreamNotAllowed, \
     UpstreamTimeout, UpstreamUnreachable, WebSocketUnsupported
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 

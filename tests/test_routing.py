@@ -2,8 +2,8 @@
 
 import pytest
 
-from llmproxy.errors import BadRoute, UnknownProvider, UpstreamNotAllowed
-from llmproxy.routing import host_allowed, resolve
+from llmproxy.common.errors import BadRoute, UnknownProvider, UpstreamNotAllowed
+from llmproxy.proxy.routing import host_allowed, resolve
 from llmproxy.settings import DEFAULT_ALLOWED_UPSTREAMS as ALLOWED
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJl"

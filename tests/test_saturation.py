@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 
-from llmproxy.saturation import Saturation, pool_queue, summarize
+from llmproxy.server.saturation import Saturation, pool_queue, summarize
 from proxyproc import http_get, wait_until
 
 
@@ -22,7 +22,7 @@ def test_enter_and_leave_count_busy_threads_and_the_peak():
 
 def test_saturated_while_every_thread_is_busy_and_the_seconds_add_up(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr("llmproxy.saturation.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("llmproxy.server.saturation.time.monotonic", lambda: clock[0])
     sat = Saturation(threads=2)
     sat.enter()
     sat.enter()

@@ -22,7 +22,7 @@ def test_llm_proxy_serve_answers_health_and_stops_on_sigterm(start_proxy):
     assert server.stop(signal.SIGTERM, timeout=60) == 0
     assert time.monotonic() - started < 45  # graceful_timeout is the Loki flush budget + 15 s
     output = server.output()
-    assert "Using worker: llmproxy.worker.ProxyWorker" in output
+    assert "Using worker: llmproxy.proxy.worker.ProxyWorker" in output
     assert "Shutting down: Master" in output
 
 
@@ -48,15 +48,15 @@ def test_gunicorn_settings_follow_configuration(monkeypatch, tmp_path):
     monkeypatch.setenv("LLM_PROXY_THREADS", "7")
     monkeypatch.setenv("LLM_PROXY_LOKI_SHUTDOWN_TIMEOUT", "45s")
     monkeypatch.setenv("LLM_PROXY_ENV_FILE", str(tmp_path / "none.env"))
-    code = ("import llmproxy.gunicorn_config as c; "
+    code = ("import llmproxy.server.gunicorn_config as c; "
             "print(c.bind, c.workers, c.threads, c.worker_class, c.graceful_timeout, c.timeout, c.wsgi_app)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
-    assert out.split() == ["['[::1]:9123']", "3", "7", "llmproxy.worker.ProxyWorker", "60", "60", "llmproxy.wsgi:app"]
+    assert out.split() == ["['[::1]:9123']", "3", "7", "llmproxy.proxy.worker.ProxyWorker", "60", "60", "llmproxy.wsgi:app"]
 
 
 def test_health_from_the_app_object(tmp_path):
     from llmproxy import __version__
-    from llmproxy.app import create_app
+    from llmproxy.proxy.views import create_app
     from llmproxy.settings import load_settings
 
     app = create_app(load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)}))

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 import claudecode
-from llmproxy.sessions import SessionStore
+from llmproxy.record.sessions import SessionStore
 from proxyproc import http_get, jsonl_lines, wait_until
 
 API_KEY = "sk-ant-api03-" + "Q" * 86 + "Zabcd"

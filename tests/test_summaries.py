@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llmproxy import providers
-from llmproxy.capture import Exchange
+from llmproxy.proxy.capture import Exchange
 from proxyproc import jsonl_lines, wait_until
 
 ANSWERS = Path(__file__).parent / "answers"

@@ -15,7 +15,7 @@ import requests
 
 from fakeloki import FakeLoki
 from llmproxy.settings import load_settings
-from llmproxy.systemd import UNITS, main as install_main, read_env_file, render
+from llmproxy.server.systemd import UNITS, main as install_main, read_env_file, render
 from proxyproc import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

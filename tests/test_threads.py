@@ -1,7 +1,7 @@
 """Threads and forks inside a client session (SessionStore, on hash lists standing for turns)."""
 
-from llmproxy.clientids import RESPONSE_KEY
-from llmproxy.sessions import SessionStore
+from llmproxy.common.clientids import RESPONSE_KEY
+from llmproxy.record.sessions import SessionStore
 
 NOW = 1_764_300_000_000_000_000
 

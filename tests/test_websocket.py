@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from fakeloki import FakeLoki
-from llmproxy.transcript import render
+from llmproxy.record.transcript import render
 from fakews import WsClient, open_many
 from proxyproc import jsonl_lines, wait_until
 
@@ -314,8 +314,8 @@ def test_stopping_the_proxy_closes_open_websockets_and_logs_their_open_answers(s
 
 @pytest.fixture
 def app_client(tmp_path):
-    from llmproxy.app import create_app
-    from llmproxy.runtime import Runtime
+    from llmproxy.proxy.views import create_app
+    from llmproxy.server.runtime import Runtime
     from llmproxy.settings import load_settings
 
     settings = load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)})
@@ -334,7 +334,7 @@ def test_an_upgrade_the_server_cannot_hand_over_is_refused_before_anything_goes_
 def test_a_bug_in_the_proxy_is_a_json_500_too(app_client, monkeypatch):
     from werkzeug.exceptions import InternalServerError
 
-    from llmproxy import app as app_module
+    from llmproxy.proxy import views as app_module
 
     def broken(*args):
         raise RuntimeError("a bug")

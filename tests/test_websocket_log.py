@@ -10,9 +10,9 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Message
 from wsproto.extensions import PerMessageDeflate
 
-from llmproxy.routing import Route
-from llmproxy.websocket import READ_SIZE, RelayHub
-from llmproxy.websocket_log import BACKLOG_LIMIT, MessageLog
+from llmproxy.proxy.routing import Route
+from llmproxy.proxy.websocket import READ_SIZE, RelayHub
+from llmproxy.record.websocket_log import BACKLOG_LIMIT, MessageLog
 from proxyproc import wait_until
 
 ROUTE = Route(provider="openai", upstream="api.openai.com", host="api.openai.com",

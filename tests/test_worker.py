@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from llmproxy import worker as worker_module
-from llmproxy.worker import ProxyWorker
+from llmproxy.proxy import worker as worker_module
+from llmproxy.proxy.worker import ProxyWorker
 
 
 class _Unreader:

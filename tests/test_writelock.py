@@ -5,7 +5,7 @@ import os
 import threading
 import time
 
-from llmproxy.writelock import WriteLock
+from llmproxy.record.writelock import WriteLock
 
 
 def _hold(path, held, release):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import requests
 
 from llmproxy import __version__
-from llmproxy.errors import innermost_reason
+from llmproxy.common.errors import innermost_reason
 from llmproxy.loki.backoff import parse_retry_after
 from llmproxy.loki.batch import compress
 from llmproxy.settings import LokiSettings, redact_url

@@ -27,11 +27,11 @@ from typing import Callable, Iterable, Iterator
 from llmproxy.loki.backoff import Backoff
 from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
-from llmproxy.loki.health import ExporterStats, StatsBoard
+from llmproxy.loki.stats import ExporterStats, StatsBoard
 from llmproxy.loki.split import split_entry
 from llmproxy.loki.spool import Spool
-from llmproxy.metrics import Metrics, drop_reason
-from llmproxy.ratelimit import RateLimitedLog
+from llmproxy.server.metrics import Metrics, drop_reason
+from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.settings import LokiSettings
 
 log = logging.getLogger("llmproxy.loki")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmproxy.loki.batch import LokiEntry
-from llmproxy.loki.health import pid_alive
+from llmproxy.loki.stats import pid_alive
 
 _NAME = re.compile(r"(\d{20})-(\d+)-(\d+)-(\d+)\.jsonl(?:\.claimed-(\d+))?")
 _counter = itertools.count()

@@ -27,14 +27,14 @@ import re
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable
 
-from llmproxy.clientids import valid
+from llmproxy.common.clientids import valid
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 from llmproxy.providers.spelling import Spelling, merged
 from llmproxy.providers.summary import Summary
 from llmproxy.providers.transcribe import Part, Said
 
 if TYPE_CHECKING:
-    from llmproxy.errors import ProxyError
+    from llmproxy.common.errors import ProxyError
 
 # First match wins: Responses before Chat, whose module also takes the rest of OpenAI's paths.
 APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat)

@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any, Iterable
 
-from llmproxy.clientids import header, valid
+from llmproxy.common.clientids import header, valid
 from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Summary, common_request, count
 from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable
 
-from llmproxy.clientids import RESPONSE_KEY, first, header, valid
+from llmproxy.common.clientids import RESPONSE_KEY, first, header, valid
 from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Summary, common_request, count
 from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number

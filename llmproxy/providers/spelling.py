@@ -1,4 +1,4 @@
-"""How an API spells the messages of a conversation, for their identity (llmproxy/sessions.py).
+"""How an API spells the messages of a conversation, for their identity (llmproxy/record/sessions.py).
 
 A message's identity is its content in one canonical spelling: text blocks are ``text``, a
 string is a list of one text block, and what is no turn of the conversation is left out. Each

@@ -1,4 +1,4 @@
-"""What a session's transcript (llmproxy/transcript.py) shows of a request's new turn and of an
+"""What a session's transcript (llmproxy/record/transcript.py) shows of a request's new turn and of an
 answer, as each API module reads them: the module parses, the transcript renders."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ response header and WSGI environ variable (some 60 entries) so that any format c
 them; under 16 clients that was 6 % of a worker's CPU. :class:`AccessLogger` reads which atoms
 ``access_log_format`` names once, and computes only those, with gunicorn's meanings and its
 quoting (:class:`gunicorn.glogging.SafeAtoms`). Set as ``logger_class`` in
-``llmproxy/gunicorn_config.py``.
+``llmproxy/server/gunicorn_config.py``.
 """
 
 from __future__ import annotations

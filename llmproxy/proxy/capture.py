@@ -12,9 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmproxy import decoding
-from llmproxy.decoding import Decoded
-from llmproxy.routing import Route
+from llmproxy.proxy import decoding
+from llmproxy.proxy.decoding import Decoded
+from llmproxy.proxy.routing import Route
 
 
 def now_ns() -> int:

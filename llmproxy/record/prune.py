@@ -15,7 +15,7 @@ What is never touched:
   the file's last write, or an unreadable ``.bad`` spool file): deleting it would lose the only
   copy that ``loki-backfill`` could push again.
 
-How a file is compressed without losing or doubling a line (llmproxy/logtree.py, filelog.py):
+How a file is compressed without losing or doubling a line (llmproxy/record/logtree.py, filelog.py):
 the plain file is renamed aside (``.{session}.jsonl.{N}.pruning``, N the ``.zst``'s size), so a
 new line starts a fresh plain file; prune then takes the file's exclusive ``flock`` once, which
 waits for any writer that opened it before the rename (each writes one line under a shared lock,
@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
-from llmproxy.logtree import (COMPRESSED, READ_SIZE, SessionFiles, aside_name, chunks, day_dirs, sessions_in,
+from llmproxy.record.logtree import (COMPRESSED, READ_SIZE, SessionFiles, aside_name, chunks, day_dirs, sessions_in,
                               stream)
 from llmproxy.loki.spool import Spool
 from llmproxy.settings import Settings

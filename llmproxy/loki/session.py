@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from llmproxy import logtree
+from llmproxy.record import logtree
 from llmproxy.loki.client import LokiClient
 from llmproxy.loki.split import join_parts
 from llmproxy.settings import SettingsError, load_settings
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
         print(f"loki-session: no entries of {args.session} found", file=sys.stderr)
         return 1
     if args.transcript:
-        from llmproxy.transcript import render
+        from llmproxy.record.transcript import render
 
         out.write(render(lines))
     else:

@@ -2,7 +2,7 @@
 gunicorn, and one relay thread per worker that moves the bytes of every open WebSocket.
 
 The bytes are never re-framed: what one side sends, the other receives, byte for byte. Parsing
-the frames for the session log is :mod:`llmproxy.websocket_log`'s business, in a thread of its
+the frames for the session log is :mod:`llmproxy.record.websocket_log`'s business, in a thread of its
 own, so that logging never holds up a byte.
 """
 
@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 import h11
 import requests.certs
 
-from llmproxy.capture import Exchange, now_ns
-from llmproxy.errors import UpstreamTimeout, UpstreamUnreachable, WebSocketUnsupported
-from llmproxy.routing import Route
+from llmproxy.proxy.capture import Exchange, now_ns
+from llmproxy.common.errors import UpstreamTimeout, UpstreamUnreachable, WebSocketUnsupported
+from llmproxy.proxy.routing import Route
 
 log = logging.getLogger("llmproxy.websocket")
 
@@ -161,7 +161,7 @@ def _tls_context() -> ssl.SSLContext:
 
 def answer_body(handshake: Handshake, exchange: Exchange | None) -> Iterator[bytes]:
     """The body of an answer that is not a 101 (401, 426…), as it arrives, for the client to fall
-    back on. Like :func:`llmproxy.forwarding.relay`: an upstream that breaks off cuts the client."""
+    back on. Like :func:`llmproxy.proxy.forwarding.relay`: an upstream that breaks off cuts the client."""
     error = None
     try:
         while True:

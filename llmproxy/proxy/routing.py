@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from llmproxy import providers
-from llmproxy.errors import BadRoute, UnknownProvider, UpstreamNotAllowed
+from llmproxy.common.errors import BadRoute, UnknownProvider, UpstreamNotAllowed
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 USAGE = ("use /{provider}/{upstream}/{path}, e.g. /anthropic/api.anthropic.com/v1/messages or "

@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from llmproxy.clientids import session_name
+from llmproxy.common.clientids import session_name
 from llmproxy.providers import SPELLING
-from llmproxy.writelock import WriteLock
+from llmproxy.record.writelock import WriteLock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

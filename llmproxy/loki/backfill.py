@@ -17,12 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from llmproxy import logtree, providers
-from llmproxy.entries import entry_metadata
-from llmproxy.logtree import SessionFiles
+from llmproxy import providers
+from llmproxy.record import logtree
+from llmproxy.record.entries import entry_metadata
+from llmproxy.record.logtree import SessionFiles
 from llmproxy.loki import LokiExporter, LokiEntry
 from llmproxy.loki.split import split_entry
-from llmproxy.multiwriter import LabelMaker
+from llmproxy.record.multiwriter import LabelMaker
 from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
 
 

@@ -9,7 +9,7 @@ request that worker takes waits in gunicorn's queue for a free thread, and nothi
 request (a lock and two integers). Its monitor thread wakes once a second: it logs a warning at
 most once a minute while every thread is busy, and publishes the worker's numbers to the run
 directory so that ``/health``, whichever worker answers it, sums all workers
-(:func:`summarize`), on the :class:`llmproxy.loki.health.StatsBoard` the exporter uses too.
+(:func:`summarize`), on the :class:`llmproxy.loki.stats.StatsBoard` the exporter uses too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from llmproxy.loki.health import StatsBoard, pid_alive
+from llmproxy.loki.stats import StatsBoard, pid_alive
 
 log = logging.getLogger("llmproxy.saturation")
 

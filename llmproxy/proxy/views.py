@@ -8,14 +8,15 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from llmproxy import forwarding, websocket
-from llmproxy.capture import Exchange
-from llmproxy.errors import ProxyError, rejected
+from llmproxy.proxy import forwarding
+from llmproxy.proxy import websocket
+from llmproxy.proxy.capture import Exchange
+from llmproxy.common.errors import ProxyError, rejected
 from llmproxy.providers import error_body
-from llmproxy.metrics import BODY_BYTES_KEY, CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
-from llmproxy.ratelimit import RateLimitedLog
-from llmproxy.routing import resolve
-from llmproxy.runtime import EXTENSION_KEY, Runtime
+from llmproxy.server.metrics import BODY_BYTES_KEY, CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
+from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.proxy.routing import resolve
+from llmproxy.server.runtime import EXTENSION_KEY, Runtime
 from llmproxy.settings import Settings
 
 log = logging.getLogger("llmproxy")
@@ -136,7 +137,7 @@ def _upgrade(runtime: Runtime, settings: Settings, route, headers: list[tuple[st
     """A WebSocket opening handshake, sent upstream as the client made it.
 
     A 101 hands both connections to the worker's relay thread and ends the request (gunicorn
-    writes nothing to the client; see :func:`llmproxy.websocket.take_over`). Any other answer
+    writes nothing to the client; see :func:`llmproxy.proxy.websocket.take_over`). Any other answer
     is relayed like a plain response, so the client can fall back to HTTP.
     """
     environ = request.environ

@@ -11,8 +11,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from llmproxy.capture import Exchange
-from llmproxy.errors import UpstreamTimeout, UpstreamUnreachable, innermost_reason
+from llmproxy.proxy.capture import Exchange
+from llmproxy.common.errors import UpstreamTimeout, UpstreamUnreachable, innermost_reason
 
 log = logging.getLogger("llmproxy.forwarding")
 

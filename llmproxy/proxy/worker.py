@@ -22,8 +22,8 @@ import select
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
-from llmproxy.errors import rejected
-from llmproxy.masking import mask_text
+from llmproxy.common.errors import rejected
+from llmproxy.common.masking import mask_text
 from llmproxy.providers import error_body
 
 # How long a request thread waits on its kept-alive connection for the next request. A client

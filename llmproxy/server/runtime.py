@@ -13,19 +13,20 @@ import shutil
 import sqlite3
 from urllib.parse import urlsplit
 
-from llmproxy import __version__, forwarding
-from llmproxy.websocket import RelayHub
-from llmproxy.websocket_log import MessageLog
-from llmproxy.capture import ExchangeLogger
-from llmproxy.entries import EntryBuilder
-from llmproxy.filelog import FileLogger
+from llmproxy import __version__
+from llmproxy.proxy import forwarding
+from llmproxy.proxy.websocket import RelayHub
+from llmproxy.record.websocket_log import MessageLog
+from llmproxy.proxy.capture import ExchangeLogger
+from llmproxy.record.entries import EntryBuilder
+from llmproxy.record.filelog import FileLogger
 from llmproxy.loki import LokiExporter
-from llmproxy.loki.health import StatsBoard, disabled_summary, pid_alive, summarize
-from llmproxy.metrics import Metrics
-from llmproxy.multiwriter import LabelMaker, MultiWriter
-from llmproxy.saturation import Saturation, summarize as summarize_threads
-from llmproxy.sessionlog import FileHealth, SessionLog
-from llmproxy.sessions import SessionStore
+from llmproxy.loki.stats import StatsBoard, disabled_summary, pid_alive, summarize
+from llmproxy.server.metrics import Metrics
+from llmproxy.record.multiwriter import LabelMaker, MultiWriter
+from llmproxy.server.saturation import Saturation, summarize as summarize_threads
+from llmproxy.record.sessionlog import FileHealth, SessionLog
+from llmproxy.record.sessions import SessionStore
 from llmproxy.settings import Settings, redact_url
 
 log = logging.getLogger("llmproxy")
@@ -58,7 +59,7 @@ class Runtime:
 
     @staticmethod
     def of(app) -> "Runtime | None":
-        """The runtime of a Flask app built by :func:`llmproxy.app.create_app`, if any."""
+        """The runtime of a Flask app built by :func:`llmproxy.proxy.views.create_app`, if any."""
         extensions = getattr(app, "extensions", None)
         return extensions.get(EXTENSION_KEY) if extensions else None
 

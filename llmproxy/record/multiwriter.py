@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from llmproxy.entries import Entry
-from llmproxy.filelog import FileLogger
+from llmproxy.record.entries import Entry
+from llmproxy.record.filelog import FileLogger
 from llmproxy.loki import Labels, LokiExporter
 
 log = logging.getLogger("llmproxy.loki")

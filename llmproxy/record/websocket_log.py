@@ -19,9 +19,9 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from llmproxy.capture import Exchange, ExchangeLogger
-from llmproxy.ratelimit import RateLimitedLog
-from llmproxy.routing import Route
+from llmproxy.proxy.capture import Exchange, ExchangeLogger
+from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.proxy.routing import Route
 
 log = logging.getLogger("llmproxy.websocket")
 _failures = RateLimitedLog(log, logging.ERROR, 60.0)
@@ -77,7 +77,7 @@ def _deflate(extensions_header: str) -> PerMessageDeflate | None:
 
 
 class Conversation:
-    """One relayed WebSocket, seen from the log. A :class:`llmproxy.websocket.Tap`."""
+    """One relayed WebSocket, seen from the log. A :class:`llmproxy.proxy.websocket.Tap`."""
 
     def __init__(self, owner: MessageLog, route: Route, path: str,
                  request_headers: list[tuple[str, str]], status: int,

@@ -25,11 +25,11 @@ def load_settings_or_exit(*, create_dirs: bool = True) -> Settings:
 
 
 def serve(gunicorn_args: Sequence[str]) -> int:
-    """Run gunicorn with the settings packaged in :mod:`llmproxy.gunicorn_config`."""
+    """Run gunicorn with the settings packaged in :mod:`llmproxy.server.gunicorn_config`."""
     load_settings_or_exit()  # fail before gunicorn prints anything or binds
     from gunicorn.app.wsgiapp import WSGIApplication
 
-    sys.argv = ["llm-proxy", "-c", "python:llmproxy.gunicorn_config", *gunicorn_args]
+    sys.argv = ["llm-proxy", "-c", "python:llmproxy.server.gunicorn_config", *gunicorn_args]
     WSGIApplication("%(prog)s serve [GUNICORN OPTIONS]").run()
     return 0
 
@@ -83,7 +83,7 @@ wire_api = "responses"
 
 
 def systemd_unit(args: argparse.Namespace) -> int:
-    from llmproxy import systemd
+    from llmproxy.server import systemd
 
     environ = dict(os.environ)
     if args.env_file.is_file():  # the service's settings, read as systemd reads them
@@ -99,7 +99,7 @@ def systemd_unit(args: argparse.Namespace) -> int:
 
 
 def prune(args: argparse.Namespace) -> int:
-    from llmproxy import prune as pruning
+    from llmproxy.record import prune as pruning
 
     return pruning.run(load_settings_or_exit(create_dirs=False), dry_run=args.dry_run)
 
@@ -108,10 +108,10 @@ def tool(name: str, argv: list[str]) -> int:
     """``loki-health`` and ``loki-session``: their own options and exit codes (Nagios for the
     first), so they parse their arguments themselves."""
     if name == "loki-health":
-        from llmproxy import lokihealth
+        from llmproxy.loki import check as lokihealth
 
         return lokihealth.main(argv, prog="llm-proxy loki-health")
-    from llmproxy import lokisession
+    from llmproxy.loki import session as lokisession
 
     return lokisession.main(argv, prog="llm-proxy loki-session")
 

@@ -15,7 +15,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from llmproxy.entries import Entry
+from llmproxy.record.entries import Entry
 
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _ATTEMPTS = 10  # prune moves a file once per run

@@ -15,7 +15,7 @@ from typing import TextIO
 
 import requests
 
-from llmproxy.errors import innermost_reason
+from llmproxy.common.errors import innermost_reason
 from llmproxy.settings import SettingsError, load_settings, parse_duration, parse_size
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3

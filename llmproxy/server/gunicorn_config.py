@@ -1,8 +1,8 @@
 """Gunicorn settings and server hooks for llm-proxy.
 
-``llm-proxy serve`` loads this module (``-c python:llmproxy.gunicorn_config``); the top-level
+``llm-proxy serve`` loads this module (``-c python:llmproxy.server.gunicorn_config``); the top-level
 ``gunicorn.conf.py`` of a checkout only imports it. Names here are gunicorn settings; the hooks
-hand lifecycle work to :mod:`llmproxy.runtime`.
+hand lifecycle work to :mod:`llmproxy.server.runtime`.
 """
 
 import ctypes
@@ -14,11 +14,12 @@ import shutil
 import signal
 import time
 
-from llmproxy import forwarding
-from llmproxy import masking, metrics
-from llmproxy.cli import load_settings_or_exit
-from llmproxy.runtime import Runtime, describe_destinations, prepare_run_dir
-from llmproxy.saturation import Saturation, pool_queue
+from llmproxy.proxy import forwarding
+from llmproxy.common import masking
+from llmproxy.server import metrics
+from llmproxy.commands.main import load_settings_or_exit
+from llmproxy.server.runtime import Runtime, describe_destinations, prepare_run_dir
+from llmproxy.server.saturation import Saturation, pool_queue
 
 _settings = load_settings_or_exit()
 
@@ -57,7 +58,7 @@ wsgi_app = "llmproxy.wsgi:app"
 _host = f"[{_settings.host}]" if ":" in _settings.host else _settings.host
 bind = [f"{_host}:{_settings.port}"]
 # gthread, serving a busy kept-alive connection without a round trip through its main loop.
-worker_class = "llmproxy.worker.ProxyWorker"
+worker_class = "llmproxy.proxy.worker.ProxyWorker"
 workers = _settings.workers
 threads = _settings.threads
 # In gthread the main loop tells the arbiter it is alive while request threads work, so this
@@ -78,7 +79,7 @@ control_socket_disable = True
 errorlog = "-"
 loglevel = _settings.log_level
 accesslog = "-"
-logger_class = "llmproxy.accesslog.AccessLogger"  # gunicorn's, computing only the atoms named
+logger_class = "llmproxy.server.accesslog.AccessLogger"  # gunicorn's, computing only the atoms named
 # Path without the query string: a query may carry a key (?key=…), and nothing secret is logged.
 # The app puts the provider and the session id into the WSGI environ ("-" for other paths).
 access_log_format = ('%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms '
@@ -114,7 +115,7 @@ def on_starting(server):
         ours.info(line)
 
 
-# This worker's busy-thread count (llmproxy.saturation), fed by pre_request / post_request.
+# This worker's busy-thread count (llmproxy.server.saturation), fed by pre_request / post_request.
 # Replaced by the runtime's own in post_worker_init; this one only keeps the hooks safe for an
 # app without a runtime.
 _saturation = Saturation(threads)

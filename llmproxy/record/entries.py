@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from llmproxy import providers
-from llmproxy.capture import Chunk, Exchange
-from llmproxy.decoding import Decoded
-from llmproxy.masking import mask_headers, mask_query
-from llmproxy.sessions import FORK_REASON, Assignment, session_date
+from llmproxy.proxy.capture import Chunk, Exchange
+from llmproxy.proxy.decoding import Decoded
+from llmproxy.common.masking import mask_headers, mask_query
+from llmproxy.record.sessions import FORK_REASON, Assignment, session_date
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The proxy's logger: exchanges → session, seq, fork → entries → the writer (files, Loki).
 
-This is the :class:`~llmproxy.capture.ExchangeLogger` the proxy calls. Logging never fails a
+This is the :class:`~llmproxy.proxy.capture.ExchangeLogger` the proxy calls. Logging never fails a
 proxied call: a log dir that becomes unwritable is reported on stderr once a minute and by
 ``/health`` (``"file_logging": "failing"``), and the call goes on.
 """
@@ -13,12 +13,12 @@ import sqlite3
 from typing import Any, Protocol
 
 from llmproxy import providers
-from llmproxy.capture import Exchange, now_ns
-from llmproxy import decoding
-from llmproxy.clientids import RESPONSE_KEY, session_name
-from llmproxy.entries import Entry, EntryBuilder
-from llmproxy.ratelimit import RateLimitedLog
-from llmproxy.sessions import Assignment, SessionStore, message_hashes, new_session_id
+from llmproxy.proxy.capture import Exchange, now_ns
+from llmproxy.proxy import decoding
+from llmproxy.common.clientids import RESPONSE_KEY, session_name
+from llmproxy.record.entries import Entry, EntryBuilder
+from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.record.sessions import Assignment, SessionStore, message_hashes, new_session_id
 
 log = logging.getLogger("llmproxy.sessionlog")
 

@@ -107,7 +107,7 @@ def pid_alive(pid: int) -> bool:
 class StatsBoard:
     """The directory where the workers of one gunicorn master publish their numbers: one file
     per worker, ``{prefix}-{pid}.json``, replaced atomically. The exporter's numbers are
-    ``loki-*``; the request threads' (llmproxy/saturation.py) are ``threads-*``."""
+    ``loki-*``; the request threads' (llmproxy/server/saturation.py) are ``threads-*``."""
 
     def __init__(self, directory: Path, prefix: str = "loki"):
         self.directory = Path(directory)

@@ -1,7 +1,7 @@
 """systemd: the unit files shipped in the package, filled in for this installation, and their
 installation (``scripts/install-systemd``).
 
-The templates live in ``llmproxy/systemd_units/``. What differs between installations is filled
+The templates live in ``llmproxy/server/systemd_units/``. What differs between installations is filled
 in: the ``llm-proxy`` executable of this environment, the service user, the env file, the log
 dir (the only place the hardened service may write) and the stop timeout, which must exceed
 gunicorn's graceful timeout.
@@ -75,7 +75,7 @@ def render(name: str, settings: Settings, user: str = DEFAULT_USER, env_file: Pa
     # installation or a log dir there needs read-only, which ReadWritePaths= can then open up.
     homes = (Path("/home"), Path("/root"), Path("/run/user"))
     under_home = any(p.is_relative_to(home) for p in (exe, *write_paths) for home in homes)
-    template = resources.files("llmproxy").joinpath("systemd_units", name).read_text()
+    template = resources.files("llmproxy.server").joinpath("systemd_units", name).read_text()
     return template.format(user=user, group=primary_group(user), env_file=env_file, exe=exe,
                            stop_timeout=stop_timeout(settings),
                            protect_home="read-only" if under_home else "yes",

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from llmproxy.ratelimit import RateLimitedLog
+from llmproxy.common.ratelimit import RateLimitedLog
 
-if TYPE_CHECKING:  # llmproxy.saturation imports llmproxy.loki, which imports this module
-    from llmproxy.saturation import Saturation
+if TYPE_CHECKING:  # llmproxy.server.saturation imports llmproxy.loki, which imports this module
+    from llmproxy.server.saturation import Saturation
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,7 +77,7 @@ def multiprocess_dir(master_pid: int) -> Path:
 def prepare_multiprocess_dir(master_pid: int) -> Path:
     """In the gunicorn master, before any worker: an empty directory, named in the environment
     the workers inherit. Directories of masters that are gone are removed."""
-    from llmproxy.loki.health import pid_alive  # not at the top: llmproxy.loki imports this module
+    from llmproxy.loki.stats import pid_alive  # not at the top: llmproxy.loki imports this module
 
     directory = multiprocess_dir(master_pid)
     for old in directory.parent.glob("llm-proxy-metrics-*"):
@@ -103,7 +103,7 @@ def status_class(status: int) -> str:
 
 
 class Metrics:
-    """One process's metrics. Built once per worker (:class:`llmproxy.runtime.Runtime`)."""
+    """One process's metrics. Built once per worker (:class:`llmproxy.server.runtime.Runtime`)."""
 
     def __init__(self, saturation: "Saturation", websockets: Callable[[], int] = lambda: 0,
                  loki_host: str = "", loki_tenant: str = ""):
@@ -129,10 +129,10 @@ class Metrics:
         self.bytes_out = Counter("llm_proxy_response_bytes_total",
                                  "Response body bytes relayed to clients (WebSocket: every byte to the client).",
                                  ["provider"], registry=reg)
-        # Busy threads are counted by llmproxy.saturation (gunicorn's pre/post_request hooks),
+        # Busy threads are counted by llmproxy.server.saturation (gunicorn's pre/post_request hooks),
         # which also warns while a worker is full; the gauges here publish its numbers.
         self.saturation = saturation
-        self.websockets_open = websockets  # llmproxy.websocket.RelayHub.open_count
+        self.websockets_open = websockets  # llmproxy.proxy.websocket.RelayHub.open_count
         self.streams_now = LiveCount()
         self._streams = Gauge("llm_proxy_active_streams", "Event-stream (SSE) answers being relayed now.",
                              multiprocess_mode="livesum", registry=reg)
