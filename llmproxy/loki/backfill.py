@@ -23,7 +23,7 @@ from llmproxy.record.entries import entry_metadata
 from llmproxy.record.logtree import SessionFiles
 from llmproxy.loki import LokiExporter, LokiEntry
 from llmproxy.loki.split import split_entry
-from llmproxy.record.multiwriter import LabelMaker
+from llmproxy.loki.labels import LabelMaker
 from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
 
 

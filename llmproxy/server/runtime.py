@@ -23,7 +23,8 @@ from llmproxy.record.filelog import FileLogger
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.stats import StatsBoard, disabled_summary, pid_alive, summarize
 from llmproxy.server.metrics import Metrics
-from llmproxy.record.multiwriter import LabelMaker, MultiWriter
+from llmproxy.loki.labels import LabelMaker
+from llmproxy.record.multiwriter import MultiWriter
 from llmproxy.server.saturation import Saturation, summarize as summarize_threads
 from llmproxy.record.sessionlog import FileHealth, SessionLog
 from llmproxy.record.sessions import SessionStore
