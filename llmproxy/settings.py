@@ -22,6 +22,7 @@ from dotenv import dotenv_values
 from llmproxy.common.masking import mask_token
 from llmproxy.providers import APIS
 
+
 # Every API's default upstreams (llmproxy/providers/), and this machine.
 def usable_cores() -> int:
     """The CPUs this process may run on (its affinity mask: a container's or taskset's share)."""

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
-from llmproxy.record import logtree
+from proxyproc import wait_until
+
 from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.spool import Spool
+from llmproxy.record import logtree
 from llmproxy.server.prune import Pruner
 from llmproxy.settings import load_settings
-from proxyproc import wait_until
 
 LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))
 DAY = 86400

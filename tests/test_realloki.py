@@ -1,4 +1,8 @@
-import json, time, urllib.request
+import json
+import time
+import urllib.request
+
+
 def test_real_loki_takes_a_push_and_answers_a_query(real_loki):
     ts = time.time_ns()
     body = json.dumps({"streams": [{"stream": {"app": "smoke"}, "values": [[str(ts), "hello"]]}]}).encode()

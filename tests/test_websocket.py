@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
-from llmproxy.record.transcript import render
 from fakews import WsClient, open_many
 from proxyproc import jsonl_lines, wait_until
+
+from llmproxy.record.transcript import render
 
 KEY = "sk-proj-" + "k" * 40 + "wxyz"
 

@@ -24,13 +24,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
+from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.loki.backoff import Backoff
 from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
-from llmproxy.loki.stats import ExporterStats, StatsBoard
 from llmproxy.loki.split import split_entry
 from llmproxy.loki.spool import Spool
-from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.loki.stats import ExporterStats, StatsBoard
 from llmproxy.settings import LokiSettings
 
 log = logging.getLogger("llmproxy.loki")

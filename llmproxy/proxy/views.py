@@ -16,11 +16,11 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
+from llmproxy.common.errors import ProxyError, rejected
+from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.providers import error_body
 from llmproxy.proxy import forwarding, websocket
 from llmproxy.proxy.capture import Exchange, ExchangeLogger
-from llmproxy.common.errors import ProxyError, rejected
-from llmproxy.providers import error_body
-from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.proxy.routing import resolve
 from llmproxy.settings import Settings
 
