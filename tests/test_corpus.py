@@ -15,6 +15,7 @@ from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.routing import resolve
 from llmproxy.record.entries import EntryBuilder
 from llmproxy.record.filelog import FileLogger
+from llmproxy.record.multiwriter import MultiWriter
 from llmproxy.record.sessionlog import SessionLog
 from llmproxy.record.sessions import SessionStore
 
@@ -41,7 +42,8 @@ class Replay:
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
-        self.log = SessionLog(SessionStore(log_dir / "sessions.db"), FileLogger(log_dir), EntryBuilder("test@corpus"))
+        self.log = SessionLog(SessionStore(log_dir / "sessions.db"), MultiWriter(FileLogger(log_dir), None, None),
+                              EntryBuilder("test@corpus"))
 
     def send(self, request: dict) -> Exchange | None:
         provider = "anthropic" if request["path"].startswith("/v1/messages") else "openai"

@@ -63,6 +63,6 @@ def test_health_from_the_app_object(tmp_path):
     response = app.test_client().get("/health")
     assert response.status_code == 200
     assert response.get_json() == {
-        "status": "ok", "version": __version__, "file_logging": "ok",
+        "status": "ok", "version": __version__, "file_logging": "ok", "file_logging_error": None,
         "threads": {"threads": 128, "busy": 0, "waiting": None, "saturated_workers": 0,
                     "saturated_seconds": 0.0, "workers": 1}}  # no gunicorn: nothing counts threads

@@ -4,7 +4,9 @@ The pusher side, in each worker: :mod:`~llmproxy.loki.exporter` (bounded queue, 
 thread) ships :mod:`~llmproxy.loki.batch`\\ es through :mod:`~llmproxy.loki.client`, with
 :mod:`~llmproxy.loki.backoff`, :mod:`~llmproxy.loki.split` (lines over Loki's limit),
 :mod:`~llmproxy.loki.spool` (what Loki has not taken yet) and :mod:`~llmproxy.loki.labels`;
-its numbers across workers in :mod:`~llmproxy.loki.stats`. The tools:
+its numbers across workers in :mod:`~llmproxy.loki.stats`; :mod:`~llmproxy.loki.ledger` (on disk,
+what a worker holds) and :mod:`~llmproxy.loki.recovery` (a dead worker's entries, pushed from the
+files by a live one). The tools:
 :mod:`~llmproxy.loki.backfill` (push what Loki lacks from the files),
 :mod:`~llmproxy.loki.session` (``loki-session``: one session out of Loki) and
 :mod:`~llmproxy.loki.check` (``loki-health``: a Nagios check of ``/health/loki``).

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from llmproxy import providers
 from llmproxy.loki import LokiEntry, LokiExporter
@@ -44,6 +44,8 @@ class SessionReport:
     errors: list[str] = field(default_factory=list)
     extra_pushed: int = 0
     undelivered: int = 0     # Loki did not answer: run again later
+    excluded: int = 0        # parts left out (on their way to Loki by another path)
+    pushed_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -84,6 +86,8 @@ def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
 
 
 class Backfill:
+    """Pushes what Loki lacks of a session (the tool, and :mod:`llmproxy.loki.recovery`)."""
+
     def __init__(self, loki: LokiSettings, labels: LabelMaker, check: bool = True,
                  extra_label: tuple[str, str] | None = None):
         self.exporter = LokiExporter(replace(loki, spool_dir=None))
@@ -105,11 +109,23 @@ class Backfill:
             start = last if last > start else start + 1
         return found
 
-    def run_session(self, files: SessionFiles) -> SessionReport:
+    def run_session(self, files: SessionFiles, select: Callable[[LokiEntry], bool] | None = None,
+                    exclude: frozenset[tuple[int, bytes]] | set = frozenset()) -> SessionReport:
+        """Push the session's entries Loki lacks: all, or those ``select`` picks; (ts, line)
+        pairs in ``exclude`` are not pushed (they are on their way by another path)."""
         report = SessionReport(files.session)
         entries = read_entries(files, self.labels)
+        if select is not None:
+            entries = [e for e in entries if select(e)]
         report.read = len(entries)
+        if not entries:
+            return report
         parts = [p for e in entries for p in split_entry(e, self.exporter.settings.max_line_bytes)]
+        if exclude:
+            kept = [p for p in parts if (p.ts_ns, p.line) not in exclude]
+            report.excluded, parts = len(parts) - len(kept), kept
+            if not parts:
+                return report
         missing = parts
         if self.check:
             held = self.held(files.session, parts)
@@ -123,7 +139,7 @@ class Backfill:
         if outcome.undelivered:
             report.undelivered = len(outcome.undelivered)
             return report
-        if outcome.failed:
+        if outcome.failed and self.check:
             held = self.held(files.session, parts)
             report.refused = [p for p in missing if (p.ts_ns, p.line.decode()) not in held]
             report.pushed = len(missing) - len(report.refused)
@@ -132,6 +148,8 @@ class Backfill:
                 extra = self.exporter.send_entries(own_stream)
                 report.extra_pushed = extra.sent
                 report.errors += extra.errors
+        refused = {(p.ts_ns, p.line) for p in report.refused}
+        report.pushed_bytes = sum(p.size for p in missing if (p.ts_ns, p.line) not in refused)
         return report
 
 

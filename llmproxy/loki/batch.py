@@ -25,6 +25,8 @@ class LokiEntry:
     line: bytes
     labels: Labels
     metadata: Metadata = ()
+    # The worker's ledger ticket (llmproxy/loki/ledger.py): settled once Loki or the spool has it.
+    ticket: int | None = field(default=None, compare=False)
 
     @property
     def size(self) -> int:

@@ -33,6 +33,11 @@ class PushResult:
         return f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
 
 
+class QueryRefused(RuntimeError):
+    """Loki answered a query with a 4xx: asking again will not help (a token that may only push,
+    a gateway that serves only the push path)."""
+
+
 class LokiClient:
     """Pushes bodies to one Loki push URL. Never the proxy's upstream session."""
 
@@ -97,7 +102,8 @@ class LokiClient:
         except (requests.exceptions.RequestException, OSError) as exc:
             raise RuntimeError(f"cannot query {self.safe_url}: {innermost_reason(exc)}") from None
         if resp.status_code != 200:
-            raise RuntimeError(f"Loki query failed: HTTP {resp.status_code}: {resp.text.strip()[:500]}")
+            error = QueryRefused if 400 <= resp.status_code < 500 and resp.status_code != 429 else RuntimeError
+            raise error(f"Loki query failed: HTTP {resp.status_code}: {resp.text.strip()[:500]}")
         result = resp.json()["data"]["result"]
         return [(stream["stream"], int(ts), line) for stream in result for ts, line in stream["values"]]
 

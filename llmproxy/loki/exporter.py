@@ -10,6 +10,10 @@ hand-overs). Failed pushes are retried with backoff; what
 still fails goes to the disk spool, and while anything is spooled, new batches go there too and
 the spool is replayed oldest first (Loki wants each stream's entries roughly in order). ``close``
 flushes within the shutdown budget and spools the rest.
+
+Every entry a request thread hands in is first noted in the worker's :class:`Ledger` (on disk)
+and settled there once Loki or the spool has it: what a killed worker held is found there by
+:mod:`llmproxy.loki.recovery` and pushed from the session files.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
+from llmproxy.common.faults import crash_point
 from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.loki.backoff import Backoff
 from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
+from llmproxy.loki.ledger import Ledger
 from llmproxy.loki.split import split_entry
 from llmproxy.loki.spool import Spool
 from llmproxy.loki.stats import ExporterStats, StatsBoard
@@ -47,6 +53,7 @@ class ExportMetrics(Protocol):
     def sent(self, entries: int, line_bytes: int) -> None: ...
     def retried(self) -> None: ...
     def dropped(self, reason: str, entries: int, line_bytes: int) -> None: ...
+    def recovered(self, entries: int, line_bytes: int) -> None: ...
     def exporter_state(self, queue_entries: int, queue_bytes: int, spool_entries: int, spool_bytes: int,
                        oldest_ns: int | None) -> None: ...
 
@@ -99,9 +106,13 @@ class LokiExporter:
 
     def __init__(self, settings: LokiSettings, board: StatsBoard | None = None,
                  client: LokiClient | None = None, sleep: Callable[[float], None] | None = None,
-                 spool: Spool | None = None, metrics: ExportMetrics | None = None):
+                 spool: Spool | None = None, metrics: ExportMetrics | None = None,
+                 ledger: Ledger | None = None):
         self.settings = settings
         self.metrics = metrics
+        self.ledger = ledger
+        self._parts_left: dict[int, int] = {}  # ticket → parts of a split entry not yet settled
+        self._parts_lock = threading.Lock()
         self.client = client or LokiClient(settings)
         self.board = board
         self.spool = spool if spool is not None else (
@@ -139,13 +150,26 @@ class LokiExporter:
 
     # --- request threads ---
 
-    def push(self, line: bytes, labels: Labels, ts_ns: int, metadata: Metadata = ()) -> bool:
+    def note(self, entries: list[tuple[int, str]]) -> list[int] | None:
+        """Ledger tickets for entries about to be written to their session files, ``(ts_ns,
+        path)`` each (before the write: a worker killed right after it still has them noted)."""
+        if self._pid != os.getpid():
+            self.start()
+        return self.ledger.note(entries) if self.ledger is not None else None
+
+    def cancel(self, tickets: list[int]) -> None:
+        """Noted entries that will not come (their lines were taken out of the file again)."""
+        if self.ledger is not None:
+            self.ledger.settle(tickets)
+
+    def push(self, line: bytes, labels: Labels, ts_ns: int, metadata: Metadata = (),
+             ticket: int | None = None) -> bool:
         """Queue one entry. Never blocks on Loki, never raises. When the queue is full (by
         entries or bytes) the entry goes to the disk spool instead; False if even that failed."""
         try:
             if self._pid != os.getpid():
                 self.start()
-            entry = LokiEntry(ts_ns, line, labels, metadata if self._metadata else ())
+            entry = LokiEntry(ts_ns, line, labels, metadata if self._metadata else (), ticket)
             with self._bytes_lock:
                 room = self._queued_bytes + entry.size <= self.settings.buffer_bytes
                 if room:
@@ -170,12 +194,36 @@ class LokiExporter:
         if self.spool is not None:
             try:
                 self._spooled(self.spool.write([entry]))
+                self._done_with([entry])
                 return True
             except OSError as exc:
                 self._warn.log("Loki spool write failed: %s", exc)
+        self._done_with([entry])
         self.stats.add(entries_dropped=1)
         self._count_drop("queue_is_full", [entry])
         return False
+
+    def _done_with(self, entries: Iterable[LokiEntry]) -> None:
+        """Entries Loki took or refused, or the spool holds: done with, as far as the ledger goes
+        (a split entry once all its parts are)."""
+        if self.ledger is None:
+            return
+        tickets = []
+        with self._parts_lock:
+            for entry in entries:
+                ticket = entry.ticket
+                if ticket is None:
+                    continue
+                left = self._parts_left.get(ticket)
+                if left is None:
+                    tickets.append(ticket)
+                elif left > 1:
+                    self._parts_left[ticket] = left - 1
+                else:
+                    del self._parts_left[ticket]
+                    tickets.append(ticket)
+        if tickets:
+            self.ledger.settle(tickets)
 
     @property
     def queue_depth(self) -> int:
@@ -197,6 +245,8 @@ class LokiExporter:
                 return
             self._pid = os.getpid()
             self._stop.clear()
+            if self.ledger is not None:
+                self.ledger.open()
             self._thread = threading.Thread(target=self._run, name="loki-pusher", daemon=True)
             self._thread.start()
             threading.Thread(target=self._sender, name="loki-sender", daemon=True).start()
@@ -222,6 +272,9 @@ class LokiExporter:
         self.client.close()
         if self.spool is not None:
             self.spool.unlock()
+        if self.ledger is not None and self._pid == os.getpid() and not self.ledger.close():
+            log.warning("Loki: %d entries neither delivered nor spooled; the next worker recovers them "
+                        "from the session files", self.ledger.unsettled)
         return left
 
     # --- the pusher thread ---
@@ -278,7 +331,11 @@ class LokiExporter:
             item = None
         while item is not None and item is not _WAKE:
             self._take(item)
-            for part in split_entry(item, self.settings.max_line_bytes):
+            parts = split_entry(item, self.settings.max_line_bytes)
+            if len(parts) > 1 and item.ticket is not None:
+                with self._parts_lock:
+                    self._parts_left[item.ticket] = len(parts)
+            for part in parts:
                 if batch and batch.bytes + part.size > self.settings.batch_bytes:
                     self._ship(batch)
                     batch = Batch()
@@ -297,6 +354,8 @@ class LokiExporter:
             self._replay()
         elif not batch and self._queue.empty():
             self._maybe_probe()
+        if self.ledger is not None:
+            self.ledger.flush()
         self._batch = batch
         self._publish()
         return batch
@@ -329,7 +388,9 @@ class LokiExporter:
                 return
             future, batch = item
             try:
+                crash_point("push_sending")
                 future.set_result(self._send(batch))
+                crash_point("push_sent")
             except BaseException as exc:  # reported by _settle
                 future.set_exception(exc)
 
@@ -349,17 +410,23 @@ class LokiExporter:
 
     def _to_spool(self, entries: list[LokiEntry]) -> bool:
         if self.spool is None:
+            self._done_with(entries)
             self.stats.add(entries_failed=len(entries))
             self._count_drop("ingester_error", entries)
             return False
         try:
             self._spooled(self.spool.write(entries))
+            crash_point("spool_written")
             return True
         except OSError as exc:
-            self.stats.add(entries_failed=len(entries))
-            self._count_drop("ingester_error", entries)
-            self._warn.log("Loki spool write failed, %d entries lost: %s", len(entries), exc)
+            # The spool's file system is full (or gone) before LLM_PROXY_LOKI_SPOOL_MAX_BYTES.
+            self.stats.add(entries_dropped=len(entries))
+            self._count_drop("spool_write_failed", entries)
+            self._warn.log("Loki spool write failed, %d entries dropped (loki-backfill pushes them from the "
+                           "session files): %s", len(entries), exc)
             return False
+        finally:
+            self._done_with(entries)
 
     def _spooled(self, dropped: int) -> None:
         if dropped:
@@ -476,6 +543,7 @@ class LokiExporter:
             if self.metrics is not None:
                 self.metrics.pushed(result.status, time.perf_counter() - started, len(body))
             if result.ok:
+                self._done_with(batch.entries)
                 self.stats.succeeded(len(batch))
                 if self.metrics is not None:
                     self.metrics.sent(len(batch), batch.bytes)
@@ -514,6 +582,7 @@ class LokiExporter:
         exactly the entries that carried it (Loki stored the others of the push)."""
         self._metadata_refused(result.message)
         plain = [e for e in batch.entries if not e.metadata]
+        self._done_with(plain)  # stored, or refused for their own reasons
         outcome = Outcome()
         if plain:
             rest = "\n".join(line for line in result.message.splitlines() if not METADATA_DISALLOWED.search(line))
@@ -539,6 +608,7 @@ class LokiExporter:
     def _refused(self, batch: Batch, result: PushResult) -> Outcome:
         """Loki said no (4xx): it names what it refused and has stored the rest."""
         failed = rejected_entries(result.message, len(batch)) if result.status == 400 else len(batch)
+        self._done_with(batch.entries)  # stored, or refused: pushing them again cannot help
         self._record(result, batch, reachable=True)
         self.stats.add(entries_failed=failed)
         if failed < len(batch):

@@ -63,7 +63,7 @@ def split_entry(entry: LokiEntry, max_bytes: int) -> list[LokiEntry]:
     ids = tuple(p for p in entry.metadata if p[0] in ID_METADATA)
     return [LokiEntry(entry.ts_ns + i,
                       _dumps({**(head if i else first), "part": i + 1, "parts": parts, "chunk": chunk}).encode(),
-                      entry.labels, ids if i else entry.metadata)
+                      entry.labels, ids if i else entry.metadata, entry.ticket)
             for i, chunk in enumerate(chunks)]
 
 

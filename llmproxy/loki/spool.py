@@ -109,15 +109,40 @@ class Spool:
         tmp = self.directory / f".tmp-{name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.directory / name)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.directory / name)
+        except BaseException:  # a full file system: leave no partial file taking its room
+            tmp.unlink(missing_ok=True)
+            raise
         self._fsync_dir()
         return dropped
+
+    def entries_of(self, pid: int) -> set[tuple[int, bytes]]:
+        """``(ts_ns, line)`` of the entries in the files a worker spooled (replayed in time, so
+        never to be pushed by anyone else), and remove the partial files it left."""
+        found: set[tuple[int, bytes]] = set()
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return found
+        for name in names:
+            if name.startswith(".tmp-") and (f := _parse(self.directory / name[5:])) and \
+                    f.name.split("-")[2] == str(pid):
+                (self.directory / name).unlink(missing_ok=True)
+        for f in self.files():
+            if f.name.split("-")[2] != str(pid):
+                continue
+            try:
+                found.update((e.ts_ns, e.line) for e in decode_entries(f.path.read_bytes()))
+            except (OSError, ValueError):
+                continue
+        return found
 
     def _make_room(self, incoming: int) -> int:
         files = [f for f in self.files() if f.claimed_by is None]

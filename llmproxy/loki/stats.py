@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-COUNTERS = ("entries_sent", "entries_failed", "entries_dropped", "batches_sent")
+COUNTERS = ("entries_sent", "entries_failed", "entries_dropped", "batches_sent", "entries_recovered")
 DEGRADED_WINDOW = 300.0  # errors this recent make an otherwise working exporter "degraded"
 
 
@@ -28,6 +28,7 @@ class ExporterStats:
     entries_failed: int = 0
     entries_dropped: int = 0
     batches_sent: int = 0
+    entries_recovered: int = 0          # pushed from the files for a worker that died (recovery.py)
     queue_depth: int = 0
     last_error: str | None = None
     last_error_time: float | None = None

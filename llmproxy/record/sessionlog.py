@@ -1,8 +1,15 @@
 """The proxy's logger: exchanges → session, seq, fork → entries → the writer (files, Loki).
 
 This is the :class:`~llmproxy.proxy.capture.ExchangeLogger` the proxy calls. Logging never fails a
-proxied call: a log dir that becomes unwritable is reported on stderr once a minute and by
-``/health`` (``"file_logging": "failing"``), and the call goes on.
+proxied call: a log dir that becomes unwritable (or full) is reported on stderr once a minute and
+by ``/health`` (``"file_logging": "failing"`` and the reason), the entries still go to Loki, and
+the call goes on; the next line that can be written says so.
+
+A worker may be killed at any instant of this (``kill -9``, the OOM killer): the steps are
+ordered so that a session file never gets a seq twice, a client session never gets two files,
+and Loki gets every line the files keep (:mod:`llmproxy.record.journal`,
+:mod:`llmproxy.record.multiwriter`). The ``crash_point`` calls name those instants for the
+fault-injection test (tests/test_crashes.py); they do nothing otherwise.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from typing import Any, Protocol
 
 from llmproxy import providers
 from llmproxy.common.clientids import RESPONSE_KEY, session_name
+from llmproxy.common.faults import crash_point
 from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.proxy import decoding
 from llmproxy.proxy.capture import Exchange, now_ns
 from llmproxy.record.entries import Entry, EntryBuilder
+from llmproxy.record.journal import Intent
+from llmproxy.record.multiwriter import Staged
 from llmproxy.record.sessions import Assignment, SessionStore, message_hashes, new_session_id
 
 log = logging.getLogger("llmproxy.sessionlog")
@@ -26,7 +36,12 @@ ERROR_LOG_INTERVAL = 60.0
 
 
 class Writer(Protocol):
-    def write(self, entry: Entry) -> OSError | None: ...
+    """The :class:`~llmproxy.record.multiwriter.MultiWriter`'s steps."""
+
+    def stage(self, entries: list[Entry]) -> Staged: ...
+    def append(self, staged: Staged, before=None) -> OSError | None: ...
+    def export(self, staged: Staged) -> None: ...
+    def cancel(self, staged: Staged) -> None: ...
 
 
 class FileHealth:
@@ -45,7 +60,13 @@ class FileHealth:
     def failed(self, error: BaseException) -> None:
         self.failing = True
         self.last_error = str(error)
-        self._errors.log("file logging failed: %s; proxied calls go on", error)
+        self._errors.log("file logging failed: %s; proxied calls go on (and their entries to Loki)", error)
+
+    def wrote(self, error: OSError | None) -> None:
+        if error is None:
+            self.ok()
+        else:
+            self.failed(error)
 
     @property
     def status(self) -> str:
@@ -83,27 +104,47 @@ class SessionLog:
         exchange.request_summary = providers.request_summary(providers.api_for(route.provider, route.path), body)
         fields = self.builder.request_fields(exchange, decoded)
 
+        staged: list[Staged] = []
+
         def write_request(assignment: Assignment) -> None:
-            for entry in self.builder.request_entries(exchange, assignment, fields):
-                self._write(entry)
+            # Inside the sessions.db transaction: noted for Loki, noted on the lock's pad, written.
+            crash_point("request_assigned")
+            lines = self.writer.stage(self.builder.request_entries(exchange, assignment, fields))
+            staged.append(lines)
+
+            def before(offset: int, device: int, inode: int) -> None:
+                self.store.intend(Intent(lines.entries[0].path, offset, device, inode, assignment.session,
+                                         assignment.seq, assignment.started_session, exchange.request_id))
+                crash_point("request_noted")
+
+            self.health.wrote(self.writer.append(lines, before))
+            crash_point("request_written")
 
         try:
             assignment = self.store.assign(route.provider, route.upstream, client_id, agent, hashes,
                                            exchange.started_ns, write_request)
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:
+            for lines in staged:  # not committed: taken out of the file, not for Loki either
+                self.writer.cancel(lines)
+            if not isinstance(exc, (sqlite3.Error, OSError)):
+                raise
             # sessions.db is unusable: the exchange is still logged, as a session of its own.
             self.health.failed(exc)
             assignment = Assignment(session=new_session_id(exchange.started_ns), seq=1,
                                     upstream=route.upstream, started_session=True, agent=agent,
                                     client_id=session_name(client_id))
-            write_request(assignment)
+            self._write(self.builder.request_entries(exchange, assignment, fields), "fallback")
+        else:
+            crash_point("request_cleared")
+            self.writer.export(staged[-1])
+            crash_point("request_queued")
         exchange.state = assignment
 
     def log_response(self, exchange: Exchange) -> None:
         assignment = exchange.state
         if not isinstance(assignment, Assignment):
             return
-        self._write(self.builder.response_entry(exchange, assignment, now_ns()))
+        entry = self.builder.response_entry(exchange, assignment, now_ns())
         route = exchange.route
         decoded = exchange.decoded_body() if exchange.chunks is None else None
         response_id = providers.response_id(
@@ -111,15 +152,18 @@ class SessionLog:
             None if exchange.chunks is None else (c.raw for c in exchange.chunks[:3] if not c.binary),
             decoded.data if decoded is not None else None)
         if response_id:  # a later previous_response_id continues this session
+            # Before the line: a file that shows the answer always has its id mapped.
             try:
                 self.store.remember(route.provider, route.upstream, RESPONSE_KEY + response_id,
                                     assignment.session)
             except (sqlite3.Error, OSError) as exc:
                 self.health.failed(exc)
+        self._write([entry], "response")
 
-    def _write(self, entry: Entry) -> None:
-        error = self.writer.write(entry)
-        if error is None:
-            self.health.ok()
-        else:
-            self.health.failed(error)
+    def _write(self, entries: list[Entry], kind: str) -> None:
+        lines = self.writer.stage(entries)
+        crash_point(f"{kind}_noted")
+        self.health.wrote(self.writer.append(lines))
+        crash_point(f"{kind}_written")
+        self.writer.export(lines)
+        crash_point(f"{kind}_queued")

@@ -10,6 +10,9 @@ The threads of one worker that need a transaction while another one holds the wr
 the next one (group commit): one lock, one ``BEGIN`` and one ``COMMIT`` for all of them, each
 request in a savepoint of its own. Under load that is what keeps the one lock every request of
 the server passes through from becoming its limit (README, "Performance").
+
+Lines written inside a transaction that does not commit (a worker killed before its ``COMMIT``,
+a full disk failing it) are taken out of their files again: :mod:`llmproxy.record.journal`.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from llmproxy.common import faults
 from llmproxy.common.clientids import session_name
 from llmproxy.providers import SPELLING
+from llmproxy.record import journal
+from llmproxy.record.journal import Intent
 from llmproxy.record.writelock import WriteLock
 
 SCHEMA = """
@@ -170,15 +176,17 @@ T = TypeVar("T")
 
 
 class _Job:
-    """One thread's share of a write transaction: ``work(conn)``, then its result or error."""
+    """One thread's share of a write transaction: ``work(conn)``, then its result or error, and
+    the lines it wrote (to take out again if it does not commit)."""
 
-    __slots__ = ("work", "result", "error", "done")
+    __slots__ = ("work", "result", "error", "done", "intents")
 
     def __init__(self, work: Callable[[sqlite3.Connection], Any]):
         self.work = work
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.intents: list[Intent] = []
 
 
 @dataclass
@@ -225,6 +233,8 @@ class SessionStore:
         self._jobs: list[_Job] = []
         self._jobs_changed = threading.Condition()
         self._leading = False  # a thread of this process is running a transaction for the jobs
+        self._running: _Job | None = None  # the job whose work runs now (in the leading thread)
+        self.log_dir = str(self.path.parent)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -273,7 +283,8 @@ class SessionStore:
         """Decide the session, seq and thread of a request; run ``within`` before committing.
 
         ``within`` writes the request's lines, so lines of one session land in seq order even
-        when workers race. If it raises, nothing is recorded.
+        when workers race; it calls :meth:`intend` before it writes them. If it raises, or the
+        transaction does not commit, nothing is recorded and its lines are taken out again.
         """
         def work(conn: sqlite3.Connection) -> Assignment:
             assignment = self._assign(conn, provider, upstream, client_id, agent, hashes, now_ns)
@@ -308,35 +319,67 @@ class SessionStore:
             raise job.error
         return job.result
 
+    def intend(self, intent: Intent) -> None:
+        """Note, before a job writes its lines, where they go (called from within its work)."""
+        self._running.intents.append(intent)
+        self._write_lock.note(intent.encode())
+
+    def recover(self) -> None:
+        """Finish now what a worker that died in a transaction left (the next transaction would
+        anyway): before reading the files, a reader that must not see uncommitted lines calls it."""
+        self._transact(lambda conn: None)
+
+    def _work(self, job: _Job, conn: sqlite3.Connection) -> bool:
+        self._running = job
+        try:
+            job.result = job.work(conn)
+            return True
+        except BaseException as exc:
+            job.error = exc
+            return False
+        finally:
+            self._running = None
+
+    def _undo(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            for intent in job.intents:
+                journal.undo(self.log_dir, intent)
+            job.intents = []
+
     def _run(self, batch: list[_Job]) -> None:
         """One transaction for ``batch``: each job's changes in a savepoint of its own (one that
-        fails is rolled back alone), all committed at once. A failed commit fails them all."""
+        fails is rolled back alone, its lines taken out), all committed at once. A failed commit
+        fails them all."""
         try:
             conn = self._conn()
-            with self._write_lock:
+            with self._write_lock as lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    if lock.left:  # a writer died in its transaction
+                        journal.recover(conn, self.log_dir, lock.left)
                     if len(batch) == 1:  # no savepoint needed: the transaction is the job's
-                        job = batch[0]
-                        try:
-                            job.result = job.work(conn)
-                        except BaseException as exc:
-                            job.error = exc
+                        if not self._work(batch[0], conn):
                             conn.execute("ROLLBACK")
+                            self._undo(batch)
+                            lock.clear()
                             return
                     else:
                         for job in batch:
                             conn.execute("SAVEPOINT job")
-                            try:
-                                job.result = job.work(conn)
-                            except BaseException as exc:
-                                job.error = exc
+                            if not self._work(job, conn):
                                 conn.execute("ROLLBACK TO job")
+                                self._undo([job])
                             conn.execute("RELEASE job")
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # a failed COMMIT (a full disk) may leave it open
+                        conn.execute("ROLLBACK")
+                    self._undo(batch)
+                    lock.clear()
                     raise
-                conn.execute("COMMIT")
+                if faults.DIRECTORY is not None and any(job.intents for job in batch):
+                    faults.crash_point("request_committed")
+                lock.clear()
         except BaseException as exc:
             for job in batch:
                 if job.error is None:

@@ -34,7 +34,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Alloy's reasons, plus spool_full: an entry the full disk spool had to give up.
-REASONS = ("ingester_error", "rate_limited", "stream_limited", "line_too_long", "queue_is_full", "spool_full")
+REASONS = ("ingester_error", "rate_limited", "stream_limited", "line_too_long", "queue_is_full", "spool_full",
+           "spool_write_failed")
 OWN_PATHS = frozenset({"/health", "/health/loki", "/metrics"})
 SAMPLE_INTERVAL = 1.0  # live counts (busy threads, streams) reach the shared files this often
 
@@ -157,6 +158,10 @@ class Metrics:
                                      where + ["reason"], registry=reg)
         self.retries = Counter("loki_write_batch_retries_total", "Pushes tried again after a failure.",
                                where, registry=reg)
+        self.recovered_entries = Counter(
+            "loki_write_recovered_entries_total",
+            "Log entries a worker that died had not delivered, pushed from the session files by another.",
+            where, registry=reg)
         self.push_duration = Histogram("loki_write_request_duration_seconds", "Duration of push requests.",
                                        ["status_code"] + where, buckets=PUSH_BUCKETS, registry=reg)
         self.queue_entries = Gauge("loki_write_queue_entries", "Entries in the memory queues.",
@@ -175,6 +180,7 @@ class Metrics:
             self.dropped_bytes.labels(*self._where, reason)
         self._sent = (self.sent_entries.labels(*self._where), self.sent_bytes.labels(*self._where),
                       self.encoded_bytes.labels(*self._where), self.retries.labels(*self._where))
+        self._recovered = self.recovered_entries.labels(*self._where)
         self._by_provider: dict[str, tuple] = {}
         self._stop = threading.Event()
 
@@ -260,6 +266,11 @@ class Metrics:
 
     def retried(self) -> None:
         self._sent[3].inc()
+
+    def recovered(self, entries: int, line_bytes: int) -> None:
+        """Entries of a dead worker pushed from the files (also counted as sent)."""
+        self._recovered.inc(entries)
+        self.sent(entries, line_bytes)
 
     def dropped(self, reason: str, entries: int, line_bytes: int) -> None:
         self.dropped_entries.labels(*self._where, reason).inc(entries)

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from llmproxy import __version__
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.labels import LabelMaker
+from llmproxy.loki.ledger import Ledger
+from llmproxy.loki.recovery import Recovery
 from llmproxy.loki.stats import StatsBoard, disabled_summary, pid_alive, summarize
 from llmproxy.proxy import forwarding
 from llmproxy.proxy.capture import ExchangeLogger
@@ -50,10 +52,14 @@ class Runtime:
         self.relays = RelayHub()                  # open WebSockets: one thread moves their bytes
         self.metrics = Metrics(self.saturation, lambda: self.relays.open_count,
                                *loki_labels(settings))
-        self.exporter = (LokiExporter(settings.loki, self.board, metrics=self.metrics)
-                         if settings.loki.enabled else None)
-        self.writer = MultiWriter(self.file_logger, self.exporter,
-                                  LabelMaker(settings.loki.environment, settings.machine_id))
+        labels = LabelMaker(settings.loki.environment, settings.machine_id)
+        self.exporter = self.recovery = None
+        if settings.loki.enabled:
+            ledger = Ledger(settings.loki.spool_dir / "ledgers") if settings.loki.spool_dir else None
+            self.exporter = LokiExporter(settings.loki, self.board, metrics=self.metrics, ledger=ledger)
+            if ledger is not None:  # a dead worker's entries: pushed from the files by a live one
+                self.recovery = Recovery(self.exporter, settings.log_dir, labels, self.sessions.recover)
+        self.writer = MultiWriter(self.file_logger, self.exporter, labels)
         self.logger: ExchangeLogger = logger or SessionLog(
             self.sessions, self.writer, EntryBuilder(settings.machine_id), self.file_health)
         self.ws_log = MessageLog(self.logger)     # what the WebSockets carried is written here
@@ -71,6 +77,8 @@ class Runtime:
         self.metrics.start()
         if self.exporter is not None:
             self.exporter.start()
+        if self.recovery is not None:
+            self.recovery.start()
 
     def close(self, flush_budget: float | None = None) -> None:
         """Flush and release what the worker holds. Called once, from ``worker_exit``;
@@ -79,6 +87,8 @@ class Runtime:
         self.relays.close()
         self.ws_log.close()
         self.metrics.close()
+        if self.recovery is not None:
+            self.recovery.close()
         if self.exporter is not None:
             self.exporter.close(flush_budget)
         self.saturation.close()
@@ -98,6 +108,7 @@ class Runtime:
     def health(self) -> dict:
         threads = summarize_threads(self.saturation.snapshot(), self.saturation.read_others())
         return {"status": "ok", "version": __version__, "file_logging": self.file_health.status,
+                "file_logging_error": self.file_health.last_error if self.file_health.failing else None,
                 "threads": threads}
 
 
