@@ -73,7 +73,8 @@ class _Server(ThreadingHTTPServer):
 class FakeProvider:
     """Start with ``FakeProvider().start()``; ``url`` is its base URL; ``stop()`` ends it."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", record: bool = True):
+        self.record = record  # off: ``received`` keeps requests without their bodies (a long soak)
         self.received: list[Received] = []
         self.disconnects: list[tuple[str, float]] = []   # (path, when) for clients that left
         self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
@@ -332,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._read_chunked()
         else:
             body = self.rfile.read(length) if length else b""
-        received = Received(self.command, self.path, list(self.headers.items()), body)
+        received = Received(self.command, self.path, list(self.headers.items()), body if fake.record else b"")
         with fake.lock:
             fake.received.append(received)
         if self.headers.get("Upgrade", "").lower() == "websocket":

@@ -61,15 +61,16 @@ class Recovered:
     unasked: bool = False  # Loki refused the query: pushed without asking
 
     def describe(self) -> str:
+        """The one log line of the event. Lines Loki takes in parts are counted as Loki counts
+        them, part by part, from the files on."""
         found = [f"{self.pushed} pushed", f"{self.present} already in Loki"]
         if self.spooled:
             found.append(f"{self.spooled} in its spool")
         if self.refused:
             found.append(f"{self.refused} refused by Loki")
-        if self.unwritten:
-            found.append(f"{self.unwritten} in no session file")
-        return (f"Loki: worker {self.pid} died holding {self.entries} entries of {self.sessions} sessions "
-                f"Loki had not confirmed; recovered from the session files: {', '.join(found)}"
+        unwritten = f"; {self.unwritten} were in no session file" if self.unwritten else ""
+        return (f"Loki: worker {self.pid} died holding {self.entries} entries ({self.sessions} sessions) "
+                f"Loki had not confirmed{unwritten}; from the session files: {', '.join(found)}"
                 + (" (Loki refused the query: pushed without asking)" if self.unasked else ""))
 
 
