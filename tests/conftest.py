@@ -62,3 +62,28 @@ def real_loki(tmp_path_factory):
     loki = RealLoki(tmp_path_factory.mktemp("loki")).start()
     yield loki
     loki.stop()
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(size)``: a directory on a tmpfs of ``size`` (e.g. ``"8m"``), to fill up. Needs the
+    right to mount (root, as ./scripts/test runs here); skips with the reason where it has not."""
+    import subprocess
+
+    mounted = []
+
+    def make(size: str) -> Path:
+        target = tmp_path / f"fs{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(target)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs to fill up: {done.stderr.strip() or done.returncode}")
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in mounted:
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+

@@ -5,7 +5,7 @@ one ``writev`` on a descriptor opened with ``O_APPEND``: lines of threads and wo
 never interleave. A file never keeps a half line:
 
 - a write that fails part-way (a full disk) is taken back at once (``ftruncate`` to where it
-  began), so the file ends where it ended before;
+  began), so the file ends where it ended before (a file the write made is removed);
 - a writer killed part-way (``SIGKILL`` stops a write between pages) leaves a last line without
   its newline; the next writer of that file cuts it off before it appends, or the line it
   writes would be glued to the fragment.
@@ -138,7 +138,12 @@ class FileLogger:
                 offset = cut_torn_line(fd, status.st_size, full)
                 if before is not None:
                     before(offset, status.st_dev, status.st_ino)
-                append_whole(fd, lines, offset)
+                try:
+                    append_whole(fd, lines, offset)
+                except OSError:
+                    if offset == 0:  # a file made for this write: no empty session file is left
+                        os.unlink(full)
+                    raise
             finally:
                 os.close(fd)  # and the lock with it
         except OSError as exc:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
+import os
 import sqlite3
 from typing import Any, Protocol
 
@@ -45,21 +47,57 @@ class Writer(Protocol):
 
 
 class FileHealth:
-    """Whether file logging works, with stderr lines about it at most once a minute."""
+    """Whether file logging works, with stderr lines about it at most once a minute.
 
-    def __init__(self, interval: float = ERROR_LOG_INTERVAL):
-        self.failing = False
-        self.last_error: str | None = None
+    With ``shared`` (a small file on tmpfs, where gunicorn's workers keep their metrics, never in
+    the log dir: a full disk there must not keep a worker from saying so) the state is the
+    server's: the last line any worker wrote or failed to write decides, so ``/health`` says the
+    same whichever worker answers it.
+    """
+
+    SIZE = 4096
+
+    def __init__(self, interval: float = ERROR_LOG_INTERVAL, shared: str | None = None):
+        self._failing = False
+        self._error: str | None = None
         self._errors = RateLimitedLog(log, logging.ERROR, interval)
+        self._shared: mmap.mmap | None = None
+        if shared:
+            try:
+                fd = os.open(shared, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    if os.fstat(fd).st_size < self.SIZE:
+                        os.ftruncate(fd, self.SIZE)
+                    self._shared = mmap.mmap(fd, self.SIZE)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.warning("file logging health is per worker (%s: %s)", shared, exc)
+
+    @property
+    def failing(self) -> bool:
+        return self._shared[0] == 1 if self._shared is not None else self._failing
+
+    @property
+    def last_error(self) -> str | None:
+        if self._shared is None:
+            return self._error
+        text = self._shared[1:].split(b"\0", 1)[0]
+        return text.decode("utf-8", "replace") or None
 
     def ok(self) -> None:
         if self.failing:
-            self.failing = False
+            if self._shared is not None:
+                self._shared[0] = 0
+            self._failing = False
             log.warning("file logging works again")
 
     def failed(self, error: BaseException) -> None:
-        self.failing = True
-        self.last_error = str(error)
+        self._failing, self._error = True, str(error)
+        if self._shared is not None:
+            text = self._error.encode("utf-8", "replace")[: self.SIZE - 2]
+            self._shared[1:len(text) + 2] = text + b"\0"
+            self._shared[0] = 1
         self._errors.log("file logging failed: %s; proxied calls go on (and their entries to Loki)", error)
 
     def wrote(self, error: OSError | None) -> None:

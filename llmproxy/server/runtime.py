@@ -28,7 +28,7 @@ from llmproxy.record.multiwriter import MultiWriter
 from llmproxy.record.sessionlog import FileHealth, SessionLog
 from llmproxy.record.sessions import SessionStore
 from llmproxy.record.websocket_log import MessageLog
-from llmproxy.server.metrics import Metrics
+from llmproxy.server.metrics import MULTIPROC_ENV, Metrics
 from llmproxy.server.saturation import Saturation
 from llmproxy.server.saturation import summarize as summarize_threads
 from llmproxy.settings import Settings, redact_url
@@ -44,7 +44,7 @@ class Runtime:
     def __init__(self, settings: Settings, logger: ExchangeLogger | None = None):
         self.settings = settings
         self.upstream = forwarding.new_session(settings.threads)
-        self.file_health = FileHealth()
+        self.file_health = FileHealth(shared=shared_file("file-logging"))
         self.sessions = SessionStore(settings.log_dir / "sessions.db")
         self.file_logger = FileLogger(settings.log_dir)
         self.board = StatsBoard(settings.run_dir / str(os.getppid()))
@@ -110,6 +110,13 @@ class Runtime:
         return {"status": "ok", "version": __version__, "file_logging": self.file_health.status,
                 "file_logging_error": self.file_health.last_error if self.file_health.failing else None,
                 "threads": threads}
+
+
+def shared_file(name: str) -> str | None:
+    """A file the workers of this server share on tmpfs (beside their metric files), or None
+    outside gunicorn."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    return os.path.join(directory, name) if directory else None
 
 
 def loki_labels(settings: Settings) -> tuple[str, str]:
