@@ -122,6 +122,7 @@ class FakeLoki:
             self.changed.notify_all()
 
     def fail_next(self, count: int, status: int = 500) -> None:
+        """The next ``count`` pushes answer ``status`` (after those already told; 204: as usual)."""
         with self.lock:
             self._fail_next += [status] * count
 
@@ -171,11 +172,11 @@ class FakeLoki:
 
     def _push(self, headers: dict, raw: bytes, push: Push) -> tuple[int, str, dict]:
         with self.lock:
-            if self._fail_next:
-                status = self._fail_next.pop(0)
+            status = self._fail_next.pop(0) if self._fail_next else None
+            if status not in (None, 204):  # 204 in the list: this push is taken as usual
                 return status, {500: "internal server error", 429: self._rate_message(1, len(raw)),
                                 503: "service unavailable"}.get(status, "error"), {}
-            mode, retry_after = self.mode, self.retry_after
+            mode, retry_after = ("ok", None) if status == 204 else (self.mode, self.retry_after)
         if mode == "error500":
             return 500, "rpc error: code = Unavailable desc = the ingester is shutting down", {}
         if mode == "ratelimit":

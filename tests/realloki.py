@@ -70,7 +70,7 @@ class RealLoki:
     def __init__(self, workdir: Path, allow_structured_metadata: bool = True):
         self.workdir = Path(workdir)
         self.allow_structured_metadata = allow_structured_metadata
-        self.port = 0
+        self.port = self.grpc_port = 0
         self.process: subprocess.Popen | None = None
 
     @property
@@ -82,20 +82,22 @@ class RealLoki:
         return f"{self.url}/loki/api/v1/push"
 
     def start(self, timeout: float = 60.0) -> "RealLoki":
+        """Start Loki; started before (and stopped), it comes back on the same ports and data."""
         binary, why = loki_binary()
         if binary is None:
             raise RuntimeError(why)
         tools = tools_dir() or ROOT
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        self.port, grpc = free_port(), free_port()
+        if not self.port:
+            self.port, self.grpc_port = free_port(), free_port()
         config = (tools / "loki-local.yaml").read_text().replace("LOKI_DATA", str(data))
         config = config.replace("http_listen_port: 3100", f"http_listen_port: {self.port}")
-        config = config.replace("grpc_listen_port: 9096", f"grpc_listen_port: {grpc}")
+        config = config.replace("grpc_listen_port: 9096", f"grpc_listen_port: {self.grpc_port}")
         if not self.allow_structured_metadata:
             config = config.replace("allow_structured_metadata: true", "allow_structured_metadata: false")
         (self.workdir / "loki.yaml").write_text(config)
-        self.log = open(self.workdir / "loki.log", "wb")
+        self.log = open(self.workdir / "loki.log", "ab")
         self.process = subprocess.Popen([str(binary), f"-config.file={self.workdir / 'loki.yaml'}"],
                                         stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
 

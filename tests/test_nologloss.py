@@ -171,6 +171,31 @@ def test_the_spool_bound_drops_the_oldest_files_first(tmp_path):
     assert [f.oldest_ns for f in spool.files()] == [1002, 1003, 1004]
 
 
+def test_a_spool_file_loki_takes_in_part_keeps_only_the_rest_so_nothing_is_pushed_twice(tmp_path):
+    from llmproxy.loki import LokiExporter
+    from llmproxy.settings import LokiSettings
+
+    loki = FakeLoki().start()
+    spool = Spool(tmp_path / "spool", 1 << 30)
+    now = __import__("time").time_ns()
+    entries = [LokiEntry(now + i, b'{"n":%d}' % i, (("app", "t"),)) for i in range(8)]
+    spool.write(entries)
+    # After a restart Loki sheds load: the whole file 429, its first half taken, then 429 again.
+    loki.fail_next(1, 429)
+    loki.fail_next(1, 204)
+    loki.set_mode("ratelimit")
+    exporter = LokiExporter(LokiSettings(enabled=True, url=loki.url, batch_wait=0.05, backoff_min=0.05,
+                                         backoff_max=0.2), spool=spool)
+    exporter.start()
+    wait_until(lambda: loki.count() == 4 and [f.entries for f in spool.files()] == [4], timeout=10,
+               message="the first half taken, the rest back in the spool")
+    loki.set_mode("ok")
+    wait_until(lambda: loki.count() == 8 and not spool.files(), timeout=10, message="the rest taken")
+    exporter.close(timeout=2)
+    assert sum(p.values for p in loki.pushes if p.status == 204) == 8  # each entry pushed once
+    loki.down()
+
+
 def run_backfill(loki, log_dir, *args):
     out = io.StringIO()
     code = backfill_main(["--log-dir", str(log_dir), *args], out=out,

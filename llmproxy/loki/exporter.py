@@ -448,13 +448,19 @@ class LokiExporter:
             return
         spool_file, entries = claimed
         outcome = Outcome()
+        rest: list[LokiEntry] = []
         for chunk in self._chunks(entries):
-            outcome += self._send(batch_of(chunk), attempts=1)
             if outcome.undelivered:
-                break
+                rest.extend(chunk)
+                continue
+            outcome += self._send(batch_of(chunk), attempts=1)
         if outcome.undelivered:
-            self.spool.release(spool_file)
-            # Entries Loki took before it failed stay sent; an exact resend of them is dropped.
+            if outcome.sent or outcome.failed:
+                # Loki took part of it (a 429 after a restart, halves that fit): only the rest
+                # stays; resending what Loki has would store it twice (it shards busy streams).
+                self.spool.keep(spool_file, outcome.undelivered + rest)
+            else:
+                self.spool.release(spool_file)
             delay = self.backoff.delay(min(self._replay_failures, 16))
             self._replay_failures += 1
             self._next_replay = time.monotonic() + delay

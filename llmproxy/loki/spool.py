@@ -62,6 +62,24 @@ def decode_entries(data: bytes) -> list[LokiEntry]:
     return entries
 
 
+def _write_file(tmp: Path, data: bytes, target: Path) -> None:
+    """``data`` into ``target`` atomically: a temporary file, fsync, rename. On failure (a full
+    file system) no partial file is left taking room."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class Spool:
     """A directory of spooled batches with a size bound."""
 
@@ -107,19 +125,7 @@ class Spool:
         oldest = min(e.ts_ns for e in entries)
         name = f"{oldest:020d}-{len(entries)}-{os.getpid()}-{next(_counter)}.jsonl"
         tmp = self.directory / f".tmp-{name}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.directory / name)
-        except BaseException:  # a full file system: leave no partial file taking its room
-            tmp.unlink(missing_ok=True)
-            raise
+        _write_file(tmp, data, self.directory / name)
         self._fsync_dir()
         return dropped
 
@@ -222,6 +228,17 @@ class Spool:
         base = f.name.split(".claimed-")[0]
         try:
             os.replace(f.path, self.directory / base)
+        except FileNotFoundError:
+            pass
+
+    def keep(self, f: SpoolFile, entries: list[LokiEntry]) -> None:
+        """Give a claimed file back with only ``entries`` in it (Loki took the others). The
+        content is replaced atomically first, so a crash in between leaves no entry twice."""
+        _write_file(self.directory / f".tmp-{f.name}", encode_entries(entries), f.path)
+        _, _, pid, n = f.name.split(".claimed-")[0].removesuffix(".jsonl").split("-")
+        oldest = min(e.ts_ns for e in entries)
+        try:
+            os.replace(f.path, self.directory / f"{oldest:020d}-{len(entries)}-{pid}-{n}.jsonl")
         except FileNotFoundError:
             pass
 
