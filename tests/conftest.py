@@ -87,3 +87,12 @@ def small_fs(tmp_path):
         if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
+
+
+def pytest_collection_finish(session):
+    """The two-minute soak (tests/test_soak.py) starts at once, in a process of its own, and runs
+    beside the rest of the suite; its test collects the result."""
+    if any(item.path.name == "test_soak.py" for item in session.items):
+        import soak
+
+        soak.start_background(session.config._tmp_path_factory.mktemp("soak"))

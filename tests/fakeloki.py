@@ -308,7 +308,7 @@ class FakeLoki:
                 continue
             result = run_pipeline({**labels, **metadata}, line, stages)
             if result is not None:
-                rows.append((result, ts, line))
+                rows.append((result, ts, format_line(line, stages)))
         rows.sort(key=lambda r: r[1], reverse=direction != "forward")
         rows = rows[:limit]
         grouped: dict[frozenset, dict] = {}
@@ -367,6 +367,9 @@ def parse_logql(query: str):
                 fields.append((tokens[i], _unquote(tokens[i + 2])))  # name = "path"
                 i += 3
             stages.append(("json", fields))
+        elif tok == "|" and tokens[i + 1] == "line_format":
+            stages.append(("format", _unquote(tokens[i + 2])))
+            i += 3
         elif tok == "|":
             stages.append(("label", tokens[i + 1], tokens[i + 2], _unquote(tokens[i + 3])))
             i += 4
@@ -406,8 +409,20 @@ def _path(doc, path: str):
     return doc if isinstance(doc, str) or doc is None else json.dumps(doc)
 
 
+def format_line(line: str, stages) -> str:
+    """``| line_format``: only the template the proxy sends, the line's length in bytes."""
+    for stage in stages:
+        if stage[0] == "format":
+            if stage[1].replace(" ", "") != "{{len__line__}}":
+                raise ValueError(f"unsupported line_format template {stage[1]!r}")
+            line = str(len(line.encode()))
+    return line
+
+
 def run_pipeline(labels: dict, line: str, stages) -> dict | None:
     for stage in stages:
+        if stage[0] == "format":
+            continue
         if stage[0] == "line":
             _, op, text = stage
             ok = {"|=": text in line, "!=": text not in line,

@@ -248,23 +248,6 @@ def expected_in_loki(log_dir: Path, max_line_bytes: int) -> Counter:
                    for e in read_entries(files, labels) for p in split_entry(e, max_line_bytes))
 
 
-def held_by_loki(client: LokiClient, environment: str, start_ns: int, end_ns: int) -> Counter:
-    """(ts, bytes) of every entry Loki returns for the run, duplicates counted. Only the line's
-    length comes back (``line_format``): a 1 MB body's parts are not shipped to count them."""
-    query = f'{{app="llm-proxy", environment="{environment}"}} | line_format "{{{{ len __line__ }}}}"'
-    found: Counter = Counter()
-    windows = [(start_ns, end_ns)]
-    while windows:
-        start, end = windows.pop()
-        page = client.query_range(query, start, end, limit=5000, direction="forward")
-        if len(page) >= 5000 and end - start > 1:  # a full page may hide more: halve the window
-            middle = (start + end) // 2
-            windows += [(start, middle), (middle, end)]
-            continue
-        found.update((ts, int(line)) for _, ts, line in page)
-    return found
-
-
 # --- the run ---
 
 @dataclass
@@ -362,7 +345,8 @@ def run(workdir: Path, duration: float = 120.0, clients: int = 8, loki_url: str 
         end_ns = time.time_ns() + 60 * 10**9
         deadline = time.monotonic() + max(180.0, duration * 0.3)
         while True:
-            held = held_by_loki(client_, environment, started_ns - 10 * 60 * 10**9, end_ns)
+            held = client_.held(f'{{app="llm-proxy", environment="{environment}"}}',
+                                started_ns - 10 * 60 * 10**9, end_ns)
             missing = expected - held
             if not missing or time.monotonic() > deadline:
                 break
@@ -456,6 +440,48 @@ def describe(report: Report) -> list[str]:
               f"memory peak:              {mem(report.peak)}",
               "OK" if report.ok else "FAILED"]
     return lines
+
+
+# --- beside the test suite ---
+
+SUITE_DURATION = "120s"
+
+
+@dataclass
+class Background:
+    """A soak running in a process of its own while the suite goes on (tests/conftest.py)."""
+
+    workdir: Path
+    process: "subprocess.Popen | None" = None
+    unavailable: str = ""   # why it could not start (no Loki binary)
+
+    def result(self, timeout: float) -> dict:
+        """The soak's figures once it is done (its output is in ``workdir/soak.out``)."""
+        self.process.wait(timeout)
+        report = self.workdir / "report.json"
+        if not report.exists():
+            raise RuntimeError(f"the soak ended with {self.process.returncode} and no report:\n"
+                               + (self.workdir / "soak.out").read_text()[-3000:])
+        return json.loads(report.read_text())
+
+
+BACKGROUND: Background | None = None
+
+
+def start_background(workdir: Path) -> Background:
+    global BACKGROUND
+    import subprocess
+
+    from realloki import loki_binary
+
+    binary, why = loki_binary()
+    BACKGROUND = Background(workdir, unavailable=why if binary is None else "")
+    if binary is not None:
+        with open(workdir / "soak.out", "wb") as out:
+            BACKGROUND.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__)), "--duration", SUITE_DURATION, "--workdir", str(workdir),
+                 "--json", str(workdir / "report.json")], stdout=out, stderr=subprocess.STDOUT)
+    return BACKGROUND
 
 
 def main(argv: list[str] | None = None) -> int:

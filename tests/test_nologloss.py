@@ -196,6 +196,36 @@ def test_a_spool_file_loki_takes_in_part_keeps_only_the_rest_so_nothing_is_pushe
     loki.down()
 
 
+def test_a_spool_file_a_worker_died_replaying_is_pushed_without_what_loki_holds(tmp_path):
+    import subprocess
+    import time
+
+    from llmproxy.loki import LokiExporter
+    from llmproxy.loki.batch import batch_of
+    from llmproxy.loki.client import LokiClient
+    from llmproxy.settings import LokiSettings
+
+    loki = FakeLoki().start()
+    settings = LokiSettings(enabled=True, url=loki.url, batch_wait=0.05)
+    spool = Spool(tmp_path / "spool", 1 << 30)
+    now = time.time_ns()
+    entries = [LokiEntry(now + i, b'{"n":%d}' % i, (("app", "t"), ("log_type", "request" if i % 2 else "response")))
+               for i in range(8)]
+    spool.write(entries)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    f, = spool.files()
+    os.rename(f.path, f.path.with_name(f"{f.name}.claimed-{dead.pid}"))
+    # The dead worker had pushed half of it when it was killed.
+    assert LokiClient(settings).push(batch_of(entries[:4]).encode()).ok
+    exporter = LokiExporter(settings, spool=spool)
+    exporter.start()
+    wait_until(lambda: loki.count() == 8 and not spool.files(), timeout=10, message="the rest pushed")
+    exporter.close(timeout=2)
+    assert sum(p.values for p in loki.pushes if p.status == 204) == 8  # the first half not again
+    loki.down()
+
+
 def run_backfill(loki, log_dir, *args):
     out = io.StringIO()
     code = backfill_main(["--log-dir", str(log_dir), *args], out=out,

@@ -1,7 +1,10 @@
-"""Sending one push to Loki: its own HTTP session, headers, gzip, and what Loki answered."""
+"""Sending one push to Loki: its own HTTP session, headers, gzip, and what Loki answered; and
+asking Loki what it holds (the backfill, the recovery, a replay that may repeat a push)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
 
 import requests
@@ -9,7 +12,7 @@ import requests
 from llmproxy import __version__
 from llmproxy.common.errors import innermost_reason
 from llmproxy.loki.backoff import parse_retry_after
-from llmproxy.loki.batch import compress
+from llmproxy.loki.batch import Labels, compress
 from llmproxy.settings import LokiSettings, redact_url
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -31,6 +34,14 @@ class PushResult:
 
     def describe(self) -> str:
         return f"HTTP {self.status}: {self.message}" if self.status is not None else self.message
+
+
+PAGE = 5000  # Loki's max_entries_limit_per_query by default
+
+
+def selector(labels: Labels) -> str:
+    """``{name="value", …}`` for a label set."""
+    return "{" + ", ".join(f"{name}={json.dumps(value)}" for name, value in labels) + "}"
 
 
 class QueryRefused(RuntimeError):
@@ -106,6 +117,24 @@ class LokiClient:
             raise error(f"Loki query failed: HTTP {resp.status_code}: {resp.text.strip()[:500]}")
         result = resp.json()["data"]["result"]
         return [(stream["stream"], int(ts), line) for stream in result for ts, line in stream["values"]]
+
+    def held(self, selector: str, start_ns: int, end_ns: int) -> Counter:
+        """``(ts_ns, line length in bytes)`` of each entry Loki holds for a stream selector in
+        ``[start_ns, end_ns)``, a duplicate counted twice. Only lengths come back (``line_format``):
+        asking for the lines of a megabyte request would ship them all. A full page of results
+        is asked again in halves, so nothing is cut off by the page limit."""
+        query = f'{selector} | line_format "{{{{ len __line__ }}}}"'
+        found: Counter = Counter()
+        windows = [(start_ns, end_ns)]
+        while windows:
+            start, end = windows.pop()
+            page = self.query_range(query, start, end, limit=PAGE, direction="forward")
+            if len(page) >= PAGE and end - start > 1:
+                middle = (start + end) // 2
+                windows += [(start, middle), (middle, end)]
+                continue
+            found.update((ts, int(line)) for _, ts, line in page)
+        return found
 
     def close(self) -> None:
         self.session.close()

@@ -32,7 +32,7 @@ from llmproxy.common.faults import crash_point
 from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.loki.backoff import Backoff
 from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
-from llmproxy.loki.client import LokiClient, PushResult
+from llmproxy.loki.client import LokiClient, PushResult, QueryRefused, selector
 from llmproxy.loki.ledger import Ledger
 from llmproxy.loki.split import split_entry
 from llmproxy.loki.spool import Spool
@@ -446,7 +446,16 @@ class LokiExporter:
         if claimed is None:
             self._next_replay = time.monotonic() + 0.5
             return
-        spool_file, entries = claimed
+        spool_file, entries, reclaimed = claimed
+        if reclaimed:
+            try:
+                entries = self._not_in_loki(entries)
+            except RuntimeError as exc:
+                self._warn.log("Loki: cannot ask what it holds of a spool file a dead worker was replaying: %s", exc)
+                self.spool.release(spool_file)
+                self._next_replay = time.monotonic() + self.backoff.delay(min(self._replay_failures, 16))
+                self._replay_failures += 1
+                return
         outcome = Outcome()
         rest: list[LokiEntry] = []
         for chunk in self._chunks(entries):
@@ -468,6 +477,24 @@ class LokiExporter:
             self.spool.done(spool_file)
             self._replay_failures = 0
             self._next_replay = 0.0
+
+    def _not_in_loki(self, entries: list[LokiEntry]) -> list[LokiEntry]:
+        """The entries Loki does not hold (of a spool file a worker died replaying: it may have
+        pushed part of it, and Loki stores a resend twice when it shards the stream). When Loki
+        refuses queries, all of them: its own deduplication is then all there is."""
+        streams: dict[Labels, list[LokiEntry]] = {}
+        for entry in entries:
+            streams.setdefault(entry.labels, []).append(entry)
+        held: set[tuple[int, int]] = set()
+        try:
+            for labels, own in streams.items():
+                held.update(self.client.held(selector(labels), min(e.ts_ns for e in own),
+                                             max(e.ts_ns for e in own) + 1))
+        except QueryRefused as exc:
+            self._warn.log("Loki refuses queries (%s): a spool file a dead worker was replaying is pushed "
+                           "whole", exc)
+            return entries
+        return [e for e in entries if (e.ts_ns, len(e.line)) not in held]
 
     def _flush(self, batch: Batch) -> None:
         """On shutdown: everything queued goes to Loki before the deadline, or to the spool."""

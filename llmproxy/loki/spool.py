@@ -201,8 +201,9 @@ class Spool:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def claim_oldest(self) -> tuple[SpoolFile, list[LokiEntry]] | None:
-        """Claim the oldest file not held by a live worker; None when there is none."""
+    def claim_oldest(self) -> tuple[SpoolFile, list[LokiEntry], bool] | None:
+        """Claim the oldest file not held by a live worker; None when there is none. The flag
+        says the file was claimed by a worker that died: it may have pushed some of it."""
         me = os.getpid()
         for f in self.files():
             if f.claimed_by is not None and f.claimed_by != me and pid_alive(f.claimed_by):
@@ -220,7 +221,7 @@ class Spool:
             if entries is None:  # unreadable: keep it aside for a human, do not loop on it
                 os.replace(claimed, self.directory / f"{base}.bad")
                 continue
-            return SpoolFile(claimed, f.oldest_ns, f.entries, me), entries
+            return SpoolFile(claimed, f.oldest_ns, f.entries, me), entries, f.claimed_by is not None
         return None
 
     def release(self, f: SpoolFile) -> None:
