@@ -11,6 +11,7 @@ import getpass
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -20,6 +21,7 @@ from dotenv import dotenv_values
 
 from llmproxy.common.masking import mask_token
 from llmproxy.providers import APIS
+
 
 # Every API's default upstreams (llmproxy/providers/), and this machine.
 def usable_cores() -> int:
@@ -449,3 +451,15 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = str(obj)
         rows.append((var.name, shown))
     return rows
+
+
+EXIT_BAD_CONFIG = 2
+
+
+def load_settings_or_exit(*, create_dirs: bool = True) -> Settings:
+    """Settings, or one line on stderr and exit status 2 (no traceback) when one is bad."""
+    try:
+        return load_settings(create_dirs=create_dirs)
+    except SettingsError as exc:
+        print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_CONFIG) from None

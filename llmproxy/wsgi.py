@@ -1,6 +1,6 @@
 """The WSGI entry point gunicorn loads (``llmproxy.wsgi:app``), once in each worker after fork."""
 
-from llmproxy.proxy.views import create_app
-from llmproxy.commands.main import load_settings_or_exit
+from llmproxy.server.app import create_app
+from llmproxy.settings import load_settings_or_exit
 
 app = create_app(load_settings_or_exit())

@@ -43,3 +43,22 @@ def proxy(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_loki(tmp_path_factory):
+    """One real Grafana Loki (``../shared/tools``) for the whole run: tests keep apart by their own
+    label values (a ``machine`` or ``environment`` of their own). Skips where the binary cannot
+    be had; fails instead under CI."""
+    import os
+
+    from realloki import RealLoki, loki_binary
+
+    binary, why = loki_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    loki = RealLoki(tmp_path_factory.mktemp("loki")).start()
+    yield loki
+    loki.stop()

@@ -23,8 +23,17 @@ from dataclasses import dataclass, field
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, RejectConnection,
-                            RejectData, Request, TextMessage)
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import generate_accept_token
 

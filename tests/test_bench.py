@@ -2,9 +2,8 @@
 
 import json
 
-import pytest
-
 import bench
+import pytest
 
 
 def test_percentiles_interpolate_between_samples():

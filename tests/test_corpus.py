@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.routing import resolve
 from llmproxy.record.entries import EntryBuilder
 from llmproxy.record.filelog import FileLogger
-from llmproxy.proxy.routing import resolve
 from llmproxy.record.sessionlog import SessionLog
 from llmproxy.record.sessions import SessionStore
 

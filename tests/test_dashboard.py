@@ -15,10 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 import requests
-
-from llmproxy.record.entries import METADATA_KEYS
 from proxyproc import jsonl_lines, wait_until
 from realclients import NPM, require
+
+from llmproxy.record.entries import METADATA_KEYS
 
 ANSWERS = Path(__file__).parent / "answers"
 NODE_MODULES = NPM / "node_modules"   # tests/npm/package.json, installed by scripts/test

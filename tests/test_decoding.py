@@ -5,12 +5,12 @@ import json
 import time
 
 import pytest
-
 from contentcoding import StreamEncoder, encode, header_value
+
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.decoding import Decoded, StreamDecoder, codings, decode
-from llmproxy.record.entries import body_fields
 from llmproxy.proxy.routing import resolve
+from llmproxy.record.entries import body_fields
 
 BODY = json.dumps({"model": "m", "input": [{"role": "user", "content": "héllo " * 2000}]}).encode()
 STACKS = ["gzip", "deflate", "deflate-raw", "br", "zstd", "gzip, br", "deflate, zstd", "zstd, gzip, br"]

@@ -10,7 +10,6 @@ import brotli
 import pytest
 import requests
 import zstandard
-
 from contentcoding import encode, header_value
 from fakeloki import FakeLoki
 from fakeprovider import FakeProvider

@@ -4,9 +4,9 @@ import pytest
 import requests
 import responses
 
-from llmproxy.proxy import forwarding
-from llmproxy.proxy.views import create_app
 from llmproxy.common.errors import UpstreamTimeout, UpstreamUnreachable
+from llmproxy.proxy import forwarding
+from llmproxy.server.app import create_app
 from llmproxy.server.runtime import Runtime
 from llmproxy.settings import load_settings
 

@@ -7,9 +7,9 @@ import sqlite3
 import threading
 
 import pytest
+from proxyproc import wait_until
 
 from llmproxy.record.sessions import SessionStore
-from proxyproc import wait_until
 
 NOW = 1_764_300_000_000_000_000
 

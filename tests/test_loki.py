@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
-from llmproxy import __version__
 from proxyproc import http_get, jsonl_lines, wait_until
+
+from llmproxy import __version__
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
 from proxyproc import free_port, wait_until
 

@@ -8,15 +8,15 @@ from dataclasses import replace
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
+from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
+
 from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.exporter import LokiExporter
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool, decode_entries, encode_entries
 from llmproxy.settings import LokiSettings, SettingsError, load_settings
-from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
 
 LABEL_NAMES = {"app", "provider", "environment", "machine", "log_type", "service_name"}
 API_KEY = "sk-ant-api03-" + "m" * 80 + "wxyz"
@@ -234,6 +234,7 @@ def test_a_line_whose_small_fields_do_not_fit_goes_in_plain_parts(line):
 
 def test_a_worker_starting_after_another_found_loki_refusing_sends_none(tmp_path, loki):
     import time
+
     from llmproxy.loki.stats import StatsBoard
     board = StatsBoard(tmp_path / "board")
     board.publish(1, {"structured_metadata": "refused"})  # what a sibling worker published

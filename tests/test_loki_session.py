@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
 from fakeprovider import WORDS
-from llmproxy.record import logtree
 from proxyproc import wait_until
+
+from llmproxy.record import logtree
 
 SCRIPT = str(Path(__file__).resolve().parent.parent / "scripts" / "loki-session")
 
@@ -112,8 +112,8 @@ def test_exit_codes(session, tmp_path):
 
 def test_split_parts_are_joined_in_any_order():
     from llmproxy.loki.batch import LokiEntry
-    from llmproxy.loki.split import split_entry
     from llmproxy.loki.session import join_split
+    from llmproxy.loki.split import split_entry
 
     line = json.dumps({"type": "request", "_meta": {"session": "s"}, "body": "é" * 5000}, ensure_ascii=False)
     parts = split_entry(LokiEntry(1000, line.encode(), ()), 2048)

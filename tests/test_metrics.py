@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
 from proxyproc import wait_until
 
@@ -68,9 +67,9 @@ def test_metrics_equal_what_was_sent_across_two_workers(start_proxy, fake_provid
     body = b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
     stream_body = body[:-1] + b',"stream":true}'
     calls = [(body, False)] * 30 + [(stream_body, True)] * 10
-    from llmproxy.server.metrics import multiprocess_dir
-
     from prometheus_client.multiprocess import MultiProcessCollector
+
+    from llmproxy.server.metrics import multiprocess_dir
 
     def served_per_worker() -> dict[str, float]:
         # Every worker creates its files at start-up: what proves it served calls is its own count.

@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
+from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
+
 from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.split import join_parts, split_entry
 from llmproxy.loki.spool import Spool
-from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
 
 FAST = {"LLM_PROXY_LOKI_BATCH_WAIT": "200ms", "LLM_PROXY_LOKI_RETRY_MAX": "1",
         "LLM_PROXY_LOKI_BACKOFF_MIN": "50ms", "LLM_PROXY_LOKI_BACKOFF_MAX": "500ms",

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from llmproxy import providers
-from llmproxy.common.errors import BadRoute, ProxyError, RequestRejected, UnknownProvider, UpstreamNotAllowed, \
-    UpstreamTimeout, UpstreamUnreachable, WebSocketUnsupported
+from llmproxy.common.errors import (
+    BadRoute,
+    ProxyError,
+    RequestRejected,
+    UnknownProvider,
+    UpstreamNotAllowed,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    WebSocketUnsupported,
+)
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 
 PACKAGE = Path(providers.__file__).parents[1]

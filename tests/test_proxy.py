@@ -13,7 +13,6 @@ import time
 
 import pytest
 import requests
-
 from proxyproc import http_get, wait_until
 
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
-from llmproxy.record import logtree
+from proxyproc import wait_until
+
 from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
 from llmproxy.loki.spool import Spool
-from llmproxy.record.prune import Pruner
+from llmproxy.record import logtree
+from llmproxy.server.prune import Pruner
 from llmproxy.settings import load_settings
-from proxyproc import wait_until
 
 LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))
 DAY = 86400
@@ -199,7 +199,7 @@ LATER = time.time() + 400 * DAY  # prune runs long after: every file is old enou
 def test_a_line_written_while_prune_swaps_files_is_kept_and_read_once(tmp_path, monkeypatch):
     """The moments that lost a line (written between prune's last check and the removal) or showed
     one twice (read between the .zst's rename and the removal): both made to happen."""
-    import llmproxy.record.prune
+    import llmproxy.server.prune
 
     path = f"api.anthropic.com/{OLD_DAY}/{SESSION}.jsonl"
     for n in range(50):
@@ -212,14 +212,14 @@ def test_a_line_written_while_prune_swaps_files_is_kept_and_read_once(tmp_path, 
         real_replace(src, dst)
         seen.append(_numbers(logtree.read_session(next(logtree.sessions(tmp_path)))))  # a reader, just after
 
-    monkeypatch.setattr(llmproxy.record.prune.os, "replace", replace)
+    monkeypatch.setattr(llmproxy.server.prune.os, "replace", replace)
     report = Pruner(settings_for(tmp_path), dry_run=False, out=io.StringIO(), now=LATER).run()
     assert (report.compressed, report.errors) == (1, 0)
     assert seen == [list(range(51))]
     files = next(logtree.sessions(tmp_path))
     assert files.compressed is not None and files.plain is not None and files.aside is None
     assert _numbers(logtree.read_session(files)) == list(range(51))
-    monkeypatch.setattr(llmproxy.record.prune.os, "replace", real_replace)
+    monkeypatch.setattr(llmproxy.server.prune.os, "replace", real_replace)
     Pruner(settings_for(tmp_path), dry_run=False, out=io.StringIO(), now=LATER).run()
     files = next(logtree.sessions(tmp_path))
     assert files.plain is None and _numbers(logtree.read_session(files)) == list(range(51))

@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 import realclients
 from fakeprovider import FakeProvider
 from proxyproc import jsonl_lines, wait_until

@@ -6,8 +6,9 @@ import logging
 import os
 import threading
 
-from llmproxy.server.saturation import Saturation, pool_queue, summarize
 from proxyproc import http_get, wait_until
+
+from llmproxy.server.saturation import Saturation, pool_queue, summarize
 
 
 def test_enter_and_leave_count_busy_threads_and_the_peak():

@@ -56,7 +56,7 @@ def test_gunicorn_settings_follow_configuration(monkeypatch, tmp_path):
 
 def test_health_from_the_app_object(tmp_path):
     from llmproxy import __version__
-    from llmproxy.proxy.views import create_app
+    from llmproxy.server.app import create_app
     from llmproxy.settings import load_settings
 
     app = create_app(load_settings({"LLM_PROXY_LOG_DIR": str(tmp_path)}))

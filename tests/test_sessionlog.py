@@ -9,12 +9,12 @@ import socket
 import uuid
 from pathlib import Path
 
+import claudecode
 import pytest
 import requests
-
-import claudecode
-from llmproxy.record.sessions import SessionStore
 from proxyproc import http_get, jsonl_lines, wait_until
+
+from llmproxy.record.sessions import SessionStore
 
 API_KEY = "sk-ant-api03-" + "Q" * 86 + "Zabcd"
 OPENAI_KEY = "sk-proj-" + "P" * 60 + "wxyz"

@@ -15,10 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from proxyproc import jsonl_lines, wait_until
 
 from llmproxy import providers
 from llmproxy.proxy.capture import Exchange
-from proxyproc import jsonl_lines, wait_until
 
 ANSWERS = Path(__file__).parent / "answers"
 

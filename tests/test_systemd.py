@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
-from llmproxy.settings import load_settings
-from llmproxy.server.systemd import UNITS, main as install_main, read_env_file, render
 from proxyproc import free_port, wait_until
+
+from llmproxy.server.systemd import UNITS, read_env_file, render
+from llmproxy.server.systemd import main as install_main
+from llmproxy.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from fakeloki import FakeLoki
-from llmproxy.record.transcript import render
 from fakews import WsClient, open_many
 from proxyproc import jsonl_lines, wait_until
+
+from llmproxy.record.transcript import render
 
 KEY = "sk-proj-" + "k" * 40 + "wxyz"
 
@@ -314,7 +314,7 @@ def test_stopping_the_proxy_closes_open_websockets_and_logs_their_open_answers(s
 
 @pytest.fixture
 def app_client(tmp_path):
-    from llmproxy.proxy.views import create_app
+    from llmproxy.server.app import create_app
     from llmproxy.server.runtime import Runtime
     from llmproxy.settings import load_settings
 

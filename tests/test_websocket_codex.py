@@ -10,10 +10,10 @@ import json
 import subprocess
 
 import pytest
-
 import realclients
 from fakeloki import FakeLoki
 from proxyproc import jsonl_lines, wait_until
+
 
 @pytest.fixture(autouse=True)
 def real_clients():

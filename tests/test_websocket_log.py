@@ -6,6 +6,7 @@ import socket
 import threading
 
 import pytest
+from proxyproc import wait_until
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Message
 from wsproto.extensions import PerMessageDeflate
@@ -13,7 +14,6 @@ from wsproto.extensions import PerMessageDeflate
 from llmproxy.proxy.routing import Route
 from llmproxy.proxy.websocket import READ_SIZE, RelayHub
 from llmproxy.record.websocket_log import BACKLOG_LIMIT, MessageLog
-from proxyproc import wait_until
 
 ROUTE = Route(provider="openai", upstream="api.openai.com", host="api.openai.com",
               url="https://api.openai.com/v1/responses", path="/v1/responses", conversation=True)

@@ -13,13 +13,13 @@ import ssl
 import subprocess
 
 import pytest
+from fakeprovider import FakeProvider
+from proxyproc import wait_until
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, Message, TextMessage
 
-from fakeprovider import FakeProvider
 from llmproxy.proxy import websocket
 from llmproxy.proxy.routing import Route
-from proxyproc import wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 

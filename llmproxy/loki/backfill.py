@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from llmproxy import providers
+from llmproxy.loki import LokiEntry, LokiExporter
+from llmproxy.loki.labels import LabelMaker
+from llmproxy.loki.split import split_entry
 from llmproxy.record import logtree
 from llmproxy.record.entries import entry_metadata
 from llmproxy.record.logtree import SessionFiles
-from llmproxy.loki import LokiExporter, LokiEntry
-from llmproxy.loki.split import split_entry
-from llmproxy.record.multiwriter import LabelMaker
 from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
-
 
 
 def parse_ts(text: str) -> int:

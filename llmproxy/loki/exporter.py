@@ -22,22 +22,44 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
+from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.loki.backoff import Backoff
 from llmproxy.loki.batch import Batch, Labels, LokiEntry, Metadata, batch_of
 from llmproxy.loki.client import LokiClient, PushResult
-from llmproxy.loki.stats import ExporterStats, StatsBoard
 from llmproxy.loki.split import split_entry
 from llmproxy.loki.spool import Spool
-from llmproxy.server.metrics import Metrics, drop_reason
-from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.loki.stats import ExporterStats, StatsBoard
 from llmproxy.settings import LokiSettings
 
 log = logging.getLogger("llmproxy.loki")
 
 PUBLISH_INTERVAL = 1.0
 SPOOL_MARGIN = 2.0  # of the shutdown budget, kept for writing what could not be pushed
+
+
+class ExportMetrics(Protocol):
+    """Where the exporter counts what it does (:class:`llmproxy.server.metrics.Metrics`, built
+    by the server for ``/metrics``)."""
+
+    def pushed(self, status: int | None, seconds: float, encoded: int) -> None: ...
+    def sent(self, entries: int, line_bytes: int) -> None: ...
+    def retried(self) -> None: ...
+    def dropped(self, reason: str, entries: int, line_bytes: int) -> None: ...
+    def exporter_state(self, queue_entries: int, queue_bytes: int, spool_entries: int, spool_bytes: int,
+                       oldest_ns: int | None) -> None: ...
+
+
+def drop_reason(status: int | None, message: str) -> str:
+    """Alloy's reason for entries Loki refused."""
+    if status == 429:
+        return "rate_limited"
+    if "max entry size" in message or "line too long" in message:
+        return "line_too_long"
+    if "stream limit" in message or "maximum active stream" in message:
+        return "stream_limited"
+    return "ingester_error"
 _WAKE = object()
 
 # Loki names the entries it refused in a 400; the others of the push were stored.
@@ -77,7 +99,7 @@ class LokiExporter:
 
     def __init__(self, settings: LokiSettings, board: StatsBoard | None = None,
                  client: LokiClient | None = None, sleep: Callable[[float], None] | None = None,
-                 spool: Spool | None = None, metrics: Metrics | None = None):
+                 spool: Spool | None = None, metrics: ExportMetrics | None = None):
         self.settings = settings
         self.metrics = metrics
         self.client = client or LokiClient(settings)

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from llmproxy.record import logtree
 from llmproxy.loki.client import LokiClient
 from llmproxy.loki.split import join_parts
+from llmproxy.record import logtree
 from llmproxy.settings import SettingsError, load_settings
 
 OUR_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")

@@ -17,7 +17,11 @@ Each module answers every question the proxy has about its API:
   conversation), ``said`` (a JSON answer's text and tool calls), ``said_events`` (a stream's) and
   ``tokens`` (in and out, from the answer's usage).
 
-Adding an API is adding a module here and to :data:`APIS`, with a test table.
+Adding an API is adding a module here and to :data:`APIS`, with a test table. No module outside
+this package names a provider (tests/test_providers.py).
+
+May import: common.
+Must not be imported by: common.
 """
 
 from __future__ import annotations

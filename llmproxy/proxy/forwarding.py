@@ -11,8 +11,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from llmproxy.proxy.capture import Exchange
 from llmproxy.common.errors import UpstreamTimeout, UpstreamUnreachable, innermost_reason
+from llmproxy.proxy.capture import Exchange
 
 log = logging.getLogger("llmproxy.forwarding")
 

@@ -1,27 +1,51 @@
-"""The Flask application factory: health endpoints and the proxy view."""
+"""The proxy view: every path but the server's own is a call to forward, log and relay.
+
+:func:`register` adds it to the Flask app the server builds (:mod:`llmproxy.server.app`), with the
+error handlers that answer in the provider's JSON shape. What it needs of the worker (the
+upstream session, the exchange logger, the WebSocket relay and its log) comes in as a
+:class:`WorkerState`.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable, Protocol
 
-from flask import Flask, Response, jsonify, request
+import requests
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from llmproxy.proxy import forwarding
-from llmproxy.proxy import websocket
-from llmproxy.proxy.capture import Exchange
 from llmproxy.common.errors import ProxyError, rejected
-from llmproxy.providers import error_body
-from llmproxy.server.metrics import BODY_BYTES_KEY, CONTENT_TYPE, PROVIDER_KEY, SESSION_KEY
 from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.providers import error_body
+from llmproxy.proxy import forwarding, websocket
+from llmproxy.proxy.capture import Exchange, ExchangeLogger
 from llmproxy.proxy.routing import resolve
-from llmproxy.server.runtime import EXTENSION_KEY, Runtime
 from llmproxy.settings import Settings
 
 log = logging.getLogger("llmproxy")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+# WSGI environ keys the view sets; the metrics and the access log read them.
+PROVIDER_KEY = "llmproxy.provider"
+SESSION_KEY = "llmproxy.session"
+BODY_BYTES_KEY = "llmproxy.body_bytes"  # the request body the view read (a chunked one has no length)
+
+
+class WebSocketMetrics(Protocol):
+    def websocket_bytes(self, provider: str) -> Callable[[str, int], None]: ...
+
+
+class WorkerState(Protocol):
+    """What the view uses of the worker's runtime (:class:`llmproxy.server.runtime.Runtime`)."""
+
+    upstream: requests.Session
+    logger: ExchangeLogger
+    ws_log: Any       # llmproxy.record.websocket_log.MessageLog: .conversation(...) gives a tap
+    relays: websocket.RelayHub
+    metrics: WebSocketMetrics
 
 
 class RelayedResponse(Response):
@@ -31,25 +55,9 @@ class RelayedResponse(Response):
     automatically_set_content_length = False
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
-    """Build the proxy app. ``runtime`` holds the worker's state; one is built if not given."""
-    app = Flask("llmproxy")
-    runtime = runtime or Runtime(settings)
-    app.extensions[EXTENSION_KEY] = runtime
-    app.wsgi_app = runtime.metrics.wrap(app.wsgi_app)
-
-    @app.get("/health")
-    def health():
-        return jsonify(runtime.health())
-
-    @app.get("/health/loki")
-    def health_loki():
-        summary, status = runtime.loki_health()
-        return jsonify(summary), status
-
-    @app.get("/metrics")
-    def metrics():
-        return Response(runtime.metrics.render(), content_type=CONTENT_TYPE)
+def register(app: Flask, settings: Settings, runtime: WorkerState) -> None:
+    """Route every method of every path not claimed before to the proxy view, and answer the
+    proxy's own errors (and Werkzeug's) in the provider's JSON shape."""
 
     @app.errorhandler(ProxyError)
     def proxy_error(error: ProxyError):
@@ -130,10 +138,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> Flask:
                      provide_automatic_options=False)
     app.add_url_rule("/<path:target>", "proxy_ws", proxy, methods=["GET"], websocket=True,
                      provide_automatic_options=False)
-    return app
 
 
-def _upgrade(runtime: Runtime, settings: Settings, route, headers: list[tuple[str, str]]):
+def _upgrade(runtime: WorkerState, settings: Settings, route, headers: list[tuple[str, str]]):
     """A WebSocket opening handshake, sent upstream as the client made it.
 
     A 101 hands both connections to the worker's relay thread and ends the request (gunicorn
@@ -184,7 +191,7 @@ def _upgrade(runtime: Runtime, settings: Settings, route, headers: list[tuple[st
     return RelayedResponse(body_iter, status=handshake.status, headers=resp_headers, direct_passthrough=True)
 
 
-def _log_response(runtime: Runtime, exchange: Exchange) -> None:
+def _log_response(runtime: WorkerState, exchange: Exchange) -> None:
     if exchange.total_ms is None:  # the body was never read: the client left first
         exchange.finish("client disconnected")
     _log(runtime.logger.log_response, exchange)

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import h11
 import requests.certs
 
-from llmproxy.proxy.capture import Exchange, now_ns
 from llmproxy.common.errors import UpstreamTimeout, UpstreamUnreachable, WebSocketUnsupported
+from llmproxy.proxy.capture import Exchange, now_ns
 from llmproxy.proxy.routing import Route
 
 log = logging.getLogger("llmproxy.websocket")

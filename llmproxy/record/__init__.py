@@ -1,0 +1,13 @@
+"""The record: what a captured exchange becomes, and the JSONL tree it is written to.
+
+:mod:`~llmproxy.record.sessionlog` (the :class:`~llmproxy.proxy.capture.ExchangeLogger`: session,
+seq, thread) with :mod:`~llmproxy.record.sessions` (``sessions.db``, its
+:mod:`~llmproxy.record.writelock`) → :mod:`~llmproxy.record.entries` (the JSON lines, masked) →
+:mod:`~llmproxy.record.multiwriter` → :mod:`~llmproxy.record.filelog` (one file per session) and
+the Loki exporter handed in; :mod:`~llmproxy.record.websocket_log` (a WebSocket's messages as
+entries). The readers of the tree: :mod:`~llmproxy.record.logtree` (plain and compressed files)
+and :mod:`~llmproxy.record.transcript` (a session as a conversation).
+
+May import: common, providers, settings, proxy.
+Must not be imported by: common, providers, settings, proxy.
+"""

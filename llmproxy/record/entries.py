@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from llmproxy import providers
+from llmproxy.common.masking import mask_headers, mask_query
 from llmproxy.proxy.capture import Chunk, Exchange
 from llmproxy.proxy.decoding import Decoded
-from llmproxy.common.masking import mask_headers, mask_query
 from llmproxy.record.sessions import FORK_REASON, Assignment, session_date
 
 

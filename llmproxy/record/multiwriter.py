@@ -1,46 +1,34 @@
 """MultiWriter: the file log first (its errors returned), then Loki with the very same line.
 
 Loki errors are recorded by the exporter and never raised: the secondary log can never fail the
-primary one or the proxied call.
+primary one or the proxied call. The exporter and its labels come from the export stage
+(:mod:`llmproxy.loki`), which this stage does not import: they are handed in.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable, Protocol
 
 from llmproxy.record.entries import Entry
 from llmproxy.record.filelog import FileLogger
-from llmproxy.loki import Labels, LokiExporter
 
 log = logging.getLogger("llmproxy.loki")
 
-APP_LABEL = "llm-proxy"
 
+class Exporter(Protocol):
+    """What the MultiWriter needs of the Loki exporter (:class:`llmproxy.loki.LokiExporter`)."""
 
-class LabelMaker:
-    """Loki labels, low cardinality only: app, provider, environment, machine, log_type.
-
-    Session and request ids stay in the line (``|= "<session>"`` finds them)."""
-
-    def __init__(self, environment: str, machine: str):
-        self.environment = environment
-        self.machine = machine
-        self._cache: dict[tuple[str, str], Labels] = {}
-
-    def __call__(self, provider: str, log_type: str) -> Labels:
-        key = (provider, log_type)
-        labels = self._cache.get(key)
-        if labels is None:
-            labels = self._cache[key] = (("app", APP_LABEL), ("provider", provider),
-                                         ("environment", self.environment), ("machine", self.machine),
-                                         ("log_type", log_type))
-        return labels
+    def push(self, line: bytes, labels: Any, ts_ns: int, metadata: Any = ()) -> bool: ...
 
 
 class MultiWriter:
-    """Writes each entry to the file log and hands the same bytes to the Loki exporter."""
+    """Writes each entry to the file log and hands the same bytes to the Loki exporter.
 
-    def __init__(self, files: FileLogger, exporter: LokiExporter | None, labels: LabelMaker):
+    ``labels(provider, log_type)`` gives an entry's Loki labels
+    (:class:`llmproxy.loki.labels.LabelMaker`)."""
+
+    def __init__(self, files: FileLogger, exporter: Exporter | None, labels: Callable[[str, str], Any]):
         self.files = files
         self.exporter = exporter
         self.labels = labels

@@ -13,11 +13,11 @@ import sqlite3
 from typing import Any, Protocol
 
 from llmproxy import providers
-from llmproxy.proxy.capture import Exchange, now_ns
-from llmproxy.proxy import decoding
 from llmproxy.common.clientids import RESPONSE_KEY, session_name
-from llmproxy.record.entries import Entry, EntryBuilder
 from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.proxy import decoding
+from llmproxy.proxy.capture import Exchange, now_ns
+from llmproxy.record.entries import Entry, EntryBuilder
 from llmproxy.record.sessions import Assignment, SessionStore, message_hashes, new_session_id
 
 log = logging.getLogger("llmproxy.sessionlog")

@@ -19,8 +19,8 @@ from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.extensions import PerMessageDeflate
 
-from llmproxy.proxy.capture import Exchange, ExchangeLogger
 from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.proxy.capture import Exchange, ExchangeLogger
 from llmproxy.proxy.routing import Route
 
 log = logging.getLogger("llmproxy.websocket")

@@ -14,12 +14,12 @@ import shutil
 import signal
 import time
 
-from llmproxy.proxy import forwarding
 from llmproxy.common import masking
+from llmproxy.proxy import forwarding, views
 from llmproxy.server import metrics
-from llmproxy.commands.main import load_settings_or_exit
 from llmproxy.server.runtime import Runtime, describe_destinations, prepare_run_dir
 from llmproxy.server.saturation import Saturation, pool_queue
+from llmproxy.settings import load_settings_or_exit
 
 _settings = load_settings_or_exit()
 
@@ -83,7 +83,7 @@ logger_class = "llmproxy.server.accesslog.AccessLogger"  # gunicorn's, computing
 # Path without the query string: a query may carry a key (?key=…), and nothing secret is logged.
 # The app puts the provider and the session id into the WSGI environ ("-" for other paths).
 access_log_format = ('%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms '
-                     f'provider=%({{{metrics.PROVIDER_KEY}}}e)s session=%({{{metrics.SESSION_KEY}}}e)s')
+                     f'provider=%({{{views.PROVIDER_KEY}}}e)s session=%({{{views.SESSION_KEY}}}e)s')
 
 
 # Codex sends a ``session_id`` header. gunicorn's default drops header names with underscores;

@@ -22,12 +22,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 from llmproxy.common.ratelimit import RateLimitedLog
-
-if TYPE_CHECKING:  # llmproxy.server.saturation imports llmproxy.loki, which imports this module
-    from llmproxy.server.saturation import Saturation
+from llmproxy.proxy.views import BODY_BYTES_KEY, PROVIDER_KEY
+from llmproxy.server.saturation import Saturation
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,9 +36,6 @@ PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Alloy's reasons, plus spool_full: an entry the full disk spool had to give up.
 REASONS = ("ingester_error", "rate_limited", "stream_limited", "line_too_long", "queue_is_full", "spool_full")
 OWN_PATHS = frozenset({"/health", "/health/loki", "/metrics"})
-PROVIDER_KEY = "llmproxy.provider"   # WSGI environ keys the app sets; the access log shows them
-SESSION_KEY = "llmproxy.session"
-BODY_BYTES_KEY = "llmproxy.body_bytes"  # the request body the view read (a chunked one has no length)
 SAMPLE_INTERVAL = 1.0  # live counts (busy threads, streams) reach the shared files this often
 
 
@@ -105,7 +101,7 @@ def status_class(status: int) -> str:
 class Metrics:
     """One process's metrics. Built once per worker (:class:`llmproxy.server.runtime.Runtime`)."""
 
-    def __init__(self, saturation: "Saturation", websockets: Callable[[], int] = lambda: 0,
+    def __init__(self, saturation: Saturation, websockets: Callable[[], int] = lambda: 0,
                  loki_host: str = "", loki_tenant: str = ""):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -290,16 +286,6 @@ class Metrics:
         multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)
         return generate_latest(registry)
 
-
-def drop_reason(status: int | None, message: str) -> str:
-    """Alloy's reason for entries Loki refused."""
-    if status == 429:
-        return "rate_limited"
-    if "max entry size" in message or "line too long" in message:
-        return "line_too_long"
-    if "stream limit" in message or "maximum active stream" in message:
-        return "stream_limited"
-    return "ingester_error"
 
 
 class _Call:

@@ -14,19 +14,21 @@ import sqlite3
 from urllib.parse import urlsplit
 
 from llmproxy import __version__
+from llmproxy.loki import LokiExporter
+from llmproxy.loki.labels import LabelMaker
+from llmproxy.loki.stats import StatsBoard, disabled_summary, pid_alive, summarize
 from llmproxy.proxy import forwarding
-from llmproxy.proxy.websocket import RelayHub
-from llmproxy.record.websocket_log import MessageLog
 from llmproxy.proxy.capture import ExchangeLogger
+from llmproxy.proxy.websocket import RelayHub
 from llmproxy.record.entries import EntryBuilder
 from llmproxy.record.filelog import FileLogger
-from llmproxy.loki import LokiExporter
-from llmproxy.loki.stats import StatsBoard, disabled_summary, pid_alive, summarize
-from llmproxy.server.metrics import Metrics
-from llmproxy.record.multiwriter import LabelMaker, MultiWriter
-from llmproxy.server.saturation import Saturation, summarize as summarize_threads
+from llmproxy.record.multiwriter import MultiWriter
 from llmproxy.record.sessionlog import FileHealth, SessionLog
 from llmproxy.record.sessions import SessionStore
+from llmproxy.record.websocket_log import MessageLog
+from llmproxy.server.metrics import Metrics
+from llmproxy.server.saturation import Saturation
+from llmproxy.server.saturation import summarize as summarize_threads
 from llmproxy.settings import Settings, redact_url
 
 log = logging.getLogger("llmproxy")

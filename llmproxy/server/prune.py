@@ -39,9 +39,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
-from llmproxy.record.logtree import (COMPRESSED, READ_SIZE, SessionFiles, aside_name, chunks, day_dirs, sessions_in,
-                              stream)
 from llmproxy.loki.spool import Spool
+from llmproxy.record.logtree import (
+    COMPRESSED,
+    READ_SIZE,
+    SessionFiles,
+    aside_name,
+    chunks,
+    day_dirs,
+    sessions_in,
+    stream,
+)
 from llmproxy.settings import Settings
 
 DAY_SECONDS = 86400

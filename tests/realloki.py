@@ -1,0 +1,162 @@
+"""A real Grafana Loki for the tests (the binary in ``../shared/tools``), started on free
+loopback ports with a fresh data directory, and a small client for its query API.
+
+The binary is unpacked once into the test cache (``$LLM_PROXY_TEST_CACHE``, default
+``~/.cache/llm-proxy-tests``) and checked against the sha256 its README names. Where it cannot be
+had (no ``shared/tools`` beside the checkout), :func:`loki_binary` says why; the fixture skips,
+or fails under CI (``CI`` set), as the real-client tests do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from proxyproc import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+SHA256 = "20b217912a811f1c338f345185ee648106d8529620741be6e6ce47697c0fd29e"
+
+
+def tools_dir() -> Path | None:
+    """``shared/tools`` of the workplace: beside the checkout (``../shared/tools``), or where
+    ``LLM_PROXY_LOKI_TOOLS`` says."""
+    for candidate in (os.environ.get("LLM_PROXY_LOKI_TOOLS"), ROOT.parent / "shared" / "tools",
+                      ROOT.parent.parent / "shared" / "tools", Path("/work/shared/tools")):
+        if candidate and (Path(candidate) / "loki-linux-amd64.xz").is_file():
+            return Path(candidate)
+    return None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLM_PROXY_TEST_CACHE") or Path.home() / ".cache" / "llm-proxy-tests")
+
+
+def loki_binary() -> tuple[Path | None, str]:
+    """The unpacked Loki binary, or None and why not."""
+    target = cache_dir() / f"loki-{SHA256[:16]}"
+    if target.is_file() and os.access(target, os.X_OK):
+        return target, ""
+    tools = tools_dir()
+    if tools is None:
+        return None, "the real Loki binary (shared/tools/loki-linux-amd64.xz) is not beside this checkout"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + f".{os.getpid()}.part")
+    digest = hashlib.sha256()
+    with lzma.open(tools / "loki-linux-amd64.xz") as src, open(partial, "wb") as dst:
+        while block := src.read(1 << 20):
+            digest.update(block)
+            dst.write(block)
+    if digest.hexdigest() != SHA256:
+        partial.unlink()
+        return None, f"unpacked Loki has sha256 {digest.hexdigest()}, not {SHA256}"
+    partial.chmod(0o755)
+    os.replace(partial, target)  # atomic: concurrent runs each unpack, the last rename wins
+    return target, ""
+
+
+class RealLoki:
+    """One Loki process: ``start()`` waits for ``/ready``; ``push_url`` and ``url`` for clients."""
+
+    def __init__(self, workdir: Path, allow_structured_metadata: bool = True):
+        self.workdir = Path(workdir)
+        self.allow_structured_metadata = allow_structured_metadata
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def push_url(self) -> str:
+        return f"{self.url}/loki/api/v1/push"
+
+    def start(self, timeout: float = 60.0) -> "RealLoki":
+        binary, why = loki_binary()
+        if binary is None:
+            raise RuntimeError(why)
+        tools = tools_dir() or ROOT
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.port, grpc = free_port(), free_port()
+        config = (tools / "loki-local.yaml").read_text().replace("LOKI_DATA", str(data))
+        config = config.replace("http_listen_port: 3100", f"http_listen_port: {self.port}")
+        config = config.replace("grpc_listen_port: 9096", f"grpc_listen_port: {grpc}")
+        if not self.allow_structured_metadata:
+            config = config.replace("allow_structured_metadata: true", "allow_structured_metadata: false")
+        (self.workdir / "loki.yaml").write_text(config)
+        self.log = open(self.workdir / "loki.log", "wb")
+        self.process = subprocess.Popen([str(binary), f"-config.file={self.workdir / 'loki.yaml'}"],
+                                        stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
+
+        def ready():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Loki exited with {self.process.returncode}: "
+                                   f"{(self.workdir / 'loki.log').read_text()[-2000:]}")
+            with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as answer:
+                return answer.status == 200
+
+        try:
+            wait_until(ready, timeout, interval=0.2, message="Loki /ready")
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    # --- the HTTP API, as a test reads it ---
+
+    def flush(self) -> None:
+        """Make what was pushed queryable at once (``POST /flush``)."""
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/flush", method="POST"), timeout=30).read()
+
+    def get(self, path: str, **params) -> dict:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def query_range(self, query: str, start_ns: int | None = None, end_ns: int | None = None,
+                    limit: int = 5000, direction: str = "forward") -> dict:
+        now = time.time_ns()
+        return self.get("/loki/api/v1/query_range", query=query,
+                        start=start_ns if start_ns is not None else now - 6 * 3600 * 10**9,
+                        end=end_ns if end_ns is not None else now + 60 * 10**9, limit=limit,
+                        direction=direction)
+
+    def lines(self, query: str, **kwargs) -> list[tuple[int, str]]:
+        """(ns, line) of every entry a log query returns, oldest first."""
+        result = self.query_range(query, **kwargs)["data"]["result"]
+        return sorted((int(ts), line) for stream in result for ts, line, *_ in stream["values"])
+
+    def wait_for_lines(self, query: str, count: int, timeout: float = 30.0) -> list[tuple[int, str]]:
+        """The entries of ``query`` once there are at least ``count`` of them."""
+        return wait_until(lambda: (found := self.lines(query)) and len(found) >= count and found,
+                          timeout, interval=0.25, message=f"{count} entries for {query}")
+
+
+def start_real_loki(workdir: Path, **kwargs) -> RealLoki:
+    return RealLoki(workdir, **kwargs).start()
+
+
+def cleanup(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
