@@ -56,7 +56,7 @@ def test_dry_run_prints_every_change_and_makes_none(tmp_path, port):
         "would add model_provider and [model_providers.llm-proxy] to ~/.codex/config.toml",
         "would run systemctl --user daemon-reload",
         "would run systemctl --user enable --now llm-proxy.service",
-        "would record what it did in ~/.config/llm-proxy/installed.json (for llm-proxy uninstall)",
+        "would record it in ~/.config/llm-proxy/installed.json (for llm-proxy uninstall)",
     ]
     assert snapshot(tmp_path) == before
     assert systemctl.changes() == []
@@ -86,7 +86,7 @@ def test_setup_installs_service_port_shells_and_a_second_run_changes_nothing(tmp
     systemctl.calls.clear()
     code, out, err = setup(home, systemctl)
     assert (code, err) == (0, "")
-    assert out == "nothing to change: everything is in place (llm-proxy status says how it is doing)\n"
+    assert out == "nothing to change: everything is in place (see llm-proxy status)\n"
     assert snapshot(tmp_path) == done
     assert systemctl.changes() == []
 
@@ -223,8 +223,8 @@ def test_a_model_provider_the_user_chose_is_never_changed(tmp_path, port):
     config.write_text('model_provider = "azure"\n' + CODEX_CONFIG)
     code, out, _ = setup(home, FakeSystemctl(), "--no-service", "--codex", "--port", str(port))
     assert code == 0
-    assert "kept model_provider = 'azure' in ~/.codex/config.toml (yours); the proxy per run: " \
-           "codex -c model_provider=llm-proxy" in out
+    assert "kept your model_provider = 'azure' in ~/.codex/config.toml; through the proxy per run:\n" \
+           "  codex -c model_provider=llm-proxy\n" in out
     assert config.read_text().startswith('model_provider = "azure"\n')
     # edited after setup: uninstall takes out its own keys only, the user's edit stays
     config.write_text(config.read_text().replace('model = "gpt-5"', 'model = "o3"'))
@@ -412,8 +412,7 @@ def test_uninstall_dry_run_changes_nothing_and_says_where_the_logs_stay(tmp_path
     code, out, err = uninstall(home, FakeSystemctl(), "--dry-run")
     assert code == 0
     assert out.splitlines()[0] == "would run systemctl --user disable --now llm-proxy.service"
-    assert out.splitlines()[-1] == (f"the session logs stay in {home.path / '.llm-provider-logs'} "
-                                    "(2.0 KiB in 1 files); delete them yourself when you no longer want them")
+    assert out.splitlines()[-1] == f"the session logs stay: {home.path / '.llm-provider-logs'} (2.0 KiB in 1 files)"
     assert snapshot(tmp_path) == before
     assert uninstall(home, FakeSystemctl())[0] == 0
     assert (logs / "s.jsonl").exists()

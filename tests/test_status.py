@@ -129,8 +129,8 @@ def test_today_counts_todays_sessions_calls_and_cost(tmp_path):
     _session(tmp_path, "api.openai.com", "2026-12-04", "20261204-110000-cccccccc", [7.0])
     today = status.today(tmp_path, "2026-12-05")
     assert (today.sessions, today.calls, today.priced, today.cost) == (2, 4, 3, 0.875)
-    assert today.line() == "2 sessions, 4 calls, $0.88 (1 calls unpriced) (from the log files, 2026-12-05 UTC)"
-    assert status.today(tmp_path, "2026-12-01").line() == "0 sessions, no calls (from the log files, 2026-12-01 UTC)"
+    assert today.line() == "2 sessions, 4 calls, $0.88 (1 calls unpriced) (log files, 2026-12-05 UTC)"
+    assert status.today(tmp_path, "2026-12-01").line() == "0 sessions, no calls (log files, 2026-12-01 UTC)"
 
 
 def test_status_names_the_service_and_where_the_shells_are_set_up(tmp_path, monkeypatch):
@@ -154,7 +154,7 @@ def test_status_names_the_service_and_where_the_shells_are_set_up(tmp_path, monk
         "  shells        ~/.bashrc, ~/.config/fish/conf.d/llm-proxy.fish",
         "  codex         ~/.codex/config.toml (model_providers.llm-proxy)",
     ]
-    assert lines[4].startswith("  today         0 sessions, no calls (from the log files, ")
+    assert lines[4].startswith("  today         0 sessions, no calls (log files, ")
     out = llm_proxy(home, FakeSystemctl(offline=True), "status")[1]
     assert "  service       llm-proxy.service: no systemd user instance here" in out
 

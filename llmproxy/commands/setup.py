@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmproxy.setup import installer
+from llmproxy.setup import installer, shells
 from llmproxy.setup.home import Home
 from llmproxy.setup import service
 
@@ -38,22 +38,21 @@ def run(args: argparse.Namespace, extra: list[str], home: Home | None = None, ru
     for note in plan.notes:
         print(note)
     if not plan.steps:
-        print("nothing to change: everything is in place (llm-proxy status says how it is doing)")
+        print("nothing to change: everything is in place (see llm-proxy status)")
         return 0
     if args.dry_run and not code:
-        print(f"would record what it did in {installation.home.short(installation.home.manifest)} "
-              "(for llm-proxy uninstall)")
+        print(f"would record it in {installation.home.short(installation.home.manifest)} (for llm-proxy uninstall)")
     if code or args.dry_run:
         return code
     settings = plan.settings
-    names = ", ".join(s.name for s in installer.shells.shells(installation.home))
+    found = [s.name for s in shells.shells(installation.home)]
+    names = f"{', '.join(found[:-1])} and {found[-1]}" if len(found) > 1 else "".join(found)
     if options.service:
-        print(f"llm-proxy runs as a {installation.manager.kind} on {settings.base_url} (llm-proxy status)")
+        print(f"llm-proxy runs as a {installation.manager.kind} on {settings.base_url}")
         if installation.manager.kind.startswith("systemd") and not installer.lingering():
-            print("it starts when you log in and stops when you log out; to start it at boot and keep it "
-                  "running: loginctl enable-linger")
+            print("it runs while you are logged in; to run it from boot on: loginctl enable-linger")
     else:
-        print(f"no service: start the proxy with `llm-proxy serve` (it listens on {settings.base_url})")
+        print(f"no service: `llm-proxy serve` starts the proxy on {settings.base_url}")
     if names:
-        print(f"new shells ({names}) point Claude Code and the SDKs at it while it runs, and only then")
+        print(f"new {names} shells point Claude Code and the SDKs at it while it runs")
     return 0

@@ -32,6 +32,5 @@ def run(args: argparse.Namespace, extra: list[str], home: Home | None = None, ru
         print(note)
     if log_dir is not None and log_dir.is_dir():
         size, files = tree_size(log_dir)
-        print(f"the session logs stay in {log_dir} ({human_bytes(size)} in {files} files); "
-              "delete them yourself when you no longer want them")
+        print(f"the session logs stay: {log_dir} ({human_bytes(size)} in {files} files)")
     return code

@@ -177,8 +177,8 @@ class Installation:
             except codex.ConfigError as exc:
                 raise SetupError(f"{exc}: nothing changed") from None
             for kept in edit.kept:
-                plan.notes.append(f"kept {kept} in {self.home.short(path)} (yours); the proxy per run: "
-                                  f"codex -c model_provider={codex.PROVIDER}")
+                plan.notes.append(f"kept your {kept} in {self.home.short(path)}; through the proxy per run:\n"
+                                  f"  codex -c model_provider={codex.PROVIDER}")
             if edit.changes:
                 plan.steps.append(self._codex_step(path, edit))
         plan.steps += activation

@@ -88,7 +88,7 @@ def today(log_dir: Path, day: str | None = None) -> Today:
                     if match:
                         priced += 1
                         cost += float(match.group(1))
-    return Today(sessions, calls, cost if priced else None, priced, f"from the log files, {day} UTC")
+    return Today(sessions, calls, cost if priced else None, priced, f"log files, {day} UTC")
 
 
 def tree_size(root: Path) -> tuple[int, int]:
