@@ -526,3 +526,15 @@ def test_home_paths_follow_xdg_zdotdir_and_codex_home(tmp_path):
     assert shells.rc_file(home, "fish") == tmp_path / "cfg" / "fish" / "conf.d" / "llm-proxy.fish"
     assert home.codex_config == tmp_path / "cx" / "config.toml"
     assert presence.FILE_NAME == "proxy.env"
+
+
+def test_uninstall_leaves_a_config_toml_broken_since_setup_and_takes_back_the_rest(tmp_path, port):
+    home = make_home(tmp_path)
+    (home.path / ".bashrc").write_bytes(b"# mine\n")
+    assert setup(home, FakeSystemctl(), "--no-service", "--codex", "--port", str(port))[0] == 0
+    home.codex_config.write_text(home.codex_config.read_text() + "[broken\n")
+    code, out, err = uninstall(home, FakeSystemctl())
+    assert (code, err) == (0, "")
+    assert f"{home.codex_config} does not parse any more (" in out
+    assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
+    assert home.manifest.exists()   # what is left to undo stays recorded

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmproxy.setup import installer, shells
+from llmproxy.setup import installer, service, shells
 from llmproxy.setup.home import Home
-from llmproxy.setup import service
 
 HELP = "install for this user: a user service, the port, shell integration (--codex, --explorer)"
 PROG = "llm-proxy setup"

@@ -7,9 +7,8 @@ import argparse
 import sys
 
 from llmproxy.settings import load_settings_or_exit
-from llmproxy.setup import installer, status
+from llmproxy.setup import installer, service, status
 from llmproxy.setup.home import Home
-from llmproxy.setup import service
 
 HELP = "is the proxy running (pid, port, uptime), its service, logs, today's calls and cost, Loki, shells"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmproxy.setup import installer
+from llmproxy.setup import installer, service
 from llmproxy.setup.home import Home
-from llmproxy.setup import service
 from llmproxy.setup.status import human_bytes, tree_size
 
 HELP = "stop and remove the user service, the shell blocks and the Codex keys setup added (logs stay)"

@@ -343,7 +343,10 @@ class Installation:
         if settings_record:
             plan.steps.append(self._remove_settings_step(settings_record))
         for record in manifest.all("toml"):
-            plan.steps.append(self._undo_codex_step(record))
+            try:
+                plan.steps.append(self._undo_codex_step(record))
+            except codex.ConfigError as exc:  # the rest goes all the same; the record stays for later
+                plan.notes.append(str(exc))
         if not manifest.find("toml") and codex.PROVIDER in (textfile.read(home.codex_config) or ""):
             plan.notes.append(f"{home.short(home.codex_config)}: no record of what setup added there; left as it is")
         dirs = manifest.all("dir")
@@ -424,11 +427,7 @@ class Installation:
         keys = {tuple(k[:-1]): k[-1] for k in record.get("keys", [])}
         text = textfile.read(path)
         short = self.home.short(path)
-        try:
-            new, how = codex.undo(path, text, keys, record.get("before"), record.get("after"),
-                                  record.get("created", False))
-        except codex.ConfigError as exc:
-            return Step(f"leave {short} as it is", lambda: None, lambda: str(exc))
+        new, how = codex.undo(path, text, keys, record.get("before"), record.get("after"), record.get("created", False))
 
         def apply():
             if new is None:
