@@ -210,7 +210,8 @@ def test_env_prints_export_lines_that_eval_in_a_shell(tmp_path):
         "export OPENAI_BASE_URL=http://127.0.0.1:8765/openai/api.openai.com/v1",
         "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)",
     ]
-    shell = subprocess.run(["bash", "-c", f'eval "$({LLM_PROXY} env --force)"; echo "$ANTHROPIC_BASE_URL $OPENAI_BASE_URL"'],
+    line = f'eval "$({LLM_PROXY} env --force)"; echo "$ANTHROPIC_BASE_URL $OPENAI_BASE_URL"'
+    shell = subprocess.run(["bash", "-c", line],
                            env=_clean_env(env), capture_output=True, text=True, timeout=60)
     assert shell.stdout.split() == ["http://127.0.0.1:8765/anthropic/api.anthropic.com",
                                     "http://127.0.0.1:8765/openai/api.openai.com/v1"]

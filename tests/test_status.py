@@ -113,13 +113,15 @@ def test_a_presence_file_replaced_by_another_server_is_not_removed_by_the_first(
 def _session(log_dir: Path, upstream: str, day: str, name: str, costs: list[float | None]) -> None:
     path = log_dir / upstream / day / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [{"type": "session_start"}]
+    meta = {"ts": f"{day}T10:00:00.000000000Z", "machine": "me@here", "host": upstream, "session": name}
+    lines = [{"type": "session_start", "provider": "anthropic", "upstream": upstream, "_meta": meta}]
     for seq, cost in enumerate(costs, 1):
-        lines.append({"type": "request", "seq": seq, "body": '{"type":"response","cost":{"total":9}}'})
+        lines.append({"type": "request", "seq": seq, "method": "POST", "path": "/v1/messages",
+                      "body": '{"type":"response","cost":{"total":9}}', "_meta": meta})
         response = {"type": "response", "seq": seq, "status": 200}
         if cost is not None:
             response["cost"] = {"total": cost, "input": cost / 2, "source": "genai-prices 0.0.1"}
-        lines.append(response)
+        lines.append({**response, "_meta": meta})
     path.write_bytes(b"".join(json.dumps(line, separators=(",", ":")).encode() + b"\n" for line in lines))
 
 
@@ -131,6 +133,20 @@ def test_today_counts_todays_sessions_calls_and_cost(tmp_path):
     assert (today.sessions, today.calls, today.priced, today.cost) == (2, 4, 3, 0.875)
     assert today.line() == "2 sessions, 4 calls, $0.88 (1 calls unpriced) (log files, 2026-12-05 UTC)"
     assert status.today(tmp_path, "2026-12-01").line() == "0 sessions, no calls (log files, 2026-12-01 UTC)"
+
+
+def test_today_asks_the_catalog_when_there_is_one(tmp_path):
+    catalog = pytest.importorskip("llmproxy.catalog", reason="this llm-proxy has no catalog yet (issue 20)")
+    day = status.datetime.now(status.timezone.utc).strftime("%Y-%m-%d")
+    _session(tmp_path, "api.anthropic.com", day, f"{day.replace('-', '')}-100000-aaaaaaaa", [0.5, 0.25])
+    _session(tmp_path, "api.openai.com", day, f"{day.replace('-', '')}-110000-bbbbbbbb", [None])
+    assert status.today(tmp_path).source.startswith("log files")   # no catalog: none is built for a status
+    built = catalog.Catalog(tmp_path)
+    built.update()
+    built.close()
+    numbers = status.today(tmp_path)
+    assert numbers.source == f"catalog, {day} UTC"
+    assert (numbers.sessions, numbers.calls, numbers.priced, numbers.cost) == (2, 3, 2, 0.75)
 
 
 def test_status_names_the_service_and_where_the_shells_are_set_up(tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                                  "unless taken, else a free one)")
 
 
-def run(args: argparse.Namespace, extra: list[str], home: Home | None = None, runner: service.Runner = service.run) -> int:
+def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
+        runner: service.Runner = service.run) -> int:
     options = installer.Options(codex=args.codex, explorer=args.explorer, service=args.service, port=args.port)
     installation = installer.Installation(home or Home.current(), runner)
     try:

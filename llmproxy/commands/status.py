@@ -17,7 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     pass
 
 
-def run(args: argparse.Namespace, extra: list[str], home: Home | None = None, runner: service.Runner = service.run) -> int:
+def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
+        runner: service.Runner = service.run) -> int:
     settings = load_settings_or_exit(create_dirs=False)
     report = status.gather(installer.Installation(home or Home.current(), runner), settings)
     sys.stdout.write(report.text())

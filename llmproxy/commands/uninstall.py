@@ -17,7 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print every change, make none")
 
 
-def run(args: argparse.Namespace, extra: list[str], home: Home | None = None, runner: service.Runner = service.run) -> int:
+def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
+        runner: service.Runner = service.run) -> int:
     installation = installer.Installation(home or Home.current(), runner)
     try:
         log_dir = installation.service_settings().log_dir

@@ -11,6 +11,6 @@ shell's rc file gets, which reads the server's presence file without starting a 
 symlinks), :mod:`~llmproxy.setup.codex` (config.toml with tomlkit), :mod:`~llmproxy.setup.ports`;
 then :mod:`~llmproxy.setup.probe` (asking a running proxy) and :mod:`~llmproxy.setup.status`.
 
-May import: common, providers, settings, loki, record, server.
+May import: common, providers, settings, record, loki, server, catalog.
 Must not be imported by: common, providers, settings, proxy, record, loki, server, catalog, usage, explorer.
 """

@@ -66,13 +66,32 @@ _RESPONSE = b'{"type":"response"'
 
 
 def today(log_dir: Path, day: str | None = None) -> Today:
-    """TODAY'S NUMBERS, from the log tree: the single place to switch to the catalog
-    (``{log_dir}/catalog.db``, issue "Usage and cost") once it is there.
+    """TODAY'S NUMBERS: the one place that knows where they come from.
 
-    Counts the sessions of today's day directories (UTC; a session resumed today but started
-    earlier counts on its first day), their requests, and adds up ``cost.total`` of the
-    responses that have one."""
+    From the catalog (``{log_dir}/catalog.db``, issue "Usage and cost") when it exists, brought
+    up to date first (only what the tree gained is read); else from today's day directories of
+    the log tree. A status must stay quick, so it never builds a catalog from nothing."""
     day = day or datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    try:
+        from llmproxy.catalog import Catalog, catalog_path
+    except ImportError:  # an llm-proxy without the catalog
+        return _today_from_files(log_dir, day)
+    if not catalog_path(log_dir).exists():
+        return _today_from_files(log_dir, day)
+    catalog = Catalog(log_dir)
+    try:
+        catalog.update()
+        sessions, calls, priced, cost = catalog.db.execute(
+            "SELECT count(DISTINCT session), count(*), count(cost), total(cost) FROM calls WHERE day = ?",
+            (day,)).fetchone()
+    finally:
+        catalog.close()
+    return Today(sessions, calls, cost if priced else None, priced, f"catalog, {day} UTC")
+
+
+def _today_from_files(log_dir: Path, day: str) -> Today:
+    """The sessions of the day directories named ``day`` (a session resumed today but started
+    earlier counts on its first day), their requests, and ``cost.total`` of the responses."""
     sessions = calls = priced = 0
     cost = 0.0
     for upstream, name, directory in logtree.day_dirs(log_dir):
