@@ -538,3 +538,16 @@ def test_uninstall_leaves_a_config_toml_broken_since_setup_and_takes_back_the_re
     assert f"{home.codex_config} does not parse any more (" in out
     assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
     assert home.manifest.exists()   # what is left to undo stays recorded
+
+
+def test_a_port_given_with_the_flag_that_is_taken(tmp_path):
+    home = make_home(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        code, out, err = setup(home, FakeSystemctl(), "--port", str(busy))
+    assert (code, out) == (1, "")
+    assert err == (f"llm-proxy setup: port {busy} (--port) is taken by another program: nothing changed; "
+                   "choose another with --port\n")
+    assert not home.settings_file.exists()

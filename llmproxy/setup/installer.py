@@ -141,8 +141,7 @@ class Installation:
             add_port = f"LLM_PROXY_PORT={port}"
             plan.steps.append(self._settings_step(add_port))
         plan.settings = settings
-        self._check_ports(settings, options, "--port" if options.port else "LLM_PROXY_PORT in "
-                          + self.home.short(self.home.settings_file))
+        self._check_ports(settings, options)
 
         activation: list[Step] = []
         if options.service:
@@ -184,24 +183,26 @@ class Installation:
         plan.steps += activation
         return plan
 
-    def _check_ports(self, settings: Settings, options: Options, source: str) -> None:
+    def _check_ports(self, settings: Settings, options: Options) -> None:
         """The proxy's port (and the explorer's) must be free, or held by what setup installed."""
-        wanted = [(settings.port, service.PROXY, source)]
+        settings_file = self.home.short(self.home.settings_file)
+        wanted = [(settings.host, settings.port, service.PROXY,
+                   ("--port", "choose another with --port") if options.port else
+                   (f"LLM_PROXY_PORT in {settings_file}", "set another LLM_PROXY_PORT there"))]
         if options.explorer:
-            wanted.append((ports.EXPLORER, service.EXPLORER, "llm-proxy explore's"))
-        for port, name, what in wanted:
-            if ports.bindable(settings.host, port):
+            wanted.append((*ports.explorer_address(settings), service.EXPLORER,
+                           ("llm-proxy explore's", f"set LLM_PROXY_EXPLORER_PORT in {settings_file}")))
+        for host, port, name, (what, remedy) in wanted:
+            if ports.bindable(host, port):
                 continue
             unit = name if self.home.platform == "darwin" else f"{name}.service"
             if options.service and self.manager.state(unit).running:
                 continue
-            base = f"http://{settings.host}:{port}"
+            base = f"http://{host}:{port}"
             if name == service.PROXY and not options.service and probe.health(base):
                 continue  # an llm-proxy this user runs by hand: the shells will find it
             taker = "an llm-proxy the service did not start" if probe.health(base) else "another program"
-            raise SetupError(f"port {port} ({what}) is taken by {taker}: nothing changed; "
-                             + ("choose another with --port" if "--port" in what or "LLM_PROXY_PORT" not in what
-                                else "set another LLM_PROXY_PORT there"))
+            raise SetupError(f"port {port} ({what}) is taken by {taker}: nothing changed; {remedy}")
 
     def _mkdirs(self, directory: Path) -> None:
         """Create a directory and its missing parents, each recorded (uninstall removes them if empty)."""

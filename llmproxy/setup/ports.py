@@ -9,6 +9,13 @@ EXPLORER = 8081   # `llm-proxy explore`'s default: never handed to the proxy
 CANDIDATES = (DEFAULT, *range(8082, 8100))
 
 
+def explorer_address(settings) -> tuple[str, int]:
+    """Where ``llm-proxy explore`` listens: its settings (LLM_PROXY_EXPLORER_HOST, _PORT) in an
+    llm-proxy that has the explorer, else its defaults."""
+    explorer = getattr(settings, "explorer", None)
+    return getattr(explorer, "host", "127.0.0.1"), getattr(explorer, "port", EXPLORER)
+
+
 def bindable(host: str, port: int) -> bool:
     """Whether a server could listen on ``host:port`` now (as gunicorn binds: SO_REUSEADDR)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
