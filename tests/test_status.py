@@ -137,6 +137,8 @@ def test_today_counts_todays_sessions_calls_and_cost(tmp_path):
 
 def test_today_asks_the_catalog_when_there_is_one(tmp_path):
     catalog = pytest.importorskip("llmproxy.catalog", reason="this llm-proxy has no catalog yet (issue 20)")
+    if not hasattr(catalog, "Catalog"):
+        pytest.skip("llmproxy.catalog has no Catalog (a directory left by another checkout?)")
     day = status.datetime.now(status.timezone.utc).strftime("%Y-%m-%d")
     _session(tmp_path, "api.anthropic.com", day, f"{day.replace('-', '')}-100000-aaaaaaaa", [0.5, 0.25])
     _session(tmp_path, "api.openai.com", day, f"{day.replace('-', '')}-110000-bbbbbbbb", [None])
