@@ -33,6 +33,15 @@ def port():
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def taken_port():
+    """A port another program listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
 def setup(home, runner, *args):
     return llm_proxy(home, runner, "setup", *args)
 
@@ -91,16 +100,12 @@ def test_setup_installs_service_port_shells_and_a_second_run_changes_nothing(tmp
     assert systemctl.changes() == []
 
 
-def test_the_port_is_8080_unless_taken_then_a_free_one(monkeypatch):
+def test_the_port_is_8080_unless_taken_then_a_free_one(monkeypatch, taken_port):
     assert ports.CANDIDATES[0] == 8080 and ports.EXPLORER not in ports.CANDIDATES
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        assert not ports.bindable("127.0.0.1", busy)
-        monkeypatch.setattr(ports, "CANDIDATES", (busy, busy))
-        chosen = ports.choose("127.0.0.1")
-        assert chosen != busy and ports.bindable("127.0.0.1", chosen)
+    assert not ports.bindable("127.0.0.1", taken_port)
+    monkeypatch.setattr(ports, "CANDIDATES", (taken_port, taken_port))
+    chosen = ports.choose("127.0.0.1")
+    assert chosen != taken_port and ports.bindable("127.0.0.1", chosen)
 
 
 def test_a_port_changed_in_the_settings_file_restarts_the_running_service(tmp_path, port):
@@ -285,23 +290,28 @@ def test_no_systemd_user_instance_here_for_real(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_port_taken_by_another_program(tmp_path):
+def test_port_taken_by_another_program(tmp_path, taken_port):
     home = make_home(tmp_path)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        home.settings_file.parent.mkdir(parents=True)
-        home.settings_file.write_text(f"LLM_PROXY_PORT={busy}\n")
-        before = snapshot(tmp_path)
-        code, out, err = setup(home, FakeSystemctl())
-        assert (code, out) == (1, "")
-        assert err == (f"llm-proxy setup: port {busy} (LLM_PROXY_PORT in ~/.config/llm-proxy/llm-proxy.env) is "
-                       "taken by another program: nothing changed; set another LLM_PROXY_PORT there\n")
-        code, out, err = setup(home, FakeSystemctl(), "--port", str(busy + 1))
-        assert err == (f"llm-proxy setup: LLM_PROXY_PORT={busy} is set in ~/.config/llm-proxy/llm-proxy.env "
-                       "already: change it there\n")
-        assert snapshot(tmp_path) == before
+    home.settings_file.parent.mkdir(parents=True)
+    home.settings_file.write_text(f"LLM_PROXY_PORT={taken_port}\n")
+    before = snapshot(tmp_path)
+    code, out, err = setup(home, FakeSystemctl())
+    assert (code, out) == (1, "")
+    assert err == (f"llm-proxy setup: port {taken_port} (LLM_PROXY_PORT in ~/.config/llm-proxy/llm-proxy.env) is "
+                   "taken by another program: nothing changed; set another LLM_PROXY_PORT there\n")
+    code, out, err = setup(home, FakeSystemctl(), "--port", str(taken_port + 1))
+    assert err == (f"llm-proxy setup: LLM_PROXY_PORT={taken_port} is set in ~/.config/llm-proxy/llm-proxy.env "
+                   "already: change it there\n")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_port_given_with_the_flag_that_is_taken(tmp_path, taken_port):
+    home = make_home(tmp_path)
+    code, out, err = setup(home, FakeSystemctl(), "--port", str(taken_port))
+    assert (code, out) == (1, "")
+    assert err == (f"llm-proxy setup: port {taken_port} (--port) is taken by another program: nothing changed; "
+                   "choose another with --port\n")
+    assert not home.settings_file.exists()
 
 
 def test_a_bad_setting_in_the_users_file(tmp_path):
@@ -538,16 +548,3 @@ def test_uninstall_leaves_a_config_toml_broken_since_setup_and_takes_back_the_re
     assert f"{home.codex_config} does not parse any more (" in out
     assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
     assert home.manifest.exists()   # what is left to undo stays recorded
-
-
-def test_a_port_given_with_the_flag_that_is_taken(tmp_path):
-    home = make_home(tmp_path)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        code, out, err = setup(home, FakeSystemctl(), "--port", str(busy))
-    assert (code, out) == (1, "")
-    assert err == (f"llm-proxy setup: port {busy} (--port) is taken by another program: nothing changed; "
-                   "choose another with --port\n")
-    assert not home.settings_file.exists()
