@@ -47,8 +47,10 @@ class Filters:
 
     def describe(self) -> str:
         parts = []
-        if self.since or self.until:
-            parts.append(f"{self.since or '…'} to {self.until or 'today'}")
+        if self.since and self.until:
+            parts.append(f"{self.since} to {self.until}")
+        elif self.since or self.until:
+            parts.append(f"from {self.since}" if self.since else f"up to {self.until}")
         for name in ("provider", "model", "machine"):
             value = getattr(self, name)
             if value:
