@@ -25,6 +25,7 @@ from llmproxy.commands import (
     status,
     systemd_unit,
     uninstall,
+    usage,
 )
 
 # In the order --help lists them.
@@ -37,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "env": env,
     "systemd-unit": systemd_unit,
     "prune": prune,
+    "usage": usage,
     "loki-health": loki_health,
     "loki-session": loki_session,
 }
