@@ -14,6 +14,7 @@ import shutil
 import signal
 import time
 
+from llmproxy import pricing
 from llmproxy.common import masking
 from llmproxy.proxy import forwarding, views
 from llmproxy.server import metrics, presence
@@ -113,6 +114,11 @@ def on_starting(server):
     metrics.prepare_multiprocess_dir(server.pid)
     for line in describe_destinations(_settings):
         ours.info(line)
+    # Before the fork, and out of the collector's reach: every worker shares the price data's
+    # pages (docs/usage.rst); a collection in a worker would otherwise write to each object and
+    # copy them all.
+    pricing.load()
+    gc.freeze()
 
 
 # This worker's busy-thread count (llmproxy.server.saturation), fed by pre_request / post_request.
