@@ -35,7 +35,7 @@ def usable_cores() -> int:
 # Two workers per core, 2 to 8. A worker is one GIL: under load it spends part of its time
 # waiting for its own GIL between I/O calls, so one worker per core leaves cores idle; with two
 # per core, 16 clients got some 30 % more calls a second through a 2-core machine than with two
-# workers (README, "Performance"). Past 8, more workers mostly cost memory and sessions.db turns.
+# workers (docs/performance.rst). Past 8, more workers mostly cost memory and sessions.db turns.
 DEFAULT_WORKERS = min(8, max(2, 2 * usable_cores()))
 
 DEFAULT_ALLOWED_UPSTREAMS = (
@@ -262,13 +262,16 @@ class LokiSettings:
         return loki_push_url(self.url) if self.url else None
 
 
+DEFAULT_LOG_DIR = "~/.llm-provider-logs"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The proxy's whole configuration, built once by :func:`load_settings`."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    log_dir: Path = Path("~/.llm-provider-logs").expanduser()
+    log_dir: Path = Path(DEFAULT_LOG_DIR).expanduser()
     workers: int = DEFAULT_WORKERS
     threads: int = 128
     machine_id: str = ""
@@ -307,7 +310,7 @@ class Settings:
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: which setting it fills and how its text is parsed.
-    (Defaults are the dataclasses'; README.rst documents every variable.)"""
+    (Defaults are the dataclasses'; docs/configuration.rst documents every variable.)"""
 
     name: str
     field: str
@@ -374,13 +377,29 @@ def _env_file(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("LLM_PROXY_ENV_FILE") or ".env").expanduser()
 
 
+def user_settings_file(environ: Mapping[str, str] | None = None) -> Path:
+    """The user's own settings: ``$XDG_CONFIG_HOME/llm-proxy/llm-proxy.env`` (``~/.config/…``),
+    where ``llm-proxy setup`` keeps the workstation's port and its user service reads them."""
+    environ = os.environ if environ is None else environ
+    config = environ.get("XDG_CONFIG_HOME") or Path(environ.get("HOME") or Path.home()) / ".config"
+    return Path(config).expanduser() / "llm-proxy" / "llm-proxy.env"
+
+
+def settings_files(environ: Mapping[str, str]) -> list[Path]:
+    """The dotenv files read, lowest first: the one LLM_PROXY_ENV_FILE names alone (a service's);
+    else the user's settings file, then ``.env`` in the working directory."""
+    if environ.get("LLM_PROXY_ENV_FILE"):
+        return [_env_file(environ)]
+    return [user_settings_file(environ), _env_file(environ)]
+
+
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment over the ``.env`` file's values (the real environment wins)."""
+    """The process environment over the settings files' values (the real environment wins)."""
     environ = dict(os.environ if environ is None else environ)
-    env_file = _env_file(environ)
     merged: dict[str, str] = {}
-    if env_file.is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    for path in settings_files(environ):
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(environ)
     return merged
 
