@@ -29,7 +29,7 @@ from llmproxy.record import logtree
 POINTS = ["request_assigned", "request_noted", "request_torn", "request_written", "request_committed",
           "request_cleared", "request_queued", "response_noted", "response_torn", "response_written",
           "response_queued", "push_sending", "push_sent", "spool_written"]
-ROUNDS = 2
+ROUNDS = 3
 
 
 def session_files(log_dir) -> dict[str, list[dict]]:

@@ -139,3 +139,25 @@ def test_a_compacted_ledger_stays_locked_and_keeps_the_unsettled(tmp_path, monke
     assert read_ledger(ledger.path.read_bytes(), 1).entries == [(1, "h/d/keep.jsonl")]
     ledger.settle(keep)
     assert ledger.close()
+
+
+def test_two_uncommitted_requests_of_one_session_come_out_whatever_was_written_between(tmp_path):
+    files = FileLogger(tmp_path)
+    path = "h/d/S.jsonl"
+    files.append(path, [line("session_start", None), line("request", "r1")])
+    noted = []
+
+    def note(request_id, seq):
+        return lambda offset, dev, ino: noted.append(Intent(path, offset, dev, ino, "S", seq, False, request_id))
+
+    files.append(path, [line("request", "r2", 2)], note("r2", 2))  # one transaction, two requests
+    files.append(path, [line("response", "r1")])                   # an answer between them
+    files.append(path, [line("request", "r3", 3)], note("r3", 3))
+    db = tmp_path / "sessions.db"
+    store = SessionStore(db)
+    store.prepare()
+    conn = store._conn()
+    conn.execute("INSERT INTO sessions VALUES ('S', 'anthropic', 'h', NULL, 0, 1)")  # seq 1 committed
+    journal.recover(conn, str(tmp_path), [i.encode() for i in noted])
+    kinds = [(json.loads(x)["type"], json.loads(x)["seq"]) for x in (tmp_path / path).read_bytes().split(b"\n")[:-1]]
+    assert kinds == [("session_start", 1), ("request", 1), ("response", 1)]

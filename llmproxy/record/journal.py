@@ -106,8 +106,9 @@ def undo(log_dir: str, intent: Intent) -> int:
 
 
 def recover(conn: sqlite3.Connection, log_dir: str, notes: list[bytes]) -> None:
-    """Finish what a writer that died left on the pad: undo the lines of its uncommitted requests."""
-    for intent in filter(None, map(Intent.decode, notes)):
+    """Finish what a writer that died left on the pad: undo the lines of its uncommitted requests,
+    the last written first (an undo finds the lines after its own offset as they were)."""
+    for intent in reversed(list(filter(None, map(Intent.decode, notes)))):
         if committed(conn, intent):
             continue
         removed = undo(log_dir, intent)

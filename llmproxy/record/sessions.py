@@ -341,8 +341,9 @@ class SessionStore:
             self._running = None
 
     def _undo(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            for intent in job.intents:
+        """Take the jobs' lines out of their files again, the last written first."""
+        for job in reversed(jobs):
+            for intent in reversed(job.intents):
                 journal.undo(self.log_dir, intent)
             job.intents = []
 
