@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from llmproxy.record.filelog import open_locked
 
@@ -43,15 +43,19 @@ class Intent:
     request_id: str
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        """One line of words, the path last (a file name may hold spaces, never a newline): this
+        is on every request's path, so no JSON."""
+        return b"%d %d %d %d %d %s %s %s" % (self.offset, self.device, self.inode, self.seq, self.new,
+                                            self.session.encode(), self.request_id.encode(), self.path.encode())
 
     @classmethod
     def decode(cls, raw: bytes) -> "Intent | None":
         """An intent from the pad; None for a note cut short (its writer died writing it, before
         any line) or a stale one."""
         try:
-            return cls(**json.loads(raw))
-        except (ValueError, TypeError):
+            offset, device, inode, seq, new, session, request_id, path = raw.decode().split(" ", 7)
+            return cls(path, int(offset), int(device), int(inode), session, int(seq), new == "1", request_id)
+        except (ValueError, UnicodeDecodeError):
             return None
 
 
