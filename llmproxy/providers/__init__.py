@@ -13,9 +13,10 @@ Each module answers every question the proxy has about its API:
 - errors: ``error_document`` (the proxy's own errors in the provider's shape);
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
   ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing);
-- transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
-  conversation), ``said`` (a JSON answer's text and tool calls), ``said_events`` (a stream's) and
-  ``tokens`` (in and out, from the answer's usage).
+- transcripts (``loki-session --transcript``, the explorer): ``turn`` (what a request adds to the
+  conversation), ``system`` (the instructions it carries), ``said`` (a JSON answer's text,
+  thinking and tool calls), ``said_events`` (a stream's) and ``tokens`` (in and out, from the
+  answer's usage).
 
 Adding an API is adding a module here and to :data:`APIS`, with a test table. No module outside
 this package names a provider (tests/test_providers.py).
@@ -48,7 +49,7 @@ SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
 __all__ = ["APIS", "PREFIXES", "SPELLING", "Part", "Said", "Summary", "agent_name", "api_for", "api_of_entry",
            "client_session_id", "conversation", "error_body", "logged", "provider_for_host", "request_summary",
-           "response_id", "response_summary", "rewrite", "said", "stream_summary", "tokens", "turn"]
+           "response_id", "response_summary", "rewrite", "said", "stream_summary", "system", "tokens", "turn"]
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -225,8 +226,19 @@ def turn(api: ModuleType | None, body: Any) -> list[tuple[str, list[Part]]]:
         return []
 
 
+def system(api: ModuleType | None, body: Any) -> str:
+    """The instructions a request carries (a system prompt, developer messages); empty when
+    unknown. Never raises."""
+    if api is None or not isinstance(body, dict):
+        return ""
+    try:
+        return api.system(body)
+    except Exception:
+        return ""
+
+
 def said(api: ModuleType | None, response: dict) -> Said:
-    """The text and tool calls of a logged answer (a response entry): from its chunks (SSE
+    """The text, thinking and tool calls of a logged answer (a response entry): from its chunks (SSE
     events or WebSocket messages) or its JSON body. Never raises."""
     if api is None:
         return Said()
