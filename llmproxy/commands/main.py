@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Sequence
 
 from llmproxy import __version__
-from llmproxy.commands import check_config, env, loki_health, loki_session, prune, serve, systemd_unit
+from llmproxy.commands import check_config, env, explore, loki_health, loki_session, prune, serve, systemd_unit
 
 # In the order --help lists them.
 COMMANDS: dict[str, ModuleType] = {
@@ -25,6 +25,7 @@ COMMANDS: dict[str, ModuleType] = {
     "prune": prune,
     "loki-health": loki_health,
     "loki-session": loki_session,
+    "explore": explore,
 }
 
 

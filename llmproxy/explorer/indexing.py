@@ -1,0 +1,68 @@
+"""Keeping the catalog up to date while the explorer runs: a process of its own, beside the
+pages' gunicorn worker, that catches the catalog up with the log tree every few seconds.
+
+It runs at a lower priority (``nice``) and dies with the explorer (the parent death signal on
+Linux, and a check of its parent on every round elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+from llmproxy.common.ratelimit import RateLimitedLog
+from llmproxy.settings import Settings
+
+log = logging.getLogger("llmproxy.explorer.indexing")
+INTERVAL = 2.0     # seconds between two catch-ups: a live session's new calls are searchable soon
+NICENESS = 10
+
+
+def catch_up(settings: Settings) -> None:
+    """Bring the catalog (and the explorer's search tables) up to date with the log tree."""
+    raise NotImplementedError  # the catalog of issue 20 lands here
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def loop(settings: Settings, parent: int, interval: float = INTERVAL) -> None:
+    """Catch up, wait, again, until the parent is gone. Never raises on a bad round."""
+    _die_with_parent()
+    try:
+        os.nice(NICENESS)
+    except OSError:
+        pass
+    failures = RateLimitedLog(log, logging.ERROR, 60.0)
+    while os.getppid() == parent:
+        started = time.monotonic()
+        try:
+            catch_up(settings)
+        except Exception as exc:  # the next round tries again; the pages read what there is
+            failures.log("catalog update failed: %r", exc)
+        time.sleep(max(0.2, interval - (time.monotonic() - started)))
+
+
+def start_process(settings: Settings) -> multiprocessing.process.BaseProcess:
+    """The indexer in a fresh interpreter (spawned: nothing of gunicorn's state comes along)."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=loop, args=(settings, os.getpid()), name="llm-proxy-explorer-indexer", daemon=True)
+    process.start()
+    return process
+
+
+def stop_process(process: multiprocessing.process.BaseProcess, timeout: float = 5.0) -> None:
+    process.terminate()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout)

@@ -1,0 +1,376 @@
+"""The explorer's session page and its guard, through Flask's test client: each address, each
+status, and the conversation as people read it (tests/sessionfiles.py writes the sessions)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import hostile
+import pytest
+import zstandard
+from sessionfiles import SessionFile, anthropic_body, anthropic_stream, claude_tool_loop, codex_session, sse
+
+from llmproxy.explorer.app import create_app
+from llmproxy.settings import load_settings
+
+LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))
+TOKEN = "t0ken-" + "x" * 20
+
+
+def settings_for(log_dir: Path, **env):
+    return load_settings({"LLM_PROXY_LOG_DIR": str(log_dir), "LLM_PROXY_ENV_FILE": str(log_dir / "no.env"), **env},
+                         create_dirs=False)
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def client(log_dir):
+    return create_app(settings_for(log_dir)).test_client()
+
+
+class Page(HTMLParser):
+    """A page's elements and text, as a browser's parser sees them."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.texts: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.texts.append(data)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    def find(self, tag: str, **attrs) -> list[dict]:
+        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
+
+
+def page(client, url: str) -> Page:
+    answer = client.get(url)
+    assert answer.status_code == 200, answer.data[:500]
+    return Page(answer.get_data(as_text=True))
+
+
+def call_html(html: str, seq: int) -> str:
+    match = re.search(rf'<article class="call[^"]*" id="call-{seq}".*?</article>', html, re.S)
+    assert match, f"no call {seq}"
+    return match.group(0)
+
+
+# --- the session page ---
+
+def test_a_session_reads_as_its_conversation(client, log_dir):
+    claude_tool_loop(log_dir)
+    html = client.get("/session/20261128-101500-abcd1234").get_data(as_text=True)
+    first, title, second, agent, third = (call_html(html, n) for n in range(1, 6))
+    # Each call shows the user's new words only, never the history it re-sends.
+    assert "What do the notes say?" in first and "What do the notes say?" not in second + third
+    assert "Thanks. And louder?" in third and "Let me read the notes." not in third
+    # The client's reminders are context, folded away; the system prompt too, once per thread.
+    assert '<details class="context">' in first and "As you answer" in first
+    assert '<details class="system">' in first and '<details class="system">' not in second + third
+    assert '<details class="system">' in title and '<details class="system">' in agent
+    # Thinking is folded; the tool call shows its input and, under it, its result.
+    assert re.search(r'<details class="thinking">\s*<summary>', first) and "The user wants the notes read." in first
+    tool = first[first.index('class="tool"'):]
+    assert "Read" in tool and "/home/dev/project/notes.txt" in tool and "kiwi-5150" in tool
+    assert tool.index("notes.txt") < tool.index("kiwi-5150")
+    assert "shown under <a href=\"#call-1\">call #1</a>" in second and "kiwi-5150" not in second.split("Assistant")[0]
+    # Per call: model, stop reason, tokens, cost, TTFB and total, status.
+    head = first[:first.index("</header>")]
+    for shown in ("claude-sonnet-4-5", "tool_use", "in 12", "out 40", "cache w 100", "r 3.0k", "$0.012", "850 ms",
+                  "4.2 s", ">200<", "t1"):
+        assert shown in head, shown
+    # Threads and sub-agents are visible as such.
+    assert ">t2<" in title and "agent explore-1" in agent and 'class="call agent"' in agent
+    assert "sub-agent explore-1" in html
+
+
+def test_the_session_header_and_totals(client, log_dir):
+    claude_tool_loop(log_dir)
+    text = page(client, "/session/20261128-101500-abcd1234").text
+    for shown in ("anthropic", "api.anthropic.com", "dev@workstation", "2026-11-28 10:15 UTC",
+                  "5d4b0fc7-2ca0-4c21-903a-5c9035509e81", "Download JSONL"):
+        assert shown in text, shown
+    totals = text[text.index("Totals"):]
+    assert re.search(r"Calls\s*5\b", totals) and re.search(r"Cost\s*\$0\.020", totals)  # 0.0123+0.0001+0.0042+0.0002+0.0031
+
+
+def test_a_fork_says_from_which_call_it_branched(client, log_dir):
+    f = SessionFile(log_dir).start()
+    question = {"role": "user", "content": "Plan the change."}
+    seq = f.request(anthropic_body([question]))
+    f.response(seq, sse(anthropic_stream("Plan A.")))
+    f.fork(from_seq=1, from_thread="t1", thread="t1+")
+    seq = f.request(anthropic_body([{"role": "user", "content": "Plan it differently."}]), thread="t1+")
+    f.response(seq, sse(anthropic_stream("Plan B.")), thread="t1+")
+    html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    assert 'Branched from <a href="#call-1">call #1</a> of thread t1' in call_html(html, 2)
+    assert "branched from <a href=\"#call-1\">call #1</a>" in html  # in the threads list
+
+
+def test_errors_and_cut_streams_are_marked(client, log_dir):
+    f = SessionFile(log_dir).start()
+    seq = f.request(anthropic_body([{"role": "user", "content": "one"}]))
+    f.response(seq, body=json.dumps({"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down"}}),
+               status=429, model=None)
+    seq = f.request(anthropic_body([{"role": "user", "content": "two"}]))
+    f.response(seq, sse(anthropic_stream("Let me", error="Overloaded")))
+    seq = f.request(anthropic_body([{"role": "user", "content": "three"}]))
+    f.response(seq, sse(anthropic_stream("Half")[:3]), error="upstream closed the stream early", incomplete=True)
+    html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    limited, overloaded, cut = (call_html(html, n) for n in (1, 2, 3))
+    assert 'class="call failed"' in limited and 'status bad" title="HTTP status">429' in limited and "Slow down" in limited
+    assert 'class="error">Overloaded' in overloaded and "Let me" in overloaded
+    assert "cut off before its end" in cut and "upstream closed the stream early" in cut
+    data = client.get(f"/session/{f.session}.json").json
+    assert data["totals"]["errors"] == 3
+
+
+@pytest.mark.parametrize("websocket", [True, False], ids=["websocket", "sse"])
+def test_a_codex_session_reads_the_same_over_websocket_and_sse(client, log_dir, websocket):
+    f = codex_session(log_dir, websocket=websocket)
+    html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    first = call_html(html, 1)
+    assert "What do the notes say?" in first and "You are Codex" in first and "&lt;permissions&gt;" in first
+    assert "exec_command" in first and "cat notes.txt" in first and "kiwi-5150" in first  # the result, under the call
+    assert "Look at the file first." in first  # the reasoning summary, folded
+    assert "The notes say kiwi-5150." in call_html(html, 2)
+
+
+def test_websocket_and_sse_give_the_same_calls(tmp_path):
+    def calls(websocket: bool):
+        log_dir = tmp_path / str(websocket)
+        f = codex_session(log_dir, websocket=websocket)
+        data = create_app(settings_for(log_dir)).test_client().get(f"/session/{f.session}.json").json
+        return [{k: v for k, v in c.items() if k not in ("transport", "size_in", "size_out")} for c in data["calls"]]
+
+    assert calls(True) == calls(False)
+
+
+def test_the_json_view_has_the_same_calls_as_the_page(client, log_dir):
+    claude_tool_loop(log_dir)
+    data = client.get("/session/20261128-101500-abcd1234.json").json
+    assert [c["seq"] for c in data["calls"]] == [1, 2, 3, 4, 5]
+    first = data["calls"][0]
+    assert [p["kind"] for p in first["answer"]] == ["thinking", "text", "call"]
+    assert first["answer"][2]["result"]["text"].strip().startswith("1\tkiwi-5150")
+    assert first["tokens"] == {"input": 12, "output": 40, "cache_write": 100, "cache_read": 3000}
+    assert data["machine"] == "dev@workstation" and data["provider"] == "anthropic"
+
+
+def test_raw_entries_and_whole_texts_are_served_on_demand(client, log_dir):
+    f = claude_tool_loop(log_dir)
+    raw = client.get(f"/session/{f.session}/call/3/raw.json").json
+    assert raw["request"] == f.written[5] and raw["response"] == f.written[6]
+    html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    assert json.dumps(f.written[5]["body"])[1:40] not in html  # the raw body is not in the page
+    assert client.get(f"/session/{f.session}/call/99/raw.json").status_code == 404
+    text = client.get(f"/session/{f.session}/call/1/piece/0.txt")
+    assert text.status_code == 200 and text.content_type == "text/plain; charset=utf-8"
+    assert text.get_data(as_text=True) == "You are Claude Code, Anthropic's CLI."
+    assert client.get(f"/session/{f.session}/call/1/piece/99.txt").status_code == 404
+
+
+def test_a_long_text_shows_its_head_and_a_link_to_the_whole(client, log_dir):
+    f = SessionFile(log_dir).start()
+    long = "\n".join(f"line {n}" for n in range(5000))
+    seq = f.request(anthropic_body([{"role": "user", "content": long}]))
+    f.response(seq, sse(anthropic_stream("ok")))
+    html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    link = re.search(r'href="(/session/[^"]+/piece/(\d+)\.txt)" data-more>Show all ([\d,]+) characters', html)
+    assert link and int(link.group(3).replace(",", "")) == len(long)
+    assert "line 4999" not in html and client.get(link.group(1)).get_data(as_text=True) == long
+
+
+def test_the_download_is_the_session_file(client, log_dir):
+    f = claude_tool_loop(log_dir)
+    answer = client.get(f"/session/{f.session}.jsonl")
+    assert answer.status_code == 200 and answer.data == f.file.read_bytes()
+    assert answer.headers["Content-Disposition"] == f'attachment; filename="{f.session}.jsonl"'
+
+
+def test_a_compressed_session_reads_like_a_plain_one(client, log_dir):
+    f = claude_tool_loop(log_dir)
+    plain = client.get(f"/session/{f.session}.json").json["calls"]
+    f.file.with_name(f.file.name + ".zst").write_bytes(zstandard.ZstdCompressor().compress(f.file.read_bytes()))
+    f.file.unlink()
+    fresh = create_app(settings_for(log_dir)).test_client()
+    assert fresh.get(f"/session/{f.session}.json").json["calls"] == plain
+    assert fresh.get(f"/session/{f.session}.jsonl").data.count(b"\n") == len(f.written)
+
+
+# --- live ---
+
+def test_a_live_page_gets_new_calls_and_the_results_of_earlier_ones(client, log_dir):
+    f = SessionFile(log_dir).start()
+    tool = ("toolu_9", "Bash", {"command": "ls"})
+    first = {"role": "user", "content": "List the files."}
+    seq = f.request(anthropic_body([first]))
+    f.response(seq, sse(anthropic_stream("Listing.", tools=[tool])))
+    html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    live = re.search(r'data-since="(\d+)" data-gen="(\d+)"', html)
+    since, gen = live.groups()
+    assert "Waiting for its result" in call_html(html, 1)
+    nothing = client.get(f"/session/{f.session}/changes.json?since={since}&gen={gen}").json
+    assert nothing["calls"] == [] and nothing["since"] == int(since)
+
+    from sessionfiles import anthropic_assistant, anthropic_results
+    seq = f.request(anthropic_body([first, anthropic_assistant("Listing.", [tool]),
+                                    anthropic_results([("toolu_9", "README.md\nsetup.cfg")])]))
+    changes = client.get(f"/session/{f.session}/changes.json?since={since}&gen={gen}").json
+    assert [c["seq"] for c in changes["calls"]] == [1, 2]
+    assert "README.md" in changes["calls"][0]["html"] and "Waiting for the answer" in changes["calls"][1]["html"]
+    assert changes["active"] is True and changes["since"] == f.file.stat().st_size
+
+    f.response(seq, sse(anthropic_stream("Two files.")))
+    later = client.get(f"/session/{f.session}/changes.json?since={changes['since']}&gen={gen}").json
+    assert [c["seq"] for c in later["calls"]] == [2] and "Two files." in later["calls"][0]["html"]
+
+
+def test_a_half_written_line_waits_for_its_end(client, log_dir):
+    f = SessionFile(log_dir).start()
+    seq = f.request(anthropic_body([{"role": "user", "content": "hi"}]))
+    data = client.get(f"/session/{f.session}.json").json
+    with open(f.file, "ab") as out:
+        out.write(b'{"type":"response","seq":1,"status":200,"hea')
+    assert client.get(f"/session/{f.session}/changes.json?since={data['since']}&gen={data['generation']}").json[
+        "calls"] == []
+    with open(f.file, "ab") as out:
+        out.write(b'ders":{},"timing":{"ttfb_ms":1,"total_ms":2},"size":0,"body":"{}","_meta":{}}\n')
+    changed = client.get(f"/session/{f.session}/changes.json?since={data['since']}&gen={data['generation']}").json
+    assert [c["seq"] for c in changed["calls"]] == [seq]
+
+
+def test_a_live_page_reloads_when_prune_compressed_the_file_under_it(client, log_dir):
+    f = claude_tool_loop(log_dir)
+    data = client.get(f"/session/{f.session}.json").json
+    f.file.with_name(f.file.name + ".zst").write_bytes(zstandard.ZstdCompressor().compress(f.file.read_bytes()))
+    f.file.unlink()
+    changes = client.get(f"/session/{f.session}/changes.json?since={data['since']}&gen={data['generation']}").json
+    assert changes == {"reload": True}
+
+
+# --- hostile content ---
+
+def test_hostile_content_is_text(client, log_dir):
+    hostile.write(log_dir)
+    answer = client.get(f"/session/{hostile.SESSION}")
+    html = answer.get_data(as_text=True)
+    parsed = Page(html)
+    scripts = parsed.find("script")
+    assert [s.get("src", "").split("?")[0] for s in scripts] == ["/static/explorer.js"]
+    assert not [(t, a) for t, a in parsed.tags if any(k.startswith("on") for k in a)]
+    assert not [a for t, a in parsed.tags if any("javascript:" in (v or "") for v in a.values())]
+    assert not parsed.find("img") + parsed.find("svg") + parsed.find("iframe")
+    text = parsed.text
+    assert "<script>window.__pwned = 1;" in text and "{{ 7*7 }}" in text and "{% for x in range(3) %}" in text
+    # Control and bidi characters are shown, not obeyed.
+    assert "\x1b" not in html and "\u202e" not in html and "␛[31mred" in text and "⟨U+202E⟩exe.txt" in text
+    assert "nul␀" in text and "⟨U+200B⟩" in text
+    # The 10 MB line is not sent whole: the page stays small and links to it.
+    assert len(answer.data) < 200_000
+    assert '<b>dev</b>@box' not in html and "&lt;b&gt;dev&lt;/b&gt;@box" in html
+    assert "&lt;i&gt;model&lt;/i&gt;" in html
+
+
+def test_the_whole_hostile_text_is_plain_text(client, log_dir):
+    hostile.write(log_dir)
+    html = client.get(f"/session/{hostile.SESSION}").get_data(as_text=True)
+    url = re.findall(r'href="(/session/[^"]+\.txt)" data-more>Show all 10,', html)[0]
+    answer = client.get(url)
+    assert answer.content_type == "text/plain; charset=utf-8" and answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert len(answer.data) == hostile.HUGE_BYTES - 40 + len(hostile.SCRIPT)
+
+
+# --- the guard ---
+
+def test_every_answer_forbids_inline_script_framing_and_sniffing(client, log_dir):
+    claude_tool_loop(log_dir)
+    for url in ("/session/20261128-101500-abcd1234", "/session/20261128-101500-abcd1234.json",
+                "/session/nosuch", "/static/explorer.css", "/health"):
+        headers = client.get(url).headers
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+        assert "unsafe-inline" not in headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("url", [
+    "/session/nosuch", "/session/20261128-101500-abcd1239", "/session/..%2F..%2Fetc%2Fpasswd",
+    "/session/20261128-101500-abcd1234%2F..%2F..", "/session/20261128-101500-ABCD1234",
+    "/session/20261128-101500-abcd1234.jsonl%00", "/static/../settings.py", "/nosuch",
+])
+def test_unknown_sessions_and_paths_out_of_the_log_dir_are_not_found(client, log_dir, url):
+    claude_tool_loop(log_dir)
+    assert client.get(url).status_code == 404
+
+
+def test_a_json_address_answers_errors_as_json(client):
+    answer = client.get("/session/20261128-101500-abcd1239.json")
+    assert answer.status_code == 404 and answer.json["error"]["status"] == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_the_explorer_only_reads(client, log_dir, method):
+    claude_tool_loop(log_dir)
+    assert client.open("/session/20261128-101500-abcd1234", method=method).status_code == 405
+
+
+@pytest.mark.parametrize("host, status", [("127.0.0.1:8081", 200), ("localhost:8081", 200), ("[::1]:8081", 200),
+                                          ("evil.example.com", 403), ("192.168.1.20:8081", 403)])
+def test_without_a_token_only_loopback_names_are_answered(client, log_dir, host, status):
+    claude_tool_loop(log_dir)
+    assert client.get("/session/20261128-101500-abcd1234.json", headers={"Host": host}).status_code == status
+
+
+def test_with_a_token_every_request_carries_it(log_dir):
+    claude_tool_loop(log_dir)
+    app = create_app(settings_for(log_dir, LLM_PROXY_EXPLORER_TOKEN=TOKEN, LLM_PROXY_EXPLORER_HOST="0.0.0.0"))
+    url = "/session/20261128-101500-abcd1234.json"
+    client = app.test_client()
+    assert client.get(url, headers={"Host": "explorer.example.com"}).status_code == 401
+    assert client.get(url, headers={"Authorization": "Bearer wrong-" + TOKEN}).status_code == 401
+    assert client.get(url, headers={"Authorization": f"Bearer {TOKEN}", "Host": "explorer.example.com"}).status_code == 200
+    # The link with ?token= sets a cookie and moves on without the token in the address.
+    first = client.get(f"/session/20261128-101500-abcd1234?token={TOKEN}&x=1")
+    assert first.status_code == 303 and first.headers["Location"] == "/session/20261128-101500-abcd1234?x=1"
+    cookie = first.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert client.get(url).status_code == 200  # the cookie, from now on
+    assert app.test_client().get(url + "?token=nope").status_code == 401
+
+
+def test_settings_of_the_explorer_are_validated(tmp_path):
+    def start(*args, **env):
+        return subprocess.run([LLM_PROXY, "explore", *args], capture_output=True, text=True, timeout=30,
+                              env={"PATH": "/usr/bin:/bin", "LLM_PROXY_LOG_DIR": str(tmp_path),
+                                   "LLM_PROXY_ENV_FILE": str(tmp_path / "no.env"), **env})
+
+    exposed = start("--host", "0.0.0.0")
+    assert exposed.returncode == 2 and exposed.stderr == (
+        "llm-proxy: LLM_PROXY_EXPLORER_HOST='0.0.0.0' is not valid: a loopback address (127.0.0.1, ::1, localhost) "
+        "unless LLM_PROXY_EXPLORER_TOKEN is set\n")
+    for env, variable in ((dict(LLM_PROXY_EXPLORER_PORT="80000"), "LLM_PROXY_EXPLORER_PORT"),
+                          (dict(LLM_PROXY_EXPLORER_TOKEN="short"), "LLM_PROXY_EXPLORER_TOKEN")):
+        bad = start(**env)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"llm-proxy: {variable}=") and bad.stderr.count("\n") == 1
+    missing = start("--log-dir", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
