@@ -374,3 +374,19 @@ def test_settings_of_the_explorer_are_validated(tmp_path):
         assert bad.returncode == 2 and bad.stderr.startswith(f"llm-proxy: {variable}=") and bad.stderr.count("\n") == 1
     missing = start("--log-dir", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+def test_a_call_logged_before_costs_were_recorded_is_priced_as_the_catalog_prices_it(client, log_dir):
+    f = SessionFile(log_dir).start()
+    seq = f.request(anthropic_body([{"role": "user", "content": "hi"}]))
+    usage = {"input_tokens": 1000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 500}
+    f.response(seq, body=json.dumps({"content": [{"type": "text", "text": "Hello"}], "usage": usage}))
+    entry = f.written[-1]
+    entry["usage"] = usage
+    f.file.write_text("\n".join(json.dumps(e) for e in f.written) + "\n")
+    call, = client.get(f"/session/{f.session}.json").json["calls"]
+    from llmproxy import pricing, providers
+    counts, cost = pricing.priced(providers.api_of_entry("anthropic", "/v1/messages"), usage, "claude-sonnet-4-5",
+                                  "api.anthropic.com", 1795688100.0)
+    assert call["tokens"] == counts.fields() and call["cost"] == pytest.approx(cost.total) and cost.total > 0
+    assert call["client"] == "claude-code"

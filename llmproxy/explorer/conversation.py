@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from llmproxy import providers
+from llmproxy import pricing, providers
+from llmproxy.explorer.formatting import parse_ts
 from llmproxy.explorer.reader import Line, SessionLines
 from llmproxy.providers import Part
+from llmproxy.providers.clients import client_name
 
 # Roles whose messages are the client's instructions (shown as the system prompt) and text
 # blocks that are client context (Claude Code's reminders): collapsed, not the user's words.
@@ -71,6 +74,7 @@ class Call:
     agent: str | None = None
     fork: dict | None = None           # from_seq, from_thread: where this branch left its thread
     user_agent: str = ""
+    client: str = ""
     system: Piece | None = None        # shown when it differs from the thread's previous one
     turn: list[tuple[str, list[Piece]]] = field(default_factory=list)
     answer: list[Piece] = field(default_factory=list)
@@ -107,7 +111,7 @@ class Call:
 
     def to_json(self) -> dict:
         return {"seq": self.seq, "ts": self.ts, "method": self.method, "path": self.path,
-                "transport": self.transport, "thread": self.thread, "agent": self.agent, "fork": self.fork,
+                "transport": self.transport, "client": self.client, "thread": self.thread, "agent": self.agent, "fork": self.fork,
                 "system": self.system.to_json() if self.system else None,
                 "turn": [{"role": role, "parts": [p.to_json() for p in parts]} for role, parts in self.turn],
                 "answer": [p.to_json() for p in self.answer], "answered": self.answered, "status": self.status,
@@ -138,19 +142,21 @@ def _body(entry: dict) -> Any:
         return None
 
 
-def tokens_of(api: ModuleType | None, response: dict) -> dict[str, int]:
-    """The answer's tokens by kind: the entry's normalized ``tokens`` where it has them, else in
-    and out as the API module reads its usage."""
+def tokens_and_cost(api: ModuleType | None, response: dict, upstream: str) -> tuple[dict[str, int], float | None]:
+    """The answer's tokens by kind and its cost: the entry's own ``tokens`` and ``cost``, or
+    (an entry written before they were) worked out from its usage as the proxy does."""
     given = response.get("tokens")
     if isinstance(given, dict):
-        return {k: v for k, v in given.items() if isinstance(v, int) and not isinstance(v, bool)}
-    tokens_in, tokens_out = providers.tokens(api, response.get("usage"))
-    return {k: v for k, v in (("input", tokens_in), ("output", tokens_out)) if v is not None}
-
-
-def cost_of(response: dict) -> float | None:
-    cost = response.get("cost")
-    return _number(cost.get("total")) if isinstance(cost, dict) else None
+        cost = response.get("cost")
+        return ({k: v for k, v in given.items() if isinstance(v, int) and not isinstance(v, bool)},
+                _number(cost.get("total")) if isinstance(cost, dict) else None)
+    if not isinstance(response.get("usage"), dict):
+        return {}, None
+    meta = response.get("_meta") if isinstance(response.get("_meta"), dict) else {}
+    moment = parse_ts(meta.get("ts")) or datetime.now(timezone.utc)
+    model = response.get("model") if isinstance(response.get("model"), str) else None
+    counts, cost = pricing.priced(api, response["usage"], model, upstream, moment)
+    return (counts.fields() if counts is not None else {}), (cost.total if cost is not None else None)
 
 
 class Conversation:
@@ -209,6 +215,7 @@ class Conversation:
         call = Call(seq=line.seq, ts=str(meta.get("ts", "")), method=str(entry.get("method", "")), path=path,
                     transport=str(entry.get("transport") or "http"), thread=meta.get("thread"),
                     agent=meta.get("agent"), user_agent=_header(entry.get("headers"), "user-agent"),
+                    client=client_name(_header(entry.get("headers"), "user-agent")),
                     size_in=_number(entry.get("size")))
         fork, self._fork = self._fork, None
         if fork is not None:
@@ -270,8 +277,9 @@ class Conversation:
         call.status = entry.get("status") if isinstance(entry.get("status"), int) else None
         call.model = entry.get("model") if isinstance(entry.get("model"), str) else None
         call.stop_reason = entry.get("stop_reason") if isinstance(entry.get("stop_reason"), str) else None
-        call.tokens = tokens_of(api, entry)
-        call.cost = cost_of(entry)
+        call.tokens, call.cost = tokens_and_cost(api, entry, self.lines.files.upstream)
+        if isinstance(entry.get("client"), str):
+            call.client = entry["client"]
         call.ttfb_ms, call.total_ms = _number(timing.get("ttfb_ms")), _number(timing.get("total_ms"))
         call.size_out = _number(entry.get("size"))
         call.incomplete = entry.get("incomplete") is True or entry.get("body_truncated") is True

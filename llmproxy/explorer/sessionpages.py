@@ -124,7 +124,8 @@ def register(app: Flask) -> None:
                 shown.append(call)
                 yield call
 
-        context = {"session": session, "start": conversation.start, "calls": calls(), "shown": shown,
+        first = conversation.calls.get(min(conversation.calls, default=0))
+        context = {"session": session, "start": conversation.start, "client": first.client if first else "", "calls": calls(), "shown": shown,
                    "progress": progress, "active": _active(lines), "files": lines.files, "totals": totals,
                    "threads": _threads}
         app.update_template_context(context)
