@@ -105,3 +105,20 @@ ensure_systemd_analyze() {
         echo "systemd-analyze missing (install Debian's systemd package); the unit tests will fail" >&2
     fi
 }
+
+# The explorer's browser tests drive a real headless Chromium: Debian's chromium package (never
+# a browser Playwright would download). Installed when missing and apt-get can (root); says so.
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "chromium missing: installing Debian's chromium package for the explorer's browser tests ..." >&2
+        if { apt-get install -y -qq --no-install-recommends chromium || \
+             { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } \
+                >.venv/apt-chromium.log 2>&1; then
+            return 0
+        fi
+        echo "apt-get install chromium failed (log: .venv/apt-chromium.log); the browser tests will fail" >&2
+    else
+        echo "chromium missing (install Debian's chromium package); the browser tests will fail" >&2
+    fi
+}

@@ -8,6 +8,7 @@ environment here.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from llmproxy import __version__
+from llmproxy.catalog import catalog_path
 from llmproxy.explorer import formatting, guard
 from llmproxy.explorer.reader import SessionReader
 from llmproxy.settings import Settings
@@ -35,6 +37,15 @@ class Explorer:
     def __post_init__(self) -> None:
         self.reader = SessionReader(self.settings.log_dir)
 
+    def catalog(self) -> sqlite3.Connection | None:
+        """A read-only connection to the catalog, or None while there is none yet."""
+        path = catalog_path(self.settings.log_dir)
+        if not path.exists():
+            return None
+        db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
+        db.execute("PRAGMA query_only = ON")
+        return db
+
     @staticmethod
     def of(app: Flask) -> "Explorer":
         return app.extensions[EXTENSION_KEY]
@@ -53,7 +64,7 @@ def refuse(status: int, title: str, message: str):
 
 def create_app(settings: Settings, explorer: Explorer | None = None) -> Flask:
     """Build the explorer app over ``settings.log_dir``."""
-    from llmproxy.explorer import sessionpages
+    from llmproxy.explorer import listpages, sessionpages
 
     app = Flask("llmproxy.explorer", root_path=str(HERE), static_url_path="/static")
     app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 3600
@@ -73,4 +84,5 @@ def create_app(settings: Settings, explorer: Explorer | None = None) -> Flask:
         return jsonify({"status": "ok", "version": __version__})
 
     sessionpages.register(app)
+    listpages.register(app)
     return app
