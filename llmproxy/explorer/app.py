@@ -17,7 +17,6 @@ from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from llmproxy import __version__
-from llmproxy.catalog import catalog_path
 from llmproxy.explorer import formatting, guard
 from llmproxy.explorer.reader import SessionReader
 from llmproxy.settings import Settings
@@ -39,6 +38,8 @@ class Explorer:
 
     def catalog(self) -> sqlite3.Connection | None:
         """A read-only connection to the catalog, or None while there is none yet."""
+        from llmproxy.catalog import catalog_path
+
         path = catalog_path(self.settings.log_dir)
         if not path.exists():
             return None

@@ -27,6 +27,7 @@ from llmproxy.record.sessions import SESSION_ID
 
 HEAD = re.compile(rb'\{\s*"type"\s*:\s*"(\w+)"\s*(?:,\s*"seq"\s*:\s*(\d+))?')
 HEAD_BYTES = 256
+SCAN_BYTES = 8 << 20
 
 
 class NoSuchSession(LookupError):
@@ -135,8 +136,19 @@ def _identities(files: logtree.SessionFiles) -> tuple:
     return tuple(_identity(p) for p in (files.compressed, files.aside, files.plain))
 
 
-def _whole_lines(data: bytes) -> bytes:
-    return data[:data.rfind(b"\n") + 1]
+def _scan(index: SessionLines, f) -> list[Line]:
+    """Index the whole lines of a plain file from where the index stopped, a block at a time
+    (a long session is hundreds of megabytes; its lines a few megabytes each)."""
+    added: list[Line] = []
+    f.seek(index.size)
+    carry = b""
+    while block := f.read(SCAN_BYTES):
+        data = carry + block
+        end = data.rfind(b"\n") + 1
+        if end:
+            added += index._add(data[:end], index.size)
+        carry = data[end:]
+    return added
 
 
 class SessionReader:
@@ -188,10 +200,9 @@ class SessionReader:
                 if identity == index.identity and index.plain:
                     if os.fstat(f.fileno()).st_size <= index.size:
                         return []
-                    f.seek(index.size)
-                    return index._add(_whole_lines(f.read()), index.size)
-                _reset(index, files, identity)  # new, or its file changed place
-                return index._add(_whole_lines(f.read()), 0)
+                else:
+                    _reset(index, files, identity)  # new, or its file changed place
+                return _scan(index, f)
         # A compressed part: read whole, again whenever any of its files changed.
         identity += (os.stat(files.plain).st_size if files.plain else 0,)
         if identity == index.identity:
