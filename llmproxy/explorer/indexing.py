@@ -21,9 +21,18 @@ INTERVAL = 2.0     # seconds between two catch-ups: a live session's new calls a
 NICENESS = 10
 
 
-def catch_up(settings: Settings) -> None:
-    """Bring the catalog (and the explorer's search tables) up to date with the log tree."""
-    raise NotImplementedError  # the catalog of issue 20 lands here
+_catalogs: dict = {}
+
+
+def catch_up(settings: Settings):
+    """Bring the catalog (and the indexers' tables: the explorer's search) up to date with the
+    log tree; what the update did (:class:`llmproxy.catalog.Stats`)."""
+    from llmproxy.catalog import Catalog
+
+    catalog = _catalogs.get(settings.log_dir)
+    if catalog is None:
+        catalog = _catalogs[settings.log_dir] = Catalog(settings.log_dir)
+    return catalog.update()
 
 
 def _die_with_parent() -> None:
