@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -220,12 +221,14 @@ def test_a_compressed_session_reads_like_a_plain_one(client, log_dir):
 # --- live ---
 
 def test_a_live_page_gets_new_calls_and_the_results_of_earlier_ones(client, log_dir):
-    f = SessionFile(log_dir).start()
+    now = datetime.now(timezone.utc)
+    f = SessionFile(log_dir, session=f"{now:%Y%m%d-%H%M%S}-0000a11e", clock=now).start()
     tool = ("toolu_9", "Bash", {"command": "ls"})
     first = {"role": "user", "content": "List the files."}
     seq = f.request(anthropic_body([first]))
     f.response(seq, sse(anthropic_stream("Listing.", tools=[tool])))
     html = client.get(f"/session/{f.session}").get_data(as_text=True)
+    assert 'class="live"' in html  # written to a moment ago
     live = re.search(r'data-since="(\d+)" data-gen="(\d+)"', html)
     since, gen = live.groups()
     assert "Waiting for its result" in call_html(html, 1)

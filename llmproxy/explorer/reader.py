@@ -28,6 +28,8 @@ from llmproxy.record.sessions import SESSION_ID
 HEAD = re.compile(rb'\{\s*"type"\s*:\s*"(\w+)"\s*(?:,\s*"seq"\s*:\s*(\d+))?')
 HEAD_BYTES = 256
 SCAN_BYTES = 8 << 20
+TAIL_BYTES = 512
+TS = re.compile(rb'"_meta":\{"ts":"([0-9T:.\-]+Z)"')
 
 
 class NoSuchSession(LookupError):
@@ -91,6 +93,15 @@ class SessionLines:
         except ValueError:
             return None
         return doc if isinstance(doc, dict) else None
+
+    def last_time(self) -> str | None:
+        """The ``_meta.ts`` of the last entry (written last in its line), without parsing it."""
+        if not self.lines:
+            return None
+        line = self.lines[-1]
+        tail = self.read(Line(max(line.start, line.end - TAIL_BYTES), line.end, "", None))
+        found = TS.findall(tail)
+        return found[-1].decode() if found else None
 
     def first(self, kind: str) -> dict | None:
         return self.entry(next((line for line in self.lines if line.kind == kind), None))

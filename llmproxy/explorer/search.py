@@ -41,12 +41,12 @@ class SearchIndexer:
     """The explorer's catalog indexer: the new text of every call into :data:`TABLE`."""
 
     name = "explorer_search"
-    version = 1
+    version = 2
 
     def create(self, db: sqlite3.Connection) -> None:
         db.execute(f"CREATE TABLE IF NOT EXISTS {PIECES} (id INTEGER PRIMARY KEY, session TEXT NOT NULL, "
-                   "seq INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT)")
-        db.execute(f"CREATE INDEX IF NOT EXISTS {PIECES}_by_session ON {PIECES} (session, seq)")
+                   "seq INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT, ref TEXT)")
+        db.execute(f"CREATE INDEX IF NOT EXISTS {PIECES}_by_session ON {PIECES} (session, ref)")
         db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(text, "
                    "tokenize = 'unicode61 remove_diacritics 2')")
 
@@ -57,11 +57,11 @@ class SearchIndexer:
             pieces = list(_request_pieces(db, entry) if entry.kind == "request" else _answer_pieces(db, entry))
         except Exception:  # a body of a shape no reader expects is not searchable, and that is all
             return
-        for kind, name, text in pieces:
+        for kind, name, ref, text in pieces:
             if not text.strip():
                 continue
-            cursor = db.execute(f"INSERT INTO {PIECES} (session, seq, kind, name) VALUES (?, ?, ?, ?)",
-                                (entry.session, entry.seq, kind, name or None))
+            cursor = db.execute(f"INSERT INTO {PIECES} (session, seq, kind, name, ref) VALUES (?, ?, ?, ?, ?)",
+                                (entry.session, entry.seq, kind, name or None, ref or None))
             db.execute(f"INSERT INTO {TABLE} (rowid, text) VALUES (?, ?)", (cursor.lastrowid, text[:PIECE_LIMIT]))
 
     def forget(self, db: sqlite3.Connection, session: str) -> None:
@@ -75,7 +75,8 @@ def _api(db: sqlite3.Connection, entry: Entry, path: str | None):
                                   (path or "").split("?")[0])
 
 
-def _request_pieces(db: sqlite3.Connection, entry: Entry) -> Iterator[tuple[str, str, str]]:
+def _request_pieces(db: sqlite3.Connection, entry: Entry) -> Iterator[tuple[str, str, str, str]]:
+    """(kind, name, ref, text) of what a request adds."""
     doc = entry.doc
     body = doc.get("body")
     if not isinstance(body, str) or doc.get("body_encoding") or body[:1] != "{":
@@ -90,9 +91,9 @@ def _request_pieces(db: sqlite3.Connection, entry: Entry) -> Iterator[tuple[str,
             continue
         for part in parts:
             if part.kind == "text" and not (CONTEXT_TEXTS and part.text.lstrip().startswith(CONTEXT_TEXTS)):
-                yield "words", "", part.text
+                yield "words", "", "", part.text
             elif part.kind == "result":
-                yield "result", part.ref, _result_text(part)
+                yield "result", "", part.ref, _result_text(part)
 
 
 def _result_text(part: Part) -> str:
@@ -101,14 +102,15 @@ def _result_text(part: Part) -> str:
     return "\n".join(p.text for p in part.parts if p.kind == "text")
 
 
-def _answer_pieces(db: sqlite3.Connection, entry: Entry) -> Iterator[tuple[str, str, str]]:
+def _answer_pieces(db: sqlite3.Connection, entry: Entry) -> Iterator[tuple[str, str, str, str]]:
+    """(kind, name, ref, text) of what an answer said."""
     row = db.execute("SELECT path FROM calls WHERE session = ? AND seq = ?", (entry.session, entry.seq)).fetchone()
     said = providers.said(_api(db, entry, row[0] if row else None), entry.doc)
     for part in said.parts:
         if part.kind in ("text", "thinking"):
-            yield part.kind, "", part.text
+            yield part.kind, "", "", part.text
         elif part.kind == "call":
-            yield "call", part.name, f"{part.name} {part.text}"
+            yield "call", part.name, part.ref, f"{part.name} {part.text}"
 
 
 # --- queries ---
@@ -133,10 +135,11 @@ def fts_query(text: str) -> str:
 @dataclass
 class Hit:
     session: str
-    seq: int
+    seq: int                          # the call whose request or answer has it
     kind: str
     name: str
     snippet: list[tuple[bool, str]]   # (marked, text) runs
+    shown_at: int                     # the call it is shown with: a tool result, under its call
     ts: float | None = None
     model: str | None = None
     client: str | None = None
@@ -147,7 +150,8 @@ class Hit:
         return KINDS.get(self.kind, self.kind)
 
     def to_json(self) -> dict[str, Any]:
-        return {"session": self.session, "seq": self.seq, "kind": self.kind, "name": self.name or None,
+        return {"session": self.session, "seq": self.seq, "shown_at": self.shown_at, "kind": self.kind,
+                "name": self.name or None,
                 "snippet": "".join(f"[{t}]" if marked else t for marked, t in self.snippet), "ts": self.ts,
                 "model": self.model, "client": self.client, "upstream": self.upstream}
 
@@ -183,13 +187,15 @@ def search(db: sqlite3.Connection, text: str, limit: int = 50, offset: int = 0, 
     if not query:
         return []
     rows = db.execute(
-        f"SELECT p.session, p.seq, p.kind, p.name, snippet({TABLE}, 0, ?, ?, '…', 24), c.ts, c.model, c.client, "
-        f"c.upstream FROM {TABLE} JOIN {PIECES} p ON p.id = {TABLE}.rowid "
+        f"SELECT p.session, p.seq, p.kind, p.name, snippet({TABLE}, 0, ?, ?, '…', 24), "
+        f"(SELECT min(asked.seq) FROM {PIECES} asked WHERE p.kind = 'result' AND asked.session = p.session "
+        f"AND asked.ref = p.ref AND asked.kind = 'call'), c.ts, c.model, c.client, c.upstream "
+        f"FROM {TABLE} JOIN {PIECES} p ON p.id = {TABLE}.rowid "
         f"LEFT JOIN calls c ON c.session = p.session AND c.seq = p.seq "
         f"WHERE {TABLE} MATCH ? {('AND ' + where) if where else ''} ORDER BY {ORDERS[order]} LIMIT ? OFFSET ?",
         (MARK_START, MARK_END, query, *params, limit, offset)).fetchall()
-    return [Hit(s, q, k, n or "", runs(snip), ts, model, client, upstream)
-            for s, q, k, n, snip, ts, model, client, upstream in rows]
+    return [Hit(s, q, k, n or "", runs(snip), asked or q, ts, model, client, upstream)
+            for s, q, k, n, snip, asked, ts, model, client, upstream in rows]
 
 
 def sessions_matching(text: str) -> tuple[str, tuple]:

@@ -10,7 +10,6 @@ the calls that changed since the bytes it was built from.
 from __future__ import annotations
 
 import bisect
-import os
 import time
 from typing import Iterator
 
@@ -19,6 +18,7 @@ from flask import current_app
 
 from llmproxy.explorer.app import Explorer
 from llmproxy.explorer.conversation import Call, Conversation
+from llmproxy.explorer.formatting import parse_ts
 from llmproxy.explorer.reader import NoSuchSession, SessionLines
 
 STEP = 8                  # lines taken in between two looks at what can be shown
@@ -41,11 +41,10 @@ def _caught_up(lines: SessionLines) -> Conversation:
 
 
 def _active(lines: SessionLines) -> bool:
-    path = lines.files.plain
-    try:
-        return path is not None and time.time() - os.stat(path).st_mtime < ACTIVE_SECONDS
-    except OSError:
-        return False
+    """Written to in the last minutes: its last entry is that recent (not its file's time: a
+    copied tree is new on disk)."""
+    moment = parse_ts(lines.last_time())
+    return moment is not None and time.time() - moment.timestamp() < ACTIVE_SECONDS
 
 
 class Progress:
