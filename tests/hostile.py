@@ -5,9 +5,10 @@ show all of it as text (tests/test_explorer.py, tests/test_explorer_browser.py).
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
-from sessionfiles import SessionFile, anthropic_assistant, anthropic_body, anthropic_results, anthropic_stream, sse
+from sessionfiles import T0, SessionFile, anthropic_assistant, anthropic_body, anthropic_results, anthropic_stream, sse
 
 SESSION = "20261128-121500-0bad0bad"
 SCRIPT = "<script>window.__pwned = 1; alert('pwned')</script>"
@@ -22,7 +23,7 @@ EVERYTHING = [SCRIPT, MARKUP, TEMPLATE, CONTROL, BIDI]
 
 
 def write(log_dir: Path) -> SessionFile:
-    f = SessionFile(log_dir, session=SESSION, machine="<b>dev</b>@box").start()
+    f = SessionFile(log_dir, session=SESSION, machine="<b>dev</b>@box", clock=T0 + timedelta(hours=2)).start()
     words = "\n".join(EVERYTHING)
     first = {"role": "user", "content": [{"type": "text", "text": words}]}
     tool = ("toolu_evil", TOOL_NAME, {"command": SCRIPT, "url": "javascript:alert(7)"})

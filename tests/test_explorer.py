@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -14,7 +14,7 @@ from pathlib import Path
 import hostile
 import pytest
 import zstandard
-from sessionfiles import SessionFile, anthropic_body, anthropic_stream, claude_tool_loop, codex_session, sse
+from sessionfiles import T0, SessionFile, anthropic_body, anthropic_stream, claude_tool_loop, codex_session, sse
 
 from llmproxy.explorer.app import create_app
 from llmproxy.settings import load_settings
@@ -393,3 +393,129 @@ def test_a_call_logged_before_costs_were_recorded_is_priced_as_the_catalog_price
                                   "api.anthropic.com", 1795688100.0)
     assert call["tokens"] == counts.fields() and call["cost"] == pytest.approx(cost.total) and cost.total > 0
     assert call["client"] == "claude-code"
+
+
+# --- the pages over the catalog ---
+
+def catalogue(log_dir):
+    from llmproxy.catalog import Catalog
+    from llmproxy.explorer.search import SearchIndexer
+
+    catalog = Catalog(log_dir, indexers=[SearchIndexer()])
+    stats = catalog.update()
+    catalog.close()
+    return stats
+
+
+@pytest.fixture
+def tree(log_dir):
+    """Claude Code, Codex, an error session and the hostile one, catalogued."""
+    claude_tool_loop(log_dir)
+    codex_session(log_dir)
+    f = SessionFile(log_dir, session="20261127-090000-0000e404", machine="ci@runner", client_session_id=None,
+                    user_agent="curl/8.14.1", clock=T0 - timedelta(hours=25)).start()
+    seq = f.request(anthropic_body([{"role": "user", "content": "ping"}]))
+    f.response(seq, body=json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}),
+               status=529, model=None)
+    hostile.write(log_dir)
+    catalogue(log_dir)
+    return log_dir
+
+
+def test_the_sessions_page_lists_newest_first_grouped_by_day(client, tree):
+    html = client.get("/sessions").get_data(as_text=True)
+    order = re.findall(r'<a href="/session/([\d-]+-[0-9a-f]{8})">', html)
+    assert order == ["20261128-121500-0bad0bad", "20261128-111500-00c0de01", "20261128-101500-abcd1234",
+                     "20261127-090000-0000e404"]
+    assert [d for d in re.findall(r'<h2 class="day">(\d{4}-\d{2}-\d{2})', html)] == ["2026-11-28", "2026-11-27"]
+    claude = html[html.index('href="/session/20261128-101500-abcd1234"'):].split("</tr>")[0]
+    for shown in ("5d4b0fc7-2ca0-4c21-903a-5c9035509e81", "claude-code", "dev@workstation", "api.anthropic.com",
+                  "claude-haiku-4-5", "claude-sonnet-4-5", ">5<", "$0.020", "10:15:01–10:15:21", "20.8 s"):
+        assert shown in claude, shown
+    data = client.get("/sessions.json").json
+    assert data["total"] == 4 and data["sessions"][2]["calls"] == 5 and data["sessions"][2]["clients"] == ["claude-code"]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("provider=chatgpt", ["20261128-111500-00c0de01"]),
+    ("model=claude-haiku-4-5", ["20261128-101500-abcd1234"]),
+    ("machine=ci%40runner", ["20261127-090000-0000e404"]),
+    ("client=codex", ["20261128-111500-00c0de01"]),
+    ("errors=1", ["20261128-121500-0bad0bad", "20261127-090000-0000e404"]),
+    ("q=apples", ["20261128-101500-abcd1234"]),
+    ("q=kiwi-5150", ["20261128-111500-00c0de01", "20261128-101500-abcd1234"]),
+    ("q=20261127-090000-0000e404", ["20261127-090000-0000e404"]),
+    ("q=nothing+like+it", []),
+    ("days=1", []),
+])
+def test_the_sessions_filters(client, tree, query, expected):
+    data = client.get(f"/sessions.json?{query}").json
+    assert [s["session"] for s in data["sessions"]] == expected
+    html = client.get(f"/sessions?{query}").get_data(as_text=True)
+    assert html.count('<tr>\n    <td class="session">') == len(expected)
+
+
+def test_the_address_holds_the_filters_and_the_page(client, log_dir):
+    for n in range(60):
+        f = SessionFile(log_dir, session=f"20261128-{n // 60:02d}{n % 60:02d}00-{n:08x}", client_session_id=None)
+        f.clock = f.clock.replace(hour=0, minute=n % 60)
+        f.start()
+        seq = f.request(anthropic_body([{"role": "user", "content": f"question {n}"}]))
+        f.response(seq, sse(anthropic_stream("answer")), tokens={"input": 1, "output": 1}, cost=0.01)
+    catalogue(log_dir)
+    first = page(client, "/sessions?client=claude-code&provider=anthropic")
+    nxt, = first.find("a", rel="next")
+    assert nxt["href"] == "/sessions?provider=anthropic&client=claude-code&page=2"
+    second = client.get(nxt["href"]).get_data(as_text=True)
+    assert second.count('<td class="session">') == 10 and "Page 2 of 2" in second
+    assert 'rel="prev"' in second and 'value="claude-code" selected' in second
+
+
+def test_before_the_first_catalog_the_pages_say_it_is_being_built(client, log_dir):
+    claude_tool_loop(log_dir)
+    answer = client.get("/sessions")
+    assert answer.status_code == 503 and b'http-equiv="refresh"' in answer.data and b"Building the catalog" in answer.data
+    assert client.get("/sessions.json").status_code == 503 and client.get("/search?q=x").status_code == 503
+    assert client.get("/session/20261128-101500-abcd1234").status_code == 200  # a session reads its file
+
+
+def test_search_finds_what_was_new_in_each_call_and_links_to_where_it_is_shown(client, tree):
+    hits = client.get("/search.json?q=kiwi-5150").json["hits"]
+    claude = [(h["kind"], h["seq"], h["shown_at"]) for h in hits if h["session"] == "20261128-101500-abcd1234"]
+    # The tool result came with call 3 and is shown under call 1 (its call); the answer is call 3's.
+    assert sorted(claude) == [("result", 3, 1), ("text", 3, 3)]
+    html = client.get("/search?q=kiwi-5150").get_data(as_text=True)
+    assert 'href="/session/20261128-101500-abcd1234#call-1"' in html and "<mark>kiwi-5150</mark>" in html
+    # The history each request re-sends is indexed once: the first question has a hit in call 1
+    # (and the title request quoting it, call 2), not in calls 3 and 5 that re-send it.
+    asked = client.get('/search.json?q="What do the notes say"').json["hits"]
+    assert sorted((h["session"], h["seq"], h["kind"]) for h in asked) == [
+        ("20261128-101500-abcd1234", 1, "words"), ("20261128-101500-abcd1234", 2, "words"),
+        ("20261128-111500-00c0de01", 1, "words")]
+    # Tool calls by name and input, thinking, a sub-agent's words.
+    assert {h["kind"] for h in client.get("/search.json?q=notes.txt").json["hits"]} >= {"call"}
+    assert client.get("/search.json?q=wants+the+notes").json["hits"][0]["kind"] == "thinking"
+    assert client.get("/search.json?q=TODO").json["hits"][0]["seq"] == 4
+
+
+@pytest.mark.parametrize("text", ['AND OR NOT', '"unbalanced', "NEAR(a b)", "col:value", "*", "a*b", "'; DROP TABLE x; --",
+                                  "<script>alert(1)</script>"])
+def test_what_a_person_types_is_searched_as_text(client, tree, text):
+    answer = client.get("/search", query_string={"q": text})
+    assert answer.status_code == 200
+    assert "<script>alert(1)</script>" not in answer.get_data(as_text=True)
+
+
+def test_search_finds_hostile_text_and_shows_it_escaped(client, tree):
+    html = client.get("/search?q=pwned").get_data(as_text=True)
+    hits = Page(html)
+    assert [s.get("src", "").split("?")[0] for s in hits.find("script")] == ["/static/explorer.js"]
+    assert "window.__<mark>pwned</mark>" in html and "&lt;script&gt;" in html
+
+
+def test_a_session_that_left_the_tree_leaves_the_search(client, tree):
+    assert client.get("/search.json?q=TODO").json["hits"]
+    for path in (tree / "api.anthropic.com").rglob("20261128-101500-abcd1234.jsonl"):
+        path.unlink()
+    catalogue(tree)
+    assert client.get("/search.json?q=TODO").json["hits"] == []

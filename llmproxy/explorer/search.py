@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from llmproxy import providers
-from typing import TYPE_CHECKING
-if TYPE_CHECKING:
-    from llmproxy.catalog import Entry
+from llmproxy.catalog import Entry
 from llmproxy.providers import Part
 
 PIECE_LIMIT = 64 * 1024
