@@ -519,3 +519,24 @@ def test_a_session_that_left_the_tree_leaves_the_search(client, tree):
         path.unlink()
     catalogue(tree)
     assert client.get("/search.json?q=TODO").json["hits"] == []
+
+
+def test_an_answer_logged_after_the_next_request_still_gets_its_tool_results(client, log_dir):
+    """The proxy writes an answer's line after its last byte: the client's next request, with the
+    tool's result, can be in the file first."""
+    from sessionfiles import anthropic_assistant, anthropic_results
+
+    f = SessionFile(log_dir).start()
+    tool = ("toolu_7", "Read", {"file_path": "a.txt"})
+    first = {"role": "user", "content": "Read a.txt"}
+    one = f.request(anthropic_body([first]))
+    two = f.request(anthropic_body([first, anthropic_assistant("", [tool]), anthropic_results([("toolu_7", "alpha")])]))
+    data = client.get(f"/session/{f.session}.json").json
+    assert data["calls"][1]["turn"][0]["parts"][0].get("answers") is None  # not yet known whose result
+    f.response(one, sse(anthropic_stream("", tools=[tool])))
+    changes = client.get(f"/session/{f.session}/changes.json?since={data['since']}&gen={data['generation']}").json
+    assert [c["seq"] for c in changes["calls"]] == [one, two]
+    assert "alpha" in changes["calls"][0]["html"] and "shown under" in changes["calls"][1]["html"]
+    f.response(two, sse(anthropic_stream("Alpha it is.")))
+    html = create_app(settings_for(log_dir)).test_client().get(f"/session/{f.session}").get_data(as_text=True)
+    assert "alpha" in call_html(html, one) and "Waiting" not in html

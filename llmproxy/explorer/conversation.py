@@ -169,6 +169,7 @@ class Conversation:
         self.calls: dict[int, Call] = {}
         self._fork: dict | None = None          # a fork entry, for the request after it
         self._open: dict[str, Piece] = {}      # tool call id → its call piece, still waiting for a result
+        self._early: dict[str, Piece] = {}     # tool call id → a result read before its call's answer
         self._system: dict[str | None, str] = {}  # thread → hash of its last instructions
         self._last_of_thread: dict[str | None, int] = {}
         self._seen = 0                         # lines taken in
@@ -250,14 +251,12 @@ class Conversation:
             pieces = []
             for part in parts:
                 piece = call.add(_piece(part))
-                if piece.kind == "result":
-                    asked = self._open.pop(piece.ref, None) if piece.ref else None
+                if piece.kind == "result" and piece.ref:
+                    asked = self._open.pop(piece.ref, None)
                     if asked is not None:
-                        asked.result, piece.answers = piece, asked.seq
-                        changed.add(asked.seq)
-                        owner = self.calls.get(asked.seq)
-                        if owner is not None and all(p.result for p in owner.calls):
-                            owner.settled = True
+                        changed.add(self._pair(asked, piece))
+                    else:  # its call's answer is written after this request (the answer's
+                        self._early[piece.ref] = piece  # line follows the last byte)
                 pieces.append(piece)
             if pieces:
                 call.turn.append((role, pieces))
@@ -271,7 +270,11 @@ class Conversation:
             piece = call.add(_piece(part, answer=True))
             call.answer.append(piece)
             if piece.kind == "call" and piece.ref:
-                self._open[piece.ref] = piece
+                early = self._early.pop(piece.ref, None)
+                if early is not None:
+                    self._pair(piece, early)
+                else:
+                    self._open[piece.ref] = piece
         timing = entry.get("timing") if isinstance(entry.get("timing"), dict) else {}
         call.answered = True
         call.status = entry.get("status") if isinstance(entry.get("status"), int) else None
@@ -287,8 +290,16 @@ class Conversation:
         call.error = (error if isinstance(error, str) else "") or said.error
         if not call.error and call.status is not None and call.status >= 400 and not said.parts:
             call.error = str(entry.get("body") or "")[:2000] if not entry.get("body_encoding") else ""
-        if not call.calls:
+        if all(p.result for p in call.calls):
             call.settled = True
+
+    def _pair(self, asked: Piece, result: Piece) -> int:
+        """A tool call and its result, found: the call is settled once all of its calls are."""
+        asked.result, result.answers = result, asked.seq
+        owner = self.calls.get(asked.seq)
+        if owner is not None and all(p.result for p in owner.calls):
+            owner.settled = True
+        return asked.seq
 
     def ordered(self) -> list[Call]:
         return [self.calls[seq] for seq in sorted(self.calls)]

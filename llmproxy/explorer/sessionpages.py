@@ -64,7 +64,7 @@ def _calls_as_read(lines: SessionLines, conversation: Conversation, progress: Pr
             behind = conversation.behind
             ordered = conversation.ordered()
             progress.since, progress.generation = lines.size, lines.generation
-        while shown < len(ordered) and (ordered[shown].settled or not behind):
+        while shown < len(ordered) and ((ordered[shown].settled and ordered[shown].answered) or not behind):
             yield ordered[shown]
             shown += 1
         if not behind:
@@ -163,7 +163,12 @@ def register(app: Flask) -> None:
             conversation = Conversation.of(lines)
             conversation.update()
             fresh = lines.lines[bisect.bisect_left([line.start for line in lines.lines], since):]
-            changed = {line.seq for line in fresh if line.seq is not None and line.kind == "response"}
+            changed = set()
+            for line in fresh:  # answered now; a tool result read earlier may now be under its call
+                call = conversation.calls.get(line.seq) if line.kind == "response" else None
+                if call is not None:
+                    changed.add(call.seq)
+                    changed |= {p.result.seq for p in call.calls if p.result is not None}
             for line in fresh:
                 call = conversation.calls.get(line.seq) if line.kind == "request" else None
                 if call is not None:  # new: it settles the call before it, and answers tool calls
