@@ -147,7 +147,7 @@ def test_a_live_session_grows_without_a_reload(explorer, recorded, proxy, clean)
                  "anthropic-version": "2023-06-01", "X-Claude-Code-Session-Id": claude.claude_session_ids()[0]})
     with urllib.request.urlopen(request, timeout=30) as answer:
         answer.read()
-    page.locator(f"#call-{calls + 1}").get_by_text("live-answer-7").wait_for(timeout=15_000)
+    page.locator(f"#call-{calls + 1} .answer").get_by_text("live-answer-7").wait_for(timeout=15_000)
     assert page.evaluate("window.__same_page") is True  # no reload: the page grew in place
     clean.shot(page, "session-live")
 

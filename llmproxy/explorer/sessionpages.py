@@ -179,9 +179,9 @@ def register(app: Flask) -> None:
             calls = [conversation.calls[s] for s in sorted(changed) if s in conversation.calls]
             size, generation = lines.size, lines.generation
         template = app.jinja_env.get_template("call.html")
-        context = {"session": session}
+        context = {"session": session, "active": _active(lines)}
         app.update_template_context(context)
-        return jsonify({"since": size, "gen": generation, "active": _active(lines),
+        return jsonify({"since": size, "gen": generation, "active": context["active"],
                         "calls": [{"seq": c.seq, "html": template.render(call=c, **context)} for c in calls]})
 
     @app.get("/session/<session>/call/<int:seq>/raw.json")
