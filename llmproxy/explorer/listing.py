@@ -8,6 +8,7 @@ catalog's ``sessions`` table. Values go to SQLite as parameters, never into the 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -20,11 +21,15 @@ from llmproxy.explorer import search
 PAGE_SIZE = 50
 ACTIVE_SECONDS = 300   # a session with a call this recent is marked active now
 DAYS = (1, 7, 30, 90)  # the choices the page offers (any whole number works in the address)
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+MONTH = re.compile(r"\d{4}-\d{2}")
 
 
 @dataclass(frozen=True)
 class Filters:
     days: int | None = None
+    day: str = ""          # sessions with calls on this UTC day (YYYY-MM-DD) …
+    month: str = ""        # … or in this month (YYYY-MM): where the usage page's rows lead
     provider: str = ""
     model: str = ""
     machine: str = ""
@@ -39,7 +44,8 @@ class Filters:
             value = (args.get(name) or "").strip()
             return min(max(int(value), low), high) if value.isdigit() else None
 
-        return cls(days=whole("days", 1, 36500), provider=_text(args, "provider"), model=_text(args, "model"),
+        return cls(days=whole("days", 1, 36500), day=_matching(args, "day", DAY), month=_matching(args, "month", MONTH),
+                   provider=_text(args, "provider"), model=_text(args, "model"),
                    machine=_text(args, "machine"), client=_text(args, "client"),
                    errors=(args.get("errors") or "") in ("1", "on", "true", "yes"), q=_text(args, "q"),
                    page=whole("page", 1, 1_000_000) or 1)
@@ -64,6 +70,10 @@ class Filters:
         if self.days:
             clauses.append("last >= ?")
             params.append(now - self.days * 86400)
+        if self.day or self.month:
+            clauses.append("EXISTS (SELECT 1 FROM calls c WHERE c.session = sessions.session AND "
+                           + ("c.day = ?)" if self.day else "substr(c.day, 1, 7) = ?)"))
+            params.append(self.day or self.month)
         for column in ("provider", "machine"):
             if getattr(self, column):
                 clauses.append(f"{column} = ?")
@@ -84,6 +94,11 @@ class Filters:
 
 def _text(args: Mapping[str, str], name: str) -> str:
     return (args.get(name) or "").strip()[:200]
+
+
+def _matching(args: Mapping[str, str], name: str, pattern: re.Pattern) -> str:
+    value = (args.get(name) or "").strip()
+    return value if pattern.fullmatch(value) else ""
 
 
 COLUMNS = ("session", "upstream", "provider", "day", "machine", "client_session_id", "clients", "models", "started",

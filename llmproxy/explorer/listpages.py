@@ -10,7 +10,7 @@ from contextlib import closing
 
 from flask import Flask, current_app, jsonify, redirect, render_template, request
 
-from llmproxy.explorer import listing, search
+from llmproxy.explorer import listing, search, usagepage
 from llmproxy.explorer.app import Explorer
 
 HITS_PER_PAGE = 50
@@ -93,3 +93,32 @@ def register(app: Flask) -> None:
             return _building()
         text, page, order, hits, more = found
         return jsonify({"q": text, "page": page, "order": order, "more": more, "hits": [h.to_json() for h in hits]})
+
+    def usage_data():
+        explorer = Explorer.of(current_app)
+        ask = usagepage.Ask.of(request.args)
+        db = explorer.catalog()
+        if db is None:
+            return None
+        with closing(db):
+            try:
+                return ask, usagepage.report(db, ask), usagepage.charts(db, ask), usagepage.updated(db)
+            except sqlite3.OperationalError:
+                return None
+
+    @app.get("/usage")
+    def usage_page():
+        found = usage_data()
+        if found is None:
+            return _building()
+        ask, report, (cost, tokens), updated = found
+        return render_template("usage.html", ask=ask, report=report, cost_chart=cost, token_chart=tokens,
+                               updated=updated, kinds=usagepage.KINDS)
+
+    @app.get("/usage.json")
+    def usage_json():
+        found = usage_data()
+        if found is None:
+            return _building()
+        ask, report, _, _ = found
+        return jsonify(usagepage.as_data(report, ask))
