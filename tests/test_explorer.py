@@ -540,3 +540,50 @@ def test_an_answer_logged_after_the_next_request_still_gets_its_tool_results(cli
     f.response(two, sse(anthropic_stream("Alpha it is.")))
     html = create_app(settings_for(log_dir)).test_client().get(f"/session/{f.session}").get_data(as_text=True)
     assert "alpha" in call_html(html, one) and "Waiting" not in html
+
+
+# --- usage ---
+
+@pytest.mark.parametrize("report, query", [("daily", ""), ("model", "&breakdown=1"), ("session", "&provider=anthropic"),
+                                           ("client", "&since=2026-11-28&until=2026-11-28"), ("monthly", "&model=sonnet")])
+def test_the_usage_page_is_the_usage_command(client, tree, report, query):
+    data = client.get(f"/usage.json?report={report}{query}").json
+    args = ["usage", report, "--json"] + [f"--{k}" if v == "1" else f"--{k}={v}" for k, v in
+                                          (pair.split("=") for pair in query.split("&") if pair)]
+    command = subprocess.run([LLM_PROXY, *args], capture_output=True, text=True, timeout=60, check=True,
+                             env={"PATH": "/usr/bin:/bin", "LLM_PROXY_LOG_DIR": str(tree),
+                                  "LLM_PROXY_ENV_FILE": str(tree / "no.env")})
+    assert data == json.loads(command.stdout)
+    assert client.get(f"/usage?report={report}{query}").status_code == 200
+
+
+def test_the_usage_page_charts_cost_and_tokens_per_day_by_model(client, tree):
+    html = client.get("/usage").get_data(as_text=True)
+    parsed = Page(html)
+    assert len(parsed.find("svg", role="img")) == 2
+    titles = re.findall(r"<title>([^<]*)</title>", html)
+    assert "2026-11-28 · claude-sonnet-4-5: $0.020" in titles  # 0.0123 + 0.0042 + 0.0031 + 0.0002 (the sub-agent)
+    assert "2026-11-28 · gpt-5-codex: $0.0083" in titles and "2026-11-28 · gpt-5-codex: 4.1k" in titles
+    assert "&lt;i&gt;model&lt;/i&gt;" in html and "<i>model</i>" not in html  # a hostile model name, in the legend
+
+
+@pytest.mark.parametrize("report, row, link", [
+    ("daily", "2026-11-28", "/sessions?day=2026-11-28"),
+    ("monthly", "2026-11", "/sessions?month=2026-11"),
+    ("model", "gpt-5-codex", "/sessions?model=gpt-5-codex"),
+    ("machine", "ci@runner", "/sessions?machine=ci%40runner"),
+    ("client", "codex", "/sessions?client=codex"),
+    ("session", "20261128-111500-00c0de01", "/session/20261128-111500-00c0de01"),
+])
+def test_each_usage_row_leads_to_its_sessions(client, tree, report, row, link):
+    html = client.get(f"/usage?report={report}").get_data(as_text=True)
+    assert f'<a href="{link}"' in html.replace("&amp;", "&")
+    if link.startswith("/sessions"):
+        sessions = client.get(link.replace("/sessions", "/sessions.json")).json["sessions"]
+        assert sessions and all(row in json.dumps(s) or report in ("daily", "monthly") for s in sessions)
+
+
+def test_sessions_of_one_day(client, tree):
+    data = client.get("/sessions.json?day=2026-11-27").json
+    assert [s["session"] for s in data["sessions"]] == ["20261127-090000-0000e404"]
+    assert client.get("/sessions.json?day=not-a-day").json["total"] == 4  # a bad value is no filter
