@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-WIDTH, HEIGHT = 960, 240
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 12, 28
+WIDTH, HEIGHT = 640, 240  # two fit side by side; labels stay legible when the chart is scaled down
+LEFT, RIGHT, TOP, BOTTOM = 56, 8, 12, 26
 # Colour-blind safe (Okabe & Ito), then greys for the rest.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#7F7F7F")
 MOST_SERIES = len(PALETTE) - 1  # the rest are summed as "other"
@@ -61,13 +61,15 @@ def nice_step(top: float, ticks: int = 4) -> float:
     return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
 
 
-def stacked(days: list[str], series: dict[str, list[float]], shown: Callable[[float], str]) -> Chart:
-    """Bars for ``days`` stacked by series (``name → value per day``), biggest series at the
-    bottom; ``shown`` formats a value for ticks and titles."""
+def stacked(days: list[str], series: dict[str, list[float]], shown: Callable[[float], str],
+            order: list[str] | None = None) -> Chart:
+    """Bars for ``days`` stacked by series (``name → value per day``), the first of ``order``
+    (default: the biggest series) at the bottom and in the first colour, so that charts drawn
+    with the same order colour each series alike; ``shown`` formats ticks and titles."""
     chart = Chart()
     if not days:
         return chart
-    ranked = sorted(series, key=lambda name: -sum(series[name]))
+    ranked = [name for name in order if name in series] if order else sorted(series, key=lambda n: -sum(series[n]))
     if len(ranked) > MOST_SERIES + 1:
         rest = ranked[MOST_SERIES:]
         series = {**{n: series[n] for n in ranked[:MOST_SERIES]},

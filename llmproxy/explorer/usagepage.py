@@ -88,7 +88,8 @@ def charts(db: sqlite3.Connection, ask: Ask) -> tuple[chart.Chart, chart.Chart]:
         name = r.model or "(no model)"
         cost.setdefault(name, [0.0] * len(days))[at[r.key]] += r.cost
         tokens.setdefault(name, [0.0] * len(days))[at[r.key]] += r.input + r.output + r.cache_write + r.cache_read
-    return (chart.stacked(days, cost, money), chart.stacked(days, tokens, compact))
+    order = sorted(cost, key=lambda name: (-sum(cost[name]), -sum(tokens[name]), name))  # one colour per model
+    return chart.stacked(days, cost, money, order), chart.stacked(days, tokens, compact, order)
 
 
 def as_data(found: Report, ask: Ask) -> dict:
