@@ -587,3 +587,38 @@ def test_sessions_of_one_day(client, tree):
     data = client.get("/sessions.json?day=2026-11-27").json
     assert [s["session"] for s in data["sessions"]] == ["20261127-090000-0000e404"]
     assert client.get("/sessions.json?day=not-a-day").json["total"] == 4  # a bad value is no filter
+
+
+# --- llm-proxy explore, the server ---
+
+def test_llm_proxy_explore_serves_the_pages_and_its_indexer_follows_the_tree(tmp_path, log_dir):
+    from browser import Explorer
+
+    claude_tool_loop(log_dir)
+    server = Explorer(tmp_path / "explorer", log_dir).start()
+    try:
+        assert server.wait_catalogued(1)["sessions"][0]["session"] == "20261128-101500-abcd1234"
+        status, data = server.get_json("/session/20261128-101500-abcd1234.json")
+        assert status == 200 and len(data["calls"]) == 5
+        # A new session is catalogued and searchable within a few seconds, by the indexer process.
+        codex_session(log_dir)
+        server.wait_catalogued(2, timeout=30)
+        assert server.get_json("/search.json?q=exec_command")[1]["hits"][0]["session"] == "20261128-111500-00c0de01"
+        assert server.output().splitlines()[0] == "llm-proxy explorer: " + server.url + "/sessions"
+        children = [int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()]
+        assert len(children) == 2  # the pages' worker and the indexer
+    finally:
+        assert server.stop() == 0
+    gone = [p for p in children if Path(f"/proc/{p}").exists()]
+    assert gone == []
+
+
+def test_a_token_is_never_printed(tmp_path, log_dir):
+    from browser import Explorer
+
+    server = Explorer(tmp_path / "explorer", log_dir, env={"LLM_PROXY_EXPLORER_TOKEN": TOKEN}).start()
+    try:
+        assert server.get_json("/sessions.json")[0] == 401
+    finally:
+        server.stop()
+    assert TOKEN not in server.output() and "?token=$LLM_PROXY_EXPLORER_TOKEN" in server.output()

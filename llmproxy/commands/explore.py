@@ -50,7 +50,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if not settings.log_dir.is_dir():
         return _fail(f"LLM_PROXY_LOG_DIR={str(settings.log_dir)!r} is not a directory: nothing to explore yet")
     address = url(settings)
-    print(f"llm-proxy explorer: {address}", flush=True)
+    # The token opens the pages: it goes to the browser (--open), never to stdout or a journal.
+    shown = address.split("?")[0] + ("?token=$LLM_PROXY_EXPLORER_TOKEN" if explorer.token else "")
+    print(f"llm-proxy explorer: {shown}", flush=True)
 
     def ready() -> None:
         if args.open:

@@ -60,6 +60,8 @@ def install(app: Flask, settings: ExplorerSettings, refuse) -> None:
                               "Without LLM_PROXY_EXPLORER_TOKEN the explorer answers only at 127.0.0.1, "
                               "[::1] or localhost.")
             return None
+        if request.path == "/health":  # says only that it is up, for checks that hold no token
+            return None
         given = _given_token()
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
             return refuse(401, "Token needed",

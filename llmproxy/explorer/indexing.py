@@ -8,10 +8,12 @@ Linux, and a check of its parent on every round elsewhere).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.settings import Settings
@@ -61,17 +63,34 @@ def loop(settings: Settings, parent: int, interval: float = INTERVAL) -> None:
         time.sleep(max(0.2, interval - (time.monotonic() - started)))
 
 
-def start_process(settings: Settings) -> multiprocessing.process.BaseProcess:
-    """The indexer in a fresh interpreter (spawned: nothing of gunicorn's state comes along)."""
-    process = multiprocessing.get_context("spawn").Process(
-        target=loop, args=(settings, os.getpid()), name="llm-proxy-explorer-indexer", daemon=True)
-    process.start()
-    return process
+def start_process(settings: Settings) -> subprocess.Popen:
+    """The indexer in a fresh interpreter (nothing of gunicorn's state comes along, and the
+    workers gunicorn forks later hold nothing of it)."""
+    return subprocess.Popen([sys.executable, "-m", __name__, str(settings.log_dir), str(os.getpid())],
+                            stdin=subprocess.DEVNULL)
 
 
-def stop_process(process: multiprocessing.process.BaseProcess, timeout: float = 5.0) -> None:
+def stop_process(process: subprocess.Popen, timeout: float = 5.0) -> None:
     process.terminate()
-    process.join(timeout)
-    if process.is_alive():
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
         process.kill()
-        process.join(timeout)
+        process.wait(timeout)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m llmproxy.explorer.indexing LOG_DIR PARENT_PID``: what :func:`start_process` runs."""
+    from dataclasses import replace
+
+    from llmproxy.settings import load_settings_or_exit
+
+    settings = replace(load_settings_or_exit(create_dirs=False), log_dir=Path(argv[0]))
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    loop(settings, int(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -55,6 +55,16 @@ document.addEventListener("change", (event) => {
   if (form && event.target.matches("select, input[type=checkbox]")) form.requestSubmit();
 });
 
+// A filter left empty stays out of the address: /sessions?client=codex, not …&model=&machine=.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!form.matches("form.filters")) return;
+  Array.from(form.elements).forEach((el) => {
+    if (el.name && !el.value && el.type !== "submit") el.disabled = true;
+  });
+  setTimeout(() => Array.from(form.elements).forEach((el) => { el.disabled = false; }), 0);
+});
+
 function openState(node) {
   return Array.from(node.querySelectorAll("details")).map((d) => d.open);
 }
