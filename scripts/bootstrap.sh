@@ -89,36 +89,31 @@ in_loopback_namespace() {
     exec "$@"
 }
 
-# The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
-# Installed when missing and apt-get can (root); says so, and is quiet when it is there.
-ensure_systemd_analyze() {
-    command -v systemd-analyze >/dev/null 2>&1 && return 0
+# ensure_debian_package COMMAND PACKAGE WHAT: install Debian's PACKAGE when COMMAND is missing
+# and apt-get can (root), for WHAT (the tests that need it); says so, quiet when it is there.
+ensure_debian_package() {
+    local command="$1" package="$2" what="$3"
+    command -v "$command" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "systemd-analyze missing: installing Debian's systemd package for the unit tests ..." >&2
-        if { apt-get install -y -qq --no-install-recommends systemd || \
-             { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }; } \
-                >.venv/apt-systemd.log 2>&1; then
+        echo "$command missing: installing Debian's $package package for $what ..." >&2
+        if { apt-get install -y -qq --no-install-recommends "$package" || \
+             { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$package"; }; } \
+                >".venv/apt-$package.log" 2>&1; then
             return 0
         fi
-        echo "apt-get install systemd failed (log: .venv/apt-systemd.log); the unit tests will fail" >&2
+        echo "apt-get install $package failed (log: .venv/apt-$package.log); $what will fail" >&2
     else
-        echo "systemd-analyze missing (install Debian's systemd package); the unit tests will fail" >&2
+        echo "$command missing (install Debian's $package package); $what will fail" >&2
     fi
 }
 
+# The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
+ensure_systemd_analyze() {
+    ensure_debian_package systemd-analyze systemd "the unit tests"
+}
+
 # The explorer's browser tests drive a real headless Chromium: Debian's chromium package (never
-# a browser Playwright would download). Installed when missing and apt-get can (root); says so.
+# a browser Playwright would download).
 ensure_chromium() {
-    command -v chromium >/dev/null 2>&1 && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "chromium missing: installing Debian's chromium package for the explorer's browser tests ..." >&2
-        if { apt-get install -y -qq --no-install-recommends chromium || \
-             { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } \
-                >.venv/apt-chromium.log 2>&1; then
-            return 0
-        fi
-        echo "apt-get install chromium failed (log: .venv/apt-chromium.log); the browser tests will fail" >&2
-    else
-        echo "chromium missing (install Debian's chromium package); the browser tests will fail" >&2
-    fi
+    ensure_debian_package chromium chromium "the explorer's browser tests"
 }

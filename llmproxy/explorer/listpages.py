@@ -16,6 +16,19 @@ from llmproxy.explorer.app import Explorer
 HITS_PER_PAGE = 50
 
 
+def _reading(read):
+    """``read(db)`` over the catalog, or None while there is none (or the indexer is creating
+    its tables right now)."""
+    db = Explorer.of(current_app).catalog()
+    if db is None:
+        return None
+    with closing(db):
+        try:
+            return read(db)
+        except sqlite3.OperationalError:
+            return None
+
+
 def _building():
     if request.path.endswith(".json"):
         return jsonify({"building": True}), 503
@@ -30,16 +43,8 @@ def register(app: Flask) -> None:
         return redirect("/sessions", 302)
 
     def sessions_data():
-        explorer = Explorer.of(current_app)
         filters = listing.Filters.of(request.args)
-        db = explorer.catalog()
-        if db is None:
-            return None
-        with closing(db):
-            try:
-                return listing.sessions(db, filters), choices.of(db)
-            except sqlite3.OperationalError:  # the indexer is creating it right now
-                return None
+        return _reading(lambda db: (listing.sessions(db, filters), choices.of(db)))
 
     @app.get("/sessions")
     def sessions_page():
@@ -61,22 +66,18 @@ def register(app: Flask) -> None:
                         "sessions": [row.to_json() for row in result.rows]})
 
     def search_data():
-        explorer = Explorer.of(current_app)
         text = (request.args.get("q") or "").strip()[:500]
         page = max(1, request.args.get("page", type=int, default=1))
         order = request.args.get("order") if request.args.get("order") in search.ORDERS else "newest"
-        db = explorer.catalog()
-        if db is None:
-            return None
-        with closing(db):
-            try:
-                if not search.ready(db):
-                    return None
-                hits = search.search(db, text, limit=HITS_PER_PAGE + 1, offset=(page - 1) * HITS_PER_PAGE,
-                                     order=order) if text else []
-            except sqlite3.OperationalError:
+
+        def read(db):
+            if not search.ready(db):
                 return None
-        return text, page, order, hits[:HITS_PER_PAGE], len(hits) > HITS_PER_PAGE
+            return search.search(db, text, limit=HITS_PER_PAGE + 1, offset=(page - 1) * HITS_PER_PAGE,
+                                 order=order) if text else []
+
+        hits = _reading(read)
+        return None if hits is None else (text, page, order, hits[:HITS_PER_PAGE], len(hits) > HITS_PER_PAGE)
 
     @app.get("/search")
     def search_page():
@@ -95,16 +96,8 @@ def register(app: Flask) -> None:
         return jsonify({"q": text, "page": page, "order": order, "more": more, "hits": [h.to_json() for h in hits]})
 
     def usage_data():
-        explorer = Explorer.of(current_app)
         ask = usagepage.Ask.of(request.args)
-        db = explorer.catalog()
-        if db is None:
-            return None
-        with closing(db):
-            try:
-                return ask, usagepage.report(db, ask), usagepage.charts(db, ask), usagepage.updated(db)
-            except sqlite3.OperationalError:
-                return None
+        return _reading(lambda db: (ask, usagepage.report(db, ask), usagepage.charts(db, ask), usagepage.updated(db)))
 
     @app.get("/usage")
     def usage_page():
