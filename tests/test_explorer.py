@@ -613,12 +613,21 @@ def test_llm_proxy_explore_serves_the_pages_and_its_indexer_follows_the_tree(tmp
     assert gone == []
 
 
-def test_a_token_is_never_printed(tmp_path, log_dir):
+def test_open_hands_the_browser_the_address_with_its_token_and_prints_no_token(tmp_path, log_dir):
     from browser import Explorer
+    from proxyproc import wait_until
 
-    server = Explorer(tmp_path / "explorer", log_dir, env={"LLM_PROXY_EXPLORER_TOKEN": TOKEN}).start()
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser.sh"  # a browser for webbrowser ($BROWSER): notes what it was given
+    browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    browser.chmod(0o755)
+    server = Explorer(tmp_path / "explorer", log_dir, env={"LLM_PROXY_EXPLORER_TOKEN": TOKEN, "BROWSER": str(browser)})
+    server.command.append("--open")
+    server.start()
     try:
         assert server.get_json("/sessions.json")[0] == 401
+        address = wait_until(lambda: opened.exists() and opened.read_text().strip(), 10, message="the browser opened")
+        assert address == f"{server.url}/sessions?token={TOKEN}"
     finally:
         server.stop()
     assert TOKEN not in server.output() and "?token=$LLM_PROXY_EXPLORER_TOKEN" in server.output()

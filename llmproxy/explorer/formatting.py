@@ -104,14 +104,6 @@ def when(value: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M") if moment else "–"
 
 
-def pretty_json(text: str) -> str:
-    """JSON text indented for reading; other text as it is."""
-    try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
-    except (ValueError, TypeError):
-        return text
-
-
 def arguments(text: str) -> list[tuple[str, str]] | None:
     """A tool call's JSON object arguments as (name, value) rows: strings as they are (a
     command, a file's new text), other values as JSON. None when they are no JSON object."""
@@ -134,5 +126,5 @@ def first_line(text: str, width: int = 100) -> str:
 
 
 FILTERS = {"visible": visible, "count": count, "compact": compact, "money": money, "duration": duration_ms,
-           "size": size, "clock": clock, "when": when, "pretty_json": pretty_json, "arguments": arguments,
+           "size": size, "clock": clock, "when": when, "arguments": arguments,
            "lines": lines, "first_line": first_line}

@@ -103,9 +103,6 @@ class SessionLines:
         found = TS.findall(tail)
         return found[-1].decode() if found else None
 
-    def first(self, kind: str) -> dict | None:
-        return self.entry(next((line for line in self.lines if line.kind == kind), None))
-
     def _add(self, data: bytes, base: int) -> list[Line]:
         """Index the whole lines of ``data``, which starts at ``base``; return them."""
         added = []

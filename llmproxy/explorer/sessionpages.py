@@ -13,7 +13,7 @@ import bisect
 import time
 from typing import Iterator
 
-from flask import Flask, Response, abort, jsonify, render_template, request, stream_with_context
+from flask import Flask, Response, abort, jsonify, request, stream_with_context
 from flask import current_app
 
 from llmproxy.explorer.app import Explorer
