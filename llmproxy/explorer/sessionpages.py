@@ -13,8 +13,7 @@ import bisect
 import time
 from typing import Iterator
 
-from flask import Flask, Response, abort, jsonify, request, stream_with_context
-from flask import current_app
+from flask import Flask, Response, abort, current_app, jsonify, request, stream_with_context
 
 from llmproxy.explorer.app import Explorer
 from llmproxy.explorer.conversation import Call, Conversation
