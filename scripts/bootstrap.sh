@@ -89,9 +89,9 @@ in_loopback_namespace() {
     exec "$@"
 }
 
-# ensure_debian_package COMMAND PACKAGE WHAT: install Debian's PACKAGE when COMMAND is missing
-# and apt-get can (root), for WHAT (the tests that need it); says so, quiet when it is there.
-ensure_debian_package() {
+# ensure_command COMMAND PACKAGE WHAT: Debian's PACKAGE, installed when COMMAND is missing and
+# apt-get can (root), for WHAT; says so, and is quiet when the command is there.
+ensure_command() {
     local command="$1" package="$2" what="$3"
     command -v "$command" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -109,11 +109,45 @@ ensure_debian_package() {
 
 # The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
 ensure_systemd_analyze() {
-    ensure_debian_package systemd-analyze systemd "the unit tests"
+    ensure_command systemd-analyze systemd "the unit tests"
+}
+
+# The shell integration runs in real bash, zsh and fish (tests/test_shell_integration.py).
+ensure_shells() {
+    ensure_command bash bash "the shell tests"
+    ensure_command zsh zsh "the shell tests"
+    ensure_command fish fish "the shell tests"
+}
+
+# bootstrap_wheelhouse: wheels of llm-proxy's dependencies and of its build backend in
+# .venv/wheelhouse, made here, before the tests run in their loopback-only namespace, where
+# tests/test_install.py installs the tool with pipx from the checkout without an index
+# (--no-index --find-links .venv/wheelhouse). Made again when setup.cfg or pyproject.toml
+# change; quiet when it is there; when pip fails, says so and goes on (that test then fails
+# under CI, skips elsewhere).
+bootstrap_wheelhouse() {
+    local dir=.venv/wheelhouse want
+    want="$(cat setup.cfg pyproject.toml | cksum)"
+    [ -f "$dir/.made" ] && [ "$(cat "$dir/.made")" = "$want" ] && return 0
+    echo "Making .venv/wheelhouse (llm-proxy's dependencies, for the install test) ..." >&2
+    rm -rf "$dir" && mkdir -p "$dir" || return 0
+    .venv/bin/python -c '
+import tomllib
+from importlib.metadata import requires
+with open("pyproject.toml", "rb") as f:
+    build = tomllib.load(f)["build-system"]["requires"]
+print("\n".join([r for r in requires("llm-proxy") if "extra ==" not in r] + build))' >"$dir/requirements.txt"
+    if .venv/bin/python -m pip wheel --quiet --disable-pip-version-check -w "$dir" -r "$dir/requirements.txt" \
+            >.venv/wheelhouse.log 2>&1; then
+        echo "$want" >"$dir/.made"
+    else
+        tail -n 20 .venv/wheelhouse.log >&2
+        echo "pip wheel failed (log: .venv/wheelhouse.log): the install test cannot run" >&2
+    fi
 }
 
 # The explorer's browser tests drive a real headless Chromium: Debian's chromium package (never
 # a browser Playwright would download).
 ensure_chromium() {
-    ensure_debian_package chromium chromium "the explorer's browser tests"
+    ensure_command chromium chromium "the explorer's browser tests"
 }

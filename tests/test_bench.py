@@ -84,3 +84,13 @@ def test_explorer_section_measures_the_pages_over_a_generated_tree(tmp_path):
             "explorer: 300-call session: page weight", "explorer: sessions page, p95", "explorer: search, p95"} <= set(figures)
     assert figures["explorer: catalog catch-up"]["samples"] == 300  # sessions catalogued
     assert all(f["value"] is not None for f in figures.values())
+
+
+def test_shells_section_reports_what_the_block_adds_to_each_shells_start(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "shells", "--scale", "0.01", "--json", str(out)]) == 0
+    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    for shell in ("bash", "zsh", "fish"):
+        assert figures[f"{shell} -i: start"]["samples"] == 20 and figures[f"{shell} -i: start"]["value"] > 0
+        assert figures[f"{shell} -i: added, proxy up"]["target"] == "<= 10 ms"
+        assert figures[f"{shell}: the block alone, proxy up"]["value"] > 0

@@ -24,6 +24,8 @@ PREFIX = "anthropic"                       # /anthropic/{upstream}/…
 NAMES = ("anthropic",)                     # the provider label its exchanges get
 HOSTS = {"api.anthropic.com": "anthropic"}
 PRICED_AS = "anthropic"                    # genai-prices' list for a host it does not know
+# What points its clients (Claude Code, the SDK) at the proxy: variable → path under the proxy.
+CLIENT_ENV = {"ANTHROPIC_BASE_URL": "/anthropic/api.anthropic.com"}
 LOGGED = re.compile(r"/v1/messages")       # the exchanges worth a session log
 AGENT_HEADERS = ("x-claude-code-agent-id",)
 

@@ -23,6 +23,8 @@ PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
 HOSTS = {"api.openai.com": "openai"}
 PRICED_AS = "openai"  # genai-prices' list for a host it does not know
+# What points the SDK at the proxy (the Codex CLI reads config.toml instead: llmproxy/setup/codex.py).
+CLIENT_ENV = {"OPENAI_BASE_URL": "/openai/api.openai.com/v1"}
 LOGGED = re.compile(r"/v1/chat/completions|/v1/completions|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?")
 AGENT_HEADERS = ("x-openai-subagent",)
 _THREAD_PATH = re.compile(r"/v1/threads/([^/?]+)/")
