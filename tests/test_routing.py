@@ -60,7 +60,7 @@ def test_chatgpt_rewrite_keeps_the_query_and_other_paths():
     ("/", BadRoute, "malformed proxy path"),
     ("/anthropic", BadRoute, "malformed proxy path"),
     ("/anthropic/", BadRoute, "malformed proxy path"),
-    ("/gemini/api.google.com/v1/x", UnknownProvider, "providers: anthropic, openai"),
+    ("/mistral/api.mistral.ai/v1/x", UnknownProvider, "providers: anthropic, openai, gemini, bedrock"),
     ("/anthropic/bad_host!/v1/messages", BadRoute, "malformed upstream"),
     ("/anthropic/host:99999/v1/messages", BadRoute, "malformed upstream"),
     ("/anthropic/169.254.169.254/latest/meta-data", UpstreamNotAllowed, "not allowed"),

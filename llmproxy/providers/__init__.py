@@ -5,17 +5,23 @@ Each module answers every question the proxy has about its API:
 - routing: ``PREFIX`` (the ``/{provider}/…`` path segment that reaches it), ``NAMES`` (the
   provider labels its exchanges get), ``HOSTS`` (its default upstreams and their label),
   ``LOGGED`` (the paths whose exchanges are logged), and optionally ``rewrite`` (a call that goes
-  elsewhere: the ChatGPT backend);
+  elsewhere: the ChatGPT backend, a Bedrock region's endpoint);
+- the upstream call, optionally: ``signer`` (an API whose calls the proxy signs with credentials
+  of its own, Bedrock's SigV4: a per-worker :class:`Signer` built from the settings) and
+  ``framer`` (a streamed answer that is not SSE: how it splits into events for the log, see
+  :mod:`~llmproxy.providers.framing`);
 - sessions: ``client_session_id`` (where its clients name their session), ``AGENT_HEADERS``
   (sub-agents), ``conversation`` (the message history a request carries), ``SPELLING`` (how its
   messages canonicalise for their identity), and optionally ``response_id`` (an answer a later
   request may continue);
-- errors: ``error_document`` (the proxy's own errors in the provider's shape);
+- errors: ``error_document`` (the proxy's own errors in the provider's shape) and optionally
+  ``error_headers`` (headers its clients read the error from);
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
-  ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing);
+  ``WANTED`` (the events of a stream or WebSocket session worth parsing); optionally
+  ``path_summary`` (an API whose path names the model and whether the answer streams);
 - transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
-  conversation), ``said`` (a JSON answer's text and tool calls), ``said_events`` (a stream's) and
-  ``tokens`` (in and out, from the answer's usage).
+  conversation), ``said`` (a JSON answer's text, tool calls and shown thinking), ``said_events``
+  (a stream's) and ``tokens`` (in and out, from the answer's usage).
 
 Adding an API is adding a module here and to :data:`APIS`, with a test table. No module outside
 this package names a provider (tests/test_providers.py).
@@ -29,10 +35,12 @@ from __future__ import annotations
 import json
 import re
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from llmproxy.common.clientids import valid
-from llmproxy.providers import anthropic, openai_chat, openai_responses
+from llmproxy.common.hosts import host_matches
+from llmproxy.providers import anthropic, bedrock, gemini, openai_chat, openai_responses
+from llmproxy.providers.framing import Framer
 from llmproxy.providers.spelling import Spelling, merged
 from llmproxy.providers.summary import Summary
 from llmproxy.providers.transcribe import Part, Said
@@ -41,14 +49,26 @@ if TYPE_CHECKING:
     from llmproxy.common.errors import ProxyError
 
 # First match wins: Responses before Chat, whose module also takes the rest of OpenAI's paths.
-APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat)
+APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat, gemini, bedrock)
 PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 # Every API's message spellings at once: what a conversation's identity reads messages with.
 SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
-__all__ = ["APIS", "PREFIXES", "SPELLING", "Part", "Said", "Summary", "agent_name", "api_for", "api_of_entry",
-           "client_session_id", "conversation", "error_body", "logged", "provider_for_host", "request_summary",
-           "response_id", "response_summary", "rewrite", "said", "stream_summary", "tokens", "turn"]
+__all__ = ["APIS", "PREFIXES", "SPELLING", "Framer", "Part", "Said", "Signer", "Summary", "agent_name", "api_for",
+           "api_of_entry", "client_session_id", "conversation", "credential_problems", "error_body", "error_headers",
+           "framer", "logged", "provider_for_host", "request_summary", "response_id", "response_summary", "rewrite",
+           "said", "signers", "stream_summary", "tokens", "turn"]
+
+
+class Signer(Protocol):
+    """Signs the calls of one API with credentials the proxy holds (a module's ``signer``)."""
+
+    def sign(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+        """The headers to send upstream instead of ``headers``. Raises a :class:`ProxyError`
+        (``UpstreamCredentialsMissing``) when it has no credentials."""
+
+    def problem(self) -> str | None:
+        """Why calls cannot be signed, when the API is configured and cannot; else None."""
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -61,6 +81,25 @@ def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tup
     return None
 
 
+def signers(settings: Any) -> dict[str, Signer]:
+    """The signers of the APIs whose calls the proxy signs, by provider label; built once per
+    worker (each module reads its own settings; nothing is looked up before a call needs it)."""
+    return {name: signer for api in APIS if hasattr(api, "signer")
+            for signer in [api.signer(settings)] for name in api.NAMES}
+
+
+def credential_problems(settings: Any) -> list[str]:
+    """Start-up: why an API that is configured cannot sign its calls (no credentials found)."""
+    problems = (api.signer(settings).problem() for api in APIS if hasattr(api, "signer"))
+    return [problem for problem in problems if problem]
+
+
+def framer(provider: str, path: str, status: int, content_type: str) -> Framer | None:
+    """How a streamed answer that is not SSE splits into events, or None (a body as it is)."""
+    api = api_for(provider, path)
+    return api.framer(path, status, content_type) if api is not None and hasattr(api, "framer") else None
+
+
 def logged(path: str) -> bool:
     """Whether an exchange on this upstream path is a conversation call worth a session log."""
     return any(api.LOGGED.fullmatch(path) for api in APIS)
@@ -68,7 +107,7 @@ def logged(path: str) -> bool:
 
 def provider_for_host(host: str) -> str | None:
     """The provider label of a default upstream host (for log trees that do not say)."""
-    return next((api.HOSTS[host] for api in APIS if host in api.HOSTS), None)
+    return next((label for api in APIS for pattern, label in api.HOSTS.items() if host_matches(pattern, host)), None)
 
 
 def _lowered(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -117,6 +156,12 @@ def error_body(name: str | None, error: "ProxyError") -> bytes:
     return json.dumps(doc).encode()
 
 
+def error_headers(name: str | None, error: "ProxyError") -> list[tuple[str, str]]:
+    """Headers the proxy's own error carries for the API of ``name`` (Bedrock's error type)."""
+    api = next((api for api in APIS if name in (api.PREFIX, *api.NAMES)), None)
+    return api.error_headers(error.status, error.code) if api is not None and hasattr(api, "error_headers") else []
+
+
 def api_for(provider: str, path: str) -> ModuleType | None:
     """The module of the API an exchange speaks, or None for a provider no module knows."""
     for api in APIS:
@@ -134,13 +179,17 @@ def _json(data: bytes | str) -> Any:
         return None
 
 
-def request_summary(api: ModuleType | None, body: Any) -> dict:
+def request_summary(api: ModuleType | None, body: Any, path: str = "") -> dict:
     """``model``, ``stream``, ``tools_count``, ``messages_count`` of a parsed request body (what is
-    there); empty when the body is not a JSON object. Never raises."""
+    there, and what its path says); empty when the body is not a JSON object. Never raises."""
     if api is None or not isinstance(body, dict):
         return {}
     try:
-        return api.request_summary(body)
+        summary = api.request_summary(body)
+        if hasattr(api, "path_summary"):  # the path's word wins, and its model comes first
+            said = api.path_summary(path)
+            summary = {**said, **{k: v for k, v in summary.items() if k not in said}}
+        return summary
     except Exception:  # a body of an unexpected shape is logged without a summary
         return {}
 

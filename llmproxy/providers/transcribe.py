@@ -25,11 +25,12 @@ def text(value: Any) -> Part:
 
 @dataclass
 class Said:
-    """What an answer said: its text (a stream's deltas joined) and its tool calls (name,
-    arguments), in order."""
+    """What an answer said: its text (a stream's deltas joined), its tool calls (name,
+    arguments), in order, and the thinking it showed (summaries of its reasoning)."""
 
     text: list[str] = field(default_factory=list)
     tools: list[tuple[str, str]] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
 
 
 class Stream:
@@ -37,11 +38,17 @@ class Stream:
 
     def __init__(self) -> None:
         self._deltas: list[str] = []
+        self._thoughts: list[str] = []
         self._calls: dict[Any, list[str]] = {}
 
     def delta(self, value: Any) -> None:
         if isinstance(value, str):
             self._deltas.append(value)
+
+    def thought(self, value: Any) -> None:
+        """More of the thinking the model shows."""
+        if isinstance(value, str):
+            self._thoughts.append(value)
 
     def call(self, key: Any, name: Any) -> None:
         """A tool call starts (or its first delta names it)."""
@@ -55,7 +62,8 @@ class Stream:
 
     def said(self) -> Said:
         return Said(["".join(self._deltas)] if self._deltas else [],
-                    [(name, args) for name, args in self._calls.values()])
+                    [(name, args) for name, args in self._calls.values()],
+                    ["".join(self._thoughts)] if self._thoughts else [])
 
 
 def blocks(content: Any, text_types: Iterable[str], special: Callable[[dict], Part | None] | None = None) -> list[Part]:
