@@ -338,6 +338,13 @@ GEMINI_METHOD = re.compile(r".*/models/([^/:]+):(generateContent|streamGenerateC
 THOUGHT = "Weighing the question."
 
 
+def _field(doc: dict, name: str):
+    """A field in either spelling the Gemini API reads: Gemini CLI sends ``includeThoughts``,
+    google-genai 3.6 ``include_thoughts``."""
+    snake = re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), name)
+    return doc.get(name, doc.get(snake))
+
+
 def _from_schema(schema) -> object:
     """A value of a JSON schema's shape (Gemini CLI's routing call asks for a complexity score)."""
     kind = str((schema or {}).get("type", "object")).lower()
@@ -350,12 +357,13 @@ def gemini_pieces(answer: Answer, model: str, request: dict) -> list[dict]:
     """The GenerateContentResponse pieces of an answer, as a stream sends them: the thinking it
     shows (when asked for: ``thinkingConfig.includeThoughts``), a piece per word, then the call;
     the last with ``finishReason`` and the whole usage. One piece is the non-streamed answer."""
-    config = request.get("generationConfig") or {}
+    config = _field(request, "generationConfig") or {}
     words = answer.words
-    if config.get("responseMimeType") == "application/json":
-        words = [json.dumps(_from_schema(config.get("responseJsonSchema") or config.get("responseSchema")))]
+    if _field(config, "responseMimeType") == "application/json":  # asked for JSON (and no tools): only that
+        words = [json.dumps(_from_schema(_field(config, "responseJsonSchema") or _field(config, "responseSchema")))]
+        answer = Answer(words, None, answer.ident)
     parts = []
-    if (config.get("thinkingConfig") or {}).get("includeThoughts"):
+    if _field(_field(config, "thinkingConfig") or {}, "includeThoughts"):
         parts.append({"text": THOUGHT, "thought": True})
     parts += [{"text": w} for w in words]
     if answer.tool:

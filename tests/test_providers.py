@@ -13,13 +13,15 @@ from llmproxy.common.errors import (
     BadRoute,
     ProxyError,
     RequestRejected,
+    UpstreamCredentialsMissing,
     UnknownProvider,
     UpstreamNotAllowed,
     UpstreamTimeout,
     UpstreamUnreachable,
     WebSocketUnsupported,
 )
-from llmproxy.providers import anthropic, openai_chat, openai_responses
+from llmproxy.providers import anthropic, bedrock, gemini, openai_chat, openai_responses
+from llmproxy.providers.framing import FramingError, JsonArray
 
 PACKAGE = Path(providers.__file__).parents[1]
 REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "SPELLING", "handles",
@@ -96,6 +98,8 @@ def test_the_api_vocabulary_check_finds_what_it_looks_for():
     ("openai", "/v1/threads/t1/runs", openai_chat),
     ("openai", "/v1/responses", openai_responses),
     ("chatgpt", "/backend-api/codex/responses", openai_responses),
+    ("gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent", gemini),
+    ("bedrock", "/model/us.anthropic.claude-opus-5-5/invoke-with-response-stream", bedrock),
     ("nosuch", "/v1/messages", None),
 ])
 def test_each_exchange_is_answered_by_its_api(provider, path, api):
@@ -106,30 +110,44 @@ def test_each_exchange_is_answered_by_its_api(provider, path, api):
     ("/v1/messages", True), ("/v1/messages/count_tokens", False), ("/v1/chat/completions", True),
     ("/v1/completions", True), ("/v1/responses", True), ("/backend-api/codex/responses", True),
     ("/v1/threads/t/messages", True), ("/v1/models", False), ("/backend-api/codex/models", False),
+    ("/v1beta/models/gemini-2.5-pro:generateContent", True), ("/v1/models/g:streamGenerateContent", True),
+    ("/v1beta/tunedModels/t1:generateContent", True), ("/v1beta/models/g:countTokens", False),
+    ("/v1beta/models", False), ("/model/anthropic.claude-3-v1%3A0/invoke", True),
+    ("/model/m/invoke-with-response-stream", True), ("/model/m/converse", True), ("/model/m/converse-stream", True),
+    ("/model/m/count-tokens", False), ("/inference-profiles", False),
 ])
 def test_logged_paths(path, logged):
     assert providers.logged(path) is logged
 
 
-@pytest.mark.parametrize("error, anthropic_type, openai_type", [
-    (BadRoute("m"), "invalid_request_error", "invalid_request_error"),
-    (UnknownProvider("m"), "invalid_request_error", "invalid_request_error"),
-    (UpstreamNotAllowed("m"), "permission_error", "invalid_request_error"),
-    (UpstreamUnreachable("m"), "api_error", "server_error"),
-    (UpstreamTimeout("m"), "timeout_error", "server_error"),
-    (RequestRejected(405, "m"), "invalid_request_error", "invalid_request_error"),
-    (WebSocketUnsupported("m"), "api_error", "server_error"),
-    (ProxyError("m"), "api_error", "server_error"),
+@pytest.mark.parametrize("error, anthropic_type, openai_type, gemini_status, bedrock_type", [
+    (BadRoute("m"), "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT", "ValidationException"),
+    (UnknownProvider("m"), "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT", "ValidationException"),
+    (UpstreamNotAllowed("m"), "permission_error", "invalid_request_error", "PERMISSION_DENIED", "AccessDeniedException"),
+    (UpstreamUnreachable("m"), "api_error", "server_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (UpstreamCredentialsMissing("m"), "api_error", "server_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (UpstreamTimeout("m"), "timeout_error", "server_error", "DEADLINE_EXCEEDED", "ServiceUnavailableException"),
+    (RequestRejected(405, "m"), "invalid_request_error", "invalid_request_error", "UNIMPLEMENTED", "ValidationException"),
+    (RequestRejected(429, "m"), "invalid_request_error", "invalid_request_error", "RESOURCE_EXHAUSTED",
+     "ThrottlingException"),
+    (WebSocketUnsupported("m"), "api_error", "server_error", "UNIMPLEMENTED", "ServiceUnavailableException"),
+    (ProxyError("m"), "api_error", "server_error", "INTERNAL", "ServiceUnavailableException"),
 ])
-def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai_type):
+def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai_type, gemini_status, bedrock_type):
     assert json.loads(providers.error_body("anthropic", error)) == {
         "type": "error", "error": {"type": anthropic_type, "message": "m"}}
     for name in ("openai", "chatgpt"):
         assert json.loads(providers.error_body(name, error)) == {
             "error": {"message": "m", "type": openai_type, "code": error.code}}
-    # A provider no API knows: one body that every SDK reads.
     assert json.loads(providers.error_body("gemini", error)) == {
-        "type": "error", "error": {"type": anthropic_type, "message": "m", "code": error.code}}
+        "error": {"code": error.status, "message": "m", "status": gemini_status}}
+    assert json.loads(providers.error_body("bedrock", error)) == {"message": "m"}
+    assert providers.error_headers("bedrock", error) == [("x-amzn-errortype", bedrock_type)]
+    assert providers.error_headers("anthropic", error) == providers.error_headers(None, error) == []
+    # A provider no API knows: one body that every SDK reads (the first API's fields win).
+    assert json.loads(providers.error_body("mistral", error)) == {
+        "type": "error", "message": "m",
+        "error": {"type": anthropic_type, "message": "m", "code": error.code, "status": gemini_status}}
 
 
 @pytest.mark.parametrize("prefix, host, path, authorization, expected", [
@@ -139,6 +157,13 @@ def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai
     ("openai", "api.openai.com", "/v1/responses", "Bearer sk-proj-a.b.c", None),
     ("openai", "127.0.0.1", "/v1/responses", "Bearer aaa.bbb.ccc", None),
     ("anthropic", "api.openai.com", "/v1/responses", "Bearer aaa.bbb.ccc", None),
+    # Bedrock: a region names the runtime's endpoint there, or the control plane's for its paths.
+    ("bedrock", "eu-west-3", "/model/m/invoke", None, ("bedrock", "bedrock-runtime.eu-west-3.amazonaws.com", "/model/m/invoke")),
+    ("bedrock", "us-gov-west-1", "/inference-profiles", None,
+     ("bedrock", "bedrock.us-gov-west-1.amazonaws.com", "/inference-profiles")),
+    ("bedrock", "bedrock-runtime.us-east-1.amazonaws.com", "/model/m/invoke", None, None),
+    ("bedrock", "127.0.0.1", "/model/m/invoke", None, None),
+    ("gemini", "us-east-1", "/v1beta/models", None, None),
 ])
 def test_a_chatgpt_sign_in_goes_to_the_chatgpt_backend(prefix, host, path, authorization, expected):
     assert providers.rewrite(prefix, host, path, authorization) == expected
@@ -151,6 +176,16 @@ def test_a_chatgpt_sign_in_goes_to_the_chatgpt_backend(prefix, host, path, autho
     ("openai", "/v1/responses", {"input": [1], "previous_response_id": "resp_1"}, []),  # history on the server
     ("openai", "/v1/responses", {"input": "just text"}, []),
     ("anthropic", "/v1/messages", "not a dict", []),
+    ("bedrock", "/model/m/invoke", {"messages": [{"role": "user"}]}, [{"role": "user"}]),
+    # Gemini: one turn per role, the thinking left out, and what Gemini CLI respells between calls.
+    ("gemini", "/v1beta/models/g:generateContent", {"contents": [
+        {"role": "user", "parts": [{"text": "ctx"}]}, {"role": "user", "parts": [{"text": "q"}]},
+        {"role": "model", "parts": [{"text": "hm", "thought": True}, {"text": "a"},
+                                    {"functionCall": {"id": "c1", "name": "f", "args": {}}, "thoughtSignature": "s"}]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "c1", "name": "f", "response": {}}}] * 2}]},
+     [{"role": "user", "parts": [{"text": "ctx"}, {"text": "q"}]},
+      {"role": "model", "parts": [{"text": "a"}, {"functionCall": {"name": "f", "args": {}}}]},
+      {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}}}]}]),
 ])
 def test_conversation_history(provider, path, body, expected):
     assert providers.conversation(provider, path, body) == expected
@@ -182,6 +217,12 @@ def test_only_the_responses_api_names_answers_a_later_request_continues():
     ("openai", "/v1/chat/completions", {"prompt_tokens": 9, "completion_tokens": 3}, (9, 3)),
     ("openai", "/v1/responses", {"input_tokens": 20, "output_tokens": 5, "input_tokens_details": {"cached_tokens": 4}},
      (20, 5)),
+    ("gemini", "/v1beta/models/g:generateContent", {"promptTokenCount": 30, "cachedContentTokenCount": 10,
+                                                     "candidatesTokenCount": 7, "thoughtsTokenCount": 5}, (30, 12)),
+    ("gemini", "/v1beta/models/g:generateContent", {"promptTokenCount": 30}, (30, None)),
+    ("bedrock", "/model/m/invoke", {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 7}, (15, 7)),
+    ("bedrock", "/model/m/converse", {"inputTokens": 10, "cacheReadInputTokens": 4, "cacheWriteInputTokens": 1,
+                                      "outputTokens": 3}, (15, 3)),
 ])
 def test_tokens_in_and_out_of_each_apis_usage(provider, path, usage, expected):
     assert providers.tokens(providers.api_for(provider, path), usage) == expected

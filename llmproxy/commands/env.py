@@ -6,7 +6,7 @@ import argparse
 
 from llmproxy.settings import load_settings_or_exit
 
-HELP = "print export lines pointing Claude Code and the SDKs here"
+HELP = "print export lines pointing Claude Code, Gemini CLI and the SDKs here"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,15 +17,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     """Client setup for this proxy: shell exports, or with ``--codex`` a Codex ``config.toml`` part."""
     settings = load_settings_or_exit(create_dirs=False)
-    print(codex_config(settings.base_url) if args.codex else shell_exports(settings.base_url), end="")
+    print(codex_config(settings.base_url) if args.codex else
+          shell_exports(settings.base_url, settings.bedrock_region or DEFAULT_AWS_REGION), end="")
     return 0
 
 
-def shell_exports(base: str) -> str:
-    """For ``eval``: Claude Code and the SDKs read these; Codex does not (0.171 ignores the second)."""
+DEFAULT_AWS_REGION = "us-east-1"  # where Claude Code's Bedrock mode goes when nothing says
+
+
+def shell_exports(base: str, region: str = DEFAULT_AWS_REGION) -> str:
+    """For ``eval``: Claude Code, Gemini CLI and the SDKs read these; Codex does not (0.171
+    ignores the second). Claude Code uses the Bedrock URL only in its Bedrock mode."""
     return (f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com\n"
             f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1\n"
-            "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n")
+            f"export GOOGLE_GEMINI_BASE_URL={base}/gemini/generativelanguage.googleapis.com\n"
+            f"export ANTHROPIC_BEDROCK_BASE_URL={base}/bedrock/{region}\n"
+            "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n"
+            "# Claude Code on Bedrock, signed by the proxy: CLAUDE_CODE_USE_BEDROCK=1 CLAUDE_CODE_SKIP_BEDROCK_AUTH=1\n")
 
 
 def codex_config(base: str) -> str:

@@ -49,9 +49,11 @@ AGENT_HEADERS = anthropic.AGENT_HEADERS
 SPELLING = anthropic.SPELLING
 
 _REGION = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-\d{1,2}")
+_ENDPOINT = "{}.{}.amazonaws.com"  # plane, region
 _HOST_REGION = re.compile(r"bedrock(?:-runtime)?(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 SERVICE = "bedrock"  # what both planes sign as
 SIGNED = "AWS4-HMAC-SHA256"
+_SIGNATURE_HEADERS = re.compile(r"authorization|x-amz-(?:date|security-token|content-sha256)")  # the signer's own
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 WANTED = re.compile(anthropic.WANTED.pattern + rb'|"(?:contentBlockStart|messageStop|metadata)"')
@@ -71,7 +73,7 @@ def rewrite(host: str, path: str, authorization: str | None) -> tuple[str, str, 
     if not _REGION.fullmatch(host):
         return None
     plane = "bedrock-runtime" if path.startswith(_RUNTIME_PATHS) else "bedrock"
-    return NAMES[0], f"{plane}.{host}.amazonaws.com", path
+    return NAMES[0], _ENDPOINT.format(plane, host), path
 
 
 def path_summary(path: str) -> dict:
@@ -128,8 +130,9 @@ class Signer:
                 session = botocore.session.Session(profile=self.profile)
                 try:
                     self._credentials = session.get_credentials()
-                except botocore.exceptions.ProfileNotFound:
-                    raise UpstreamCredentialsMissing(f"the AWS profile {self.profile!r} is not in ~/.aws/config "
+                except botocore.exceptions.ProfileNotFound as exc:
+                    name = self.profile or exc.kwargs.get("profile")  # AWS_PROFILE's
+                    raise UpstreamCredentialsMissing(f"the AWS profile {name!r} is not in ~/.aws/config "
                                                      "or ~/.aws/credentials") from None
                 except botocore.exceptions.BotoCoreError as exc:
                     raise UpstreamCredentialsMissing(f"AWS credentials could not be loaded: {exc}") from None
@@ -173,9 +176,8 @@ class Signer:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        ours = {"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"}
         request = AWSRequest(method=method, url=url, data=body,
-                             headers={n: v for n, v in headers if n.lower() not in ours})
+                             headers={n: v for n, v in headers if not _SIGNATURE_HEADERS.fullmatch(n.lower())})
         region = self._region_of(urlsplit(url).hostname or "")
         SigV4Auth(credentials.get_frozen_credentials(), SERVICE, region).add_auth(request)
         return list(request.headers.items())
@@ -215,7 +217,7 @@ def _event(headers: dict, payload: bytes) -> bytes:
     try:
         doc = json.loads(payload) if payload else {}
     except ValueError:
-        doc = payload.decode("utf-8", "replace")
+        doc = payload.decode(errors="replace")
     if kind == "chunk" and isinstance(doc, dict) and isinstance(doc.get("bytes"), str):
         return base64.b64decode(doc["bytes"])
     if isinstance(doc, dict):

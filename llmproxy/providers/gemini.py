@@ -90,8 +90,35 @@ def client_session_id(path: str, headers: dict[str, str], body: dict) -> str | N
     return SESSION_PREFIX + digest.hexdigest()[:24]
 
 
+# What Gemini CLI 0.61 changes in its history between calls of one session (tests/corpus/
+# gemini-tool-loop.jsonl): the signature of the model's thinking (replaced after ``--resume``)
+# and a call's id (spelt another way in its routing call); and it sends a tool's result twice
+# once resumed.
+def _stable_part(part: dict) -> dict:
+    out = {k: v for k, v in part.items() if k != "thoughtSignature"}
+    for key in ("functionCall", "functionResponse"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k != "id"}
+    return out
+
+
 def conversation(body: dict) -> list:
-    return _contents(body)
+    """The contents as their identity sees them: consecutive contents of one role are one turn
+    (the CLI's routing call splits the first), the model's shown thinking is left out, and what
+    the CLI spells differently between calls (see :func:`_stable_part`) too."""
+    turns: list[dict] = []
+    for content in _contents(body):
+        if not isinstance(content, dict):
+            continue
+        role = content.get("role", "user")
+        parts = [_stable_part(p) for p in content.get("parts") or () if isinstance(p, dict) and not p.get("thought")]
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["parts"].extend(parts)
+        else:
+            turns.append({"role": role, "parts": parts})
+    for turn_ in turns:
+        turn_["parts"] = [p for i, p in enumerate(turn_["parts"]) if i == 0 or p != turn_["parts"][i - 1]]
+    return turns
 
 
 def error_document(status: int, message: str, code: str) -> dict[str, Any]:

@@ -1,0 +1,232 @@
+"""AWS Bedrock through the proxy: boto3's bedrock-runtime client, unsigned, against the fake
+Bedrock, which checks every SigV4 signature with botocore (tests/fakebedrock.py) and answers in
+the real event-stream framing. The proxy signs with the test credentials, relays the event
+stream untouched and logs its events; no credential ever reaches a log line.
+(Claude Code's Bedrock mode: tests/test_real_clients.py.)"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+
+import boto3
+import fakebedrock
+import pytest
+import realclients
+import requests
+from botocore import UNSIGNED
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError, EventStreamError
+from fakeprovider import FakeProvider
+from proxyproc import ProxyServer, jsonl_lines, wait_until
+
+from llmproxy import providers
+from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.routing import resolve
+
+MODEL = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+BODY = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "fake-reply: hello from bedrock"}]}
+SECRETS = (fakebedrock.SECRET_KEY, fakebedrock.SESSION_TOKEN, fakebedrock.ACCESS_KEY)
+
+
+@pytest.fixture(scope="module")
+def bedrock_proxy(tmp_path_factory):
+    """The proxy with temporary test credentials (key, secret, session token) in its environment."""
+    with ProxyServer(tmp_path_factory.mktemp("bedrock"), env=realclients.PROXY_ENV) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_bedrock():
+    fake = FakeProvider().start()
+    fake.aws_region, fake.aws_token = realclients.AWS_REGION, fakebedrock.SESSION_TOKEN
+    yield fake
+    fake.stop()
+
+
+def client(proxy, fake):
+    """boto3's bedrock-runtime client with the proxy as its endpoint, unsigned (the proxy signs)."""
+    config = Config(retries={"total_max_attempts": 1}, signature_version=UNSIGNED)
+    return boto3.client("bedrock-runtime", region_name=realclients.AWS_REGION, config=config,
+                        endpoint_url=f"{proxy.url}/bedrock/{fake.upstream}")
+
+
+def entries_of(proxy, fake, responses: int = 1) -> list[dict]:
+    def done():
+        lines = [json.loads(line) for p in sorted(proxy.log_dir.glob(f"{fake.upstream}/*/*.jsonl"))
+                 for line in jsonl_lines(p)]
+        return lines if sum(e["type"] == "response" for e in lines) >= responses else None
+    return wait_until(done, timeout=10, message=f"{responses} responses logged")
+
+
+def assert_no_credentials_in(proxy):
+    for path in [*proxy.log_dir.rglob("*"), proxy.output_path]:
+        if path.is_file():
+            data = path.read_bytes()
+            assert not [s for s in SECRETS if s.encode() in data], f"a credential in {path}"
+
+
+def test_boto3_stream_is_signed_by_the_proxy_relayed_and_logged_as_anthropic_events(bedrock_proxy, fake_bedrock):
+    answer = client(bedrock_proxy, fake_bedrock).invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(BODY))
+    events = [json.loads(e["chunk"]["bytes"]) for e in answer["body"]]
+    text = "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta")
+    assert text == "hello from bedrock" and events[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 3
+    assert fake_bedrock.refused == []
+    sent = fake_bedrock.last()
+    assert sent.header("authorization").startswith("AWS4-HMAC-SHA256 Credential=" + fakebedrock.ACCESS_KEY)
+    assert sent.header("x-amz-security-token") == fakebedrock.SESSION_TOKEN
+    assert sent.path == "/model/" + MODEL.replace(":", "%3A") + "/invoke-with-response-stream"  # as boto3 spells it
+
+    entries = entries_of(bedrock_proxy, fake_bedrock)
+    request, response = [e for e in entries if e["type"] in ("request", "response")]
+    assert (request["model"], request["stream"], request["messages_count"]) == (MODEL, True, 1)
+    assert "Authorization" not in request["headers"]  # the client's headers: the signature is the proxy's
+    assert [json.loads(c["raw"]) for c in response["chunks"]] == events
+    assert all(c["ts"] and c["delta_ms"] >= 0 for c in response["chunks"])
+    assert (response["model"], response["stop_reason"], response["usage"]) == (
+        MODEL, "end_turn", {"input_tokens": 12, "output_tokens": 3})
+    assert providers.said(providers.api_of_entry("bedrock", sent.path), response).text == ["hello from bedrock"]
+    assert_no_credentials_in(bedrock_proxy)
+
+
+def test_boto3_invoke_converse_and_converse_stream(bedrock_proxy, fake_bedrock):
+    bedrock = client(bedrock_proxy, fake_bedrock)
+    body = json.loads(bedrock.invoke_model(modelId=MODEL, body=json.dumps(BODY))["body"].read())
+    assert body["content"][0]["text"] == "hello from bedrock"
+    messages = [{"role": "user", "content": [{"text": 'fake-tool: lookup {"q": 1}'}]}]
+    tools = {"tools": [{"toolSpec": {"name": "lookup", "inputSchema": {"json": {"type": "object"}}}}]}
+    conversed = bedrock.converse(modelId="m1", messages=messages, toolConfig=tools)
+    assert conversed["stopReason"] == "tool_use"
+    streamed = list(bedrock.converse_stream(modelId="m1", messages=messages, toolConfig=tools)["stream"])
+    assert streamed[-1]["metadata"]["usage"]["outputTokens"] == 2
+    assert fake_bedrock.refused == []
+
+    responses = [e for e in entries_of(bedrock_proxy, fake_bedrock, 3) if e["type"] == "response"]
+    invoked, conversed_entry, stream_entry = sorted(responses, key=lambda e: e["_meta"]["ts"])
+    assert invoked["stop_reason"] == "end_turn" and "body" in invoked
+    assert (conversed_entry["stop_reason"], conversed_entry["tool_calls"], conversed_entry["usage"]["inputTokens"]) == (
+        "tool_use", ["lookup"], 12)
+    assert (stream_entry["stop_reason"], stream_entry["tool_calls"]) == ("tool_use", ["lookup"])
+    assert json.loads(stream_entry["chunks"][0]["raw"]) == {"messageStart": {"role": "assistant"}}  # padding left out
+    said = providers.said(providers.api_of_entry("bedrock", "/model/m1/converse-stream"), stream_entry)
+    assert (said.text, said.tools) == (["Calling lookup."], [("lookup", '{"q": 1}')])
+
+
+def test_an_error_in_the_stream_reaches_boto3_and_the_log(bedrock_proxy, fake_bedrock):
+    fake_bedrock.defaults["bedrock-exception"] = "throttlingException"
+    answer = client(bedrock_proxy, fake_bedrock).invoke_model_with_response_stream(modelId=MODEL, body=json.dumps(BODY))
+    with pytest.raises(EventStreamError, match="throttlingException"):
+        list(answer["body"])
+    response, = [e for e in entries_of(bedrock_proxy, fake_bedrock) if e["type"] == "response"]
+    assert json.loads(response["chunks"][-1]["raw"]) == {"throttlingException": {"message": "fake throttlingException"}}
+
+
+def test_the_fake_refuses_what_aws_would(fake_bedrock):
+    """Unsigned, signed with another secret, for another region, or a body changed after signing:
+    the fake Bedrock says no, as AWS would (the proxy's signatures above pass the same check)."""
+    url = f"{fake_bedrock.url}/model/m/invoke"
+    good = Credentials(fakebedrock.ACCESS_KEY, fakebedrock.SECRET_KEY, fakebedrock.SESSION_TOKEN)
+
+    def signed(credentials, region=realclients.AWS_REGION, body=b"{}"):
+        request = AWSRequest("POST", url, data=b"{}", headers={"Content-Type": "application/json"})
+        SigV4Auth(credentials, "bedrock", region).add_auth(request)
+        return requests.post(url, data=body, headers=dict(request.headers.items()))
+
+    assert requests.post(url, data=b"{}").status_code == 403
+    assert signed(Credentials(fakebedrock.ACCESS_KEY, "wrong-secret", fakebedrock.SESSION_TOKEN)).status_code == 403
+    assert signed(good, region="eu-west-1").status_code == 403
+    assert signed(good, body=b'{"changed": 1}').status_code == 403
+    refused = [why for _, why in fake_bedrock.refused]
+    assert refused[0].startswith("MissingAuthenticationTokenException")
+    assert "does not match" in refused[1] and "credential scope" in refused[2] and "does not match" in refused[3]
+    assert signed(good).status_code == 200
+
+
+def test_a_request_the_client_signed_is_forwarded_as_signed(start_proxy, fake_bedrock, no_aws):
+    """The client holds the credentials: the proxy adds nothing, and needs none of its own."""
+    proxy = start_proxy(env=no_aws)
+    url = f"http://{fake_bedrock.upstream}/model/m/invoke"  # signed for where it is going
+    request = AWSRequest("POST", url, data=json.dumps(BODY).encode(), headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(fakebedrock.ACCESS_KEY, fakebedrock.SECRET_KEY, fakebedrock.SESSION_TOKEN), "bedrock",
+              realclients.AWS_REGION).add_auth(request)
+    resp = requests.post(f"{proxy.url}/bedrock/{fake_bedrock.upstream}/model/m/invoke", data=request.body,
+                         headers=dict(request.headers.items()))
+    assert resp.status_code == 200, resp.text
+    assert fake_bedrock.last().header("authorization") == request.headers["Authorization"]
+    assert fake_bedrock.refused == []
+    logged = [e for e in entries_of(proxy, fake_bedrock) if e["type"] == "request"][0]
+    assert logged["headers"]["Authorization"] == "..." + request.headers["Authorization"][-4:]
+    assert logged["headers"]["X-Amz-Security-Token"] == "..." + fakebedrock.SESSION_TOKEN[-4:]
+    assert_no_credentials_in(proxy)
+
+
+@pytest.fixture
+def no_aws(monkeypatch, tmp_path) -> dict[str, str]:
+    """An environment in which botocore's credential chain finds nothing."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    return {"AWS_CONFIG_FILE": str(tmp_path / "no-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-creds"),
+            "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def test_without_credentials_each_call_is_a_502_in_bedrocks_shape(start_proxy, fake_bedrock, no_aws):
+    """Bedrock not configured and no credentials anywhere: the proxy starts, and a call gets a
+    JSON 502 that boto3 shows; nothing goes upstream."""
+    proxy = start_proxy(env=no_aws)
+    bedrock = client(proxy, fake_bedrock)
+    with pytest.raises(ClientError) as info:
+        bedrock.invoke_model(modelId=MODEL, body=json.dumps(BODY))
+    error = info.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 502
+    assert error["Error"]["Code"] == "ServiceUnavailableException"
+    assert "no AWS credentials to sign Bedrock calls with" in error["Error"]["Message"]
+    assert fake_bedrock.received == []
+    response, = [e for e in entries_of(proxy, fake_bedrock) if e["type"] == "response"]
+    assert response["status"] == 502 and "no AWS credentials" in response["error"]
+
+
+# --- the event stream in the log, frame by frame ---
+
+def _exchange(pieces: list[bytes]) -> Exchange:
+    route = resolve("/bedrock/127.0.0.1:9/model/m/invoke-with-response-stream", None, ("127.0.0.1",))
+    exchange = Exchange(route=route, method="POST", path=route.path, request_headers=[], request_body=b"")
+    content_type = "application/vnd.amazon.eventstream"
+    exchange.got_headers(200, [("Content-Type", content_type)], False,
+                         providers.framer(route.provider, route.path, 200, content_type))
+    for piece in pieces:
+        exchange.got_data(piece)
+    exchange.finish()
+    return exchange
+
+
+def test_frames_split_anywhere_are_logged_as_their_events():
+    frames = [fakebedrock.chunk({"type": "message_start", "message": {"model": "m"}}),
+              fakebedrock.chunk({"type": "message_stop"})]
+    data = b"".join(frames)
+    exchange = _exchange([data[:5], data[5:30], data[30:]])
+    assert [json.loads(c.raw) for c in exchange.chunks] == [{"type": "message_start", "message": {"model": "m"}},
+                                                           {"type": "message_stop"}]
+    assert exchange.decoded_body() is None
+
+
+def test_a_frame_with_a_bad_checksum_keeps_the_rest_as_the_body_and_says_why():
+    good, bad = fakebedrock.chunk({"type": "message_start"}), bytearray(fakebedrock.chunk({"type": "ping"}))
+    bad[-1] ^= 0xFF
+    exchange = _exchange([good, bytes(bad)])
+    assert [json.loads(c.raw) for c in exchange.chunks] == [{"type": "message_start"}]
+    kept = exchange.decoded_body()
+    assert kept.data == bytes(bad) and kept.error.startswith("event stream:")
+
+
+def test_frames_are_what_botocore_reads():
+    frame = fakebedrock.chunk({"type": "ping"})
+    total, headers = struct.unpack("!II", frame[:8])
+    assert total == len(frame)
+    payload = json.loads(frame[12 + headers:-4])
+    assert json.loads(base64.b64decode(payload["bytes"])) == {"type": "ping"}
