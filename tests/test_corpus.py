@@ -95,19 +95,27 @@ def test_a_recorded_client_session_is_one_session_without_forks(tmp_path, path):
 
 
 def _last_conversation_call(requests_: list[dict]) -> dict:
-    return [r for r in requests_ if r["body"] and len(r["body"].get("messages") or r["body"].get("input") or []) > 2][-1]
+    return [r for r in requests_ if r["body"] and len(r["body"].get(_turns_key(r["body"])) or []) > 2][-1]
 
 
 def _turns_key(body: dict) -> str:
-    return "messages" if "messages" in body else "input"
+    return next((key for key in ("messages", "contents") if key in body), "input")
+
+
+# A new user message and an answer in each API's spelling.
+USER = {"messages": lambda text: {"role": "user", "content": [{"type": "text", "text": text,
+                                                                 "cache_control": {"type": "ephemeral"}}]},
+        "input": lambda text: {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+        "contents": lambda text: {"role": "user", "parts": [{"text": text}]}}
+REPLY = {"messages": {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+         "input": {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]},
+         "contents": {"role": "model", "parts": [{"text": "ok"}]}}
 
 
 def _rewind(body: dict, keep: int, text: str) -> dict:
     body = copy.deepcopy(body)
     key = _turns_key(body)
-    new = ({"role": "user", "content": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]}
-           if key == "messages" else
-           {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+    new = USER[key](text)
     body[key] = body[key][:keep] + [new]
     return body
 
@@ -120,12 +128,15 @@ def _edit(body: dict, index: int, text: str) -> dict:
 
 
 @pytest.mark.parametrize("name, diverge, from_seq", [
-    # claude-4-turns: seq 1 title call, 2 [q1], 3 [q1 a1 q2], 4 [.. q3], 5 [.. q4]
-    ("claude-4-turns", lambda b: _rewind(b, 3, "Something else entirely."), 2),   # after a1: shares q1 a1
-    ("claude-4-turns", lambda b: _edit(b, 5, "Question 3, edited."), 3),          # q3 edited
+    # claude-4-turns (Claude Code 2.1.332): seq 1 [q1 s], 2 [q1 s a1 q2], 3 [.. q3], 4 [.. q4]; its
+    # system message s is no turn
+    ("claude-4-turns", lambda b: _rewind(b, 3, "Something else entirely."), 1),   # after a1: shares q1 a1
+    ("claude-4-turns", lambda b: _edit(b, 5, "Question 3, edited."), 2),          # q3 edited
     # codex-3-turns: seq 1 [.. q1], 2 [.. q1 a1 q2], 3 [.. q3]
     ("codex-3-turns", lambda b: _rewind(b, -3, "No, do this instead."), 1),       # keeps q1 a1, drops q2
-], ids=["claude-rewind", "claude-edit", "codex-rewind"])
+    # gemini-3-turns: per turn a routing call and the answer, the same history: seq 2 [q1], 4 [q1 a1 q2], 6 [.. q3]
+    ("gemini-3-turns", lambda b: _rewind(b, 2, "No, do this instead."), 2),       # after a1: shares q1 a1
+], ids=["claude-rewind", "claude-edit", "codex-rewind", "gemini-rewind"])
 def test_a_real_divergence_forks_inside_the_client_session(tmp_path, name, diverge, from_seq):
     requests_ = recording(name)
     replay = Replay(tmp_path, PROVIDERS[name.split("-", 1)[0]])
@@ -136,10 +147,8 @@ def test_a_real_divergence_forks_inside_the_client_session(tmp_path, name, diver
     replay.send(branch)
     # The branch goes on: no second fork.
     key = _turns_key(branch["body"])
-    reply = ({"role": "assistant", "content": [{"type": "text", "text": "ok"}]} if key == "messages" else
-             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "ok"}]})
     more = copy.deepcopy(branch)
-    more["body"][key] += [reply, {"role": "user", "content": "and now?"}]
+    more["body"][key] += [REPLY[key], USER[key]("and now?")]
     replay.send(more)
 
     (session, entries), = replay.files().items()
