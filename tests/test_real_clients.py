@@ -184,7 +184,7 @@ def test_claude_code_on_bedrock_signed_by_the_proxy(scenarios, proxy):
 
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTED = {"README.rst": 1, "docs/clients.rst": 2}  # where the docs show curl lines: how many
+DOCUMENTED = {"README.rst": 1, "docs/clients.rst": 3}  # where the docs show curl lines: how many
 
 
 def doc_commands(doc: str, prefix: str) -> list[str]:
@@ -205,7 +205,8 @@ def test_documented_curl_lines_and_llm_proxy_env_for_the_sdks_work(proxy, fake_p
         assert [c.split("#")[0].strip() for c in doc_commands(doc, "eval")] == ['eval "$(llm-proxy env)"'], doc
     for command in curls:
         command = command.replace("http://127.0.0.1:8080", proxy.url)
-        command = re.sub(r"/api\.(anthropic|openai)\.com/", f"/{fake_provider.upstream}/", command)
+        command = re.sub(r"/(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleapis\.com)/",
+                         f"/{fake_provider.upstream}/", command)
         out = subprocess.run(["bash", "-c", command], env={**os.environ, **keys}, capture_output=True,
                              text=True, timeout=30, check=True).stdout
         assert "Hello" in out and " from" in out, out
