@@ -262,10 +262,44 @@ def _sse(*events):
     ("/v1/responses", {"body": json.dumps({"output": [
         {"type": "reasoning"}, {"type": "message", "content": [{"type": "output_text", "text": "T"}]},
         {"type": "function_call", "name": "f", "arguments": "{}"}]})}, ["T"], [("f", "{}")]),
+    ("/v1beta/models/g:streamGenerateContent", _sse(
+        {"candidates": [{"content": {"parts": [{"text": "Hmm", "thought": True}]}}]},
+        {"candidates": [{"content": {"parts": [{"text": "Rea"}]}}]},
+        {"candidates": [{"content": {"parts": [{"text": "ding."}, {"functionCall": {"name": "read_file",
+                                                                                   "args": {"p": 1}}}]}}]},
+        {"candidates": [{"content": {"parts": [{"functionCall": {"name": "ls"}}]}, "finishReason": "STOP"}]}),
+     ["Reading."], [("read_file", '{"p": 1}'), ("ls", "{}")]),
+    ("/v1/models/g:generateContent", {"body": json.dumps({"candidates": [{"content": {"parts": [
+        {"text": "A"}, {"functionCall": {"name": "f", "args": {}}}]}}]})}, ["A"], [("f", "{}")]),
+    ("/model/m/invoke-with-response-stream", {"chunks": [{"raw": json.dumps(e)} for e in (
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 1}})]}, ["Hi"], []),
+    ("/model/m/converse-stream", {"chunks": [{"raw": json.dumps(e)} for e in (
+        {"messageStart": {"role": "assistant"}},
+        {"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Think"}}}},
+        {"contentBlockDelta": {"contentBlockIndex": 1, "delta": {"text": "Ok"}}},
+        {"contentBlockStart": {"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "t", "name": "f"}}}},
+        {"contentBlockDelta": {"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{}"}}}},
+        {"messageStop": {"stopReason": "tool_use"}})]}, ["Ok"], [("f", "{}")]),
+    ("/model/m/converse", {"body": (Path(__file__).parent / "answers" / "bedrock-converse.json").read_text()},
+     ["I'll check the weather."], [("get_weather", '{"city": "Paris"}')]),
 ])
 def test_what_each_api_answer_said(path, response, text, tools):
     said = providers.said(providers.api_of_entry(None, path), response)
     assert (said.text, said.tools) == (text, tools)
+
+
+@pytest.mark.parametrize("path, response, thinking", [
+    ("/v1beta/models/g:streamGenerateContent", _sse({"candidates": [{"content": {"parts": [
+        {"text": "Weigh", "thought": True}]}}]}, {"candidates": [{"content": {"parts": [
+            {"text": "ing.", "thought": True}, {"text": "Answer"}]}}]}), ["Weighing."]),
+    ("/model/m/converse", {"body": (Path(__file__).parent / "answers" / "bedrock-converse.json").read_text()},
+     ["The user asks for the weather."]),
+    ("/v1/messages", _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}),
+     []),
+])
+def test_the_thinking_an_answer_showed(path, response, thinking):
+    assert providers.said(providers.api_of_entry(None, path), response).thinking == thinking
 
 
 @pytest.mark.parametrize("path, body, expected", [
@@ -282,6 +316,22 @@ def test_what_each_api_answer_said(path, response, text, tools):
                                  {"role": "user", "content": [{"type": "input_text", "text": "next"}]}]},
      [("tool", [("result", "c1", "README")]), ("user", [("text", "", "next")])]),
     ("/v1/responses", {"input": "just text"}, [("user", [("text", "", "just text")])]),
+    ("/v1beta/models/g:streamGenerateContent", {"contents": [
+        {"role": "user", "parts": [{"text": "q"}]},
+        {"role": "model", "parts": [{"text": "t", "thought": True}, {"functionCall": {"name": "read_file", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "read_file", "response": {"output": "x"}}},
+                                   {"text": "next"}, {"inlineData": {"mimeType": "image/png"}}]}]},
+     [("user", [("result", "read_file", '{"output": "x"}'), ("text", "", "next"), ("block", "inlineData", "")])]),
+    ("/model/m/invoke", {"anthropic_version": "bedrock-2023-05-31", "messages": [
+        {"role": "assistant", "content": "a"}, {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "out"}]}]},
+     [("user", [("result", "t1", "out")])]),
+    ("/model/m/converse", {"messages": [
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "f", "input": {}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "content": [{"text": "out"}, {"json": {"a": 1}}]}},
+                                     {"text": "more"}, {"image": {}}]}]},
+     [("user", [("result", "t1", [("text", "", "out"), ("text", "", '{"a": 1}')]), ("text", "", "more"),
+                ("block", "image", "")])]),
 ])
 def test_what_each_api_request_adds_to_the_conversation(path, body, expected):
     def flat(part):
@@ -289,3 +339,23 @@ def test_what_each_api_request_adds_to_the_conversation(path, body, expected):
 
     turn = providers.turn(providers.api_of_entry(None, path), body)
     assert [(role, [flat(p) for p in parts]) for role, parts in turn] == expected
+
+
+@pytest.mark.parametrize("data, elements", [
+    (b'[{"a": "x\\\\\\"]}{"}, {"b": [1, {"c": "\\\\"}]}]', [{"a": 'x\\"]}{'}, {"b": [1, {"c": "\\"}]}]),
+    (b'[\n{"t": "\xc3\xa9"}\n,\r\n{"t": []}\n]', [{"t": "é"}, {"t": []}]),
+    (b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}', [{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}]),
+    (b"[]", []),
+])
+def test_a_json_array_stream_splits_into_its_elements_wherever_it_is_cut(data, elements):
+    for cut in range(1, len(data)):
+        framer = JsonArray()
+        got = framer.feed(data[:cut]) + framer.feed(data[cut:])
+        assert [json.loads(e) for e in got] == elements and framer.rest() == b"", cut
+
+
+def test_a_json_array_stream_cut_short_leaves_its_unfinished_element():
+    framer = JsonArray()
+    assert framer.feed(b'[{"a": 1}, {"b": "x') == [b'{"a": 1}'] and framer.rest() == b'{"b": "x'
+    with pytest.raises(FramingError):
+        JsonArray().feed(b'[{"a": 1}]]}')
