@@ -10,9 +10,11 @@ import base64
 import json
 import os
 import struct
+import time
 
 import boto3
 import fakebedrock
+import fakeprovider
 import pytest
 import realclients
 import requests
@@ -93,6 +95,17 @@ def test_boto3_stream_is_signed_by_the_proxy_relayed_and_logged_as_anthropic_eve
         MODEL, "end_turn", {"input_tokens": 12, "output_tokens": 3})
     assert providers.said(providers.api_of_entry("bedrock", sent.path), response).text == ["hello from bedrock"]
     assert_no_credentials_in(bedrock_proxy)
+
+
+def test_the_event_stream_reaches_the_client_byte_for_byte(bedrock_proxy, fake_bedrock):
+    path = "/model/m/invoke-with-response-stream"
+    body = json.dumps(BODY).encode()
+    answer = fakeprovider.scripted_answer(path, BODY, body, [])
+    sent = b"".join(fakeprovider.bedrock_events(answer, "m"))  # what the fake sends for this request
+    got = requests.post(f"{bedrock_proxy.url}/bedrock/{fake_bedrock.upstream}{path}", data=body,
+                        headers={"x-fake-delay-ms": "5"})
+    assert got.headers["Content-Type"] == "application/vnd.amazon.eventstream"
+    assert got.content == sent and fake_bedrock.refused == []
 
 
 def test_boto3_invoke_converse_and_converse_stream(bedrock_proxy, fake_bedrock):
@@ -230,3 +243,19 @@ def test_frames_are_what_botocore_reads():
     assert total == len(frame)
     payload = json.loads(frame[12 + headers:-4])
     assert json.loads(base64.b64decode(payload["bytes"])) == {"type": "ping"}
+
+
+def test_loki_labels_bedrock_and_gemini_calls_by_their_provider(start_proxy, fake_bedrock, real_loki):
+    """In the real Loki, a Bedrock call's lines have ``provider="bedrock"``, a Gemini call's
+    ``provider="gemini"``; no credential is in them."""
+    machine = f"bedrock-{os.getpid()}-{time.monotonic_ns()}"
+    proxy = start_proxy(env={**realclients.PROXY_ENV, "LLM_PROXY_LOKI_ENABLED": "true", "LLM_PROXY_LOKI_URL": real_loki.url,
+                             "LLM_PROXY_LOKI_BATCH_WAIT": "100ms", "LLM_PROXY_MACHINE_ID": machine})
+    client(proxy, fake_bedrock).invoke_model(modelId=MODEL, body=json.dumps(BODY))
+    gemini = f"{proxy.url}/gemini/{fake_bedrock.upstream}/v1beta/models/gemini-2.5-flash:generateContent"
+    assert requests.post(gemini, json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+                         headers={"x-goog-api-key": realclients.GEMINI_KEY}).status_code == 200
+    for provider in ("bedrock", "gemini"):
+        lines = real_loki.wait_for_lines(f'{{machine="{machine}", provider="{provider}"}}', 3)  # start, request, response
+        assert [json.loads(line)["type"] for _, line in lines] == ["session_start", "request", "response"]
+        assert not [s for s in (*SECRETS, realclients.GEMINI_KEY) for _, line in lines if s in line]
