@@ -46,17 +46,18 @@ CHAT_USAGE = {"prompt_tokens": 82, "completion_tokens": 17, "total_tokens": 99,
 STREAM_START_USAGE = {"input_tokens": 3, "cache_creation_input_tokens": 2104, "cache_read_input_tokens": 15870,
                       "cache_creation": {"ephemeral_5m_input_tokens": 2104, "ephemeral_1h_input_tokens": 0},
                       "service_tier": "standard"}
+# The summaries of anthropic-tool-use.json and .sse, the same from the Anthropic API and Bedrock.
+TOOL_USE_JSON = {"model": "claude-sonnet-4-5-20250929", "stop_reason": "tool_use", "tool_calls": ["get_weather"],
+                 "usage": {"input_tokens": 472, "cache_creation_input_tokens": 1024, "cache_read_input_tokens": 20480,
+                           "cache_creation": {"ephemeral_5m_input_tokens": 1024, "ephemeral_1h_input_tokens": 0},
+                           "output_tokens": 91, "service_tier": "standard"}}
+TOOL_USE_SSE = {"model": "claude-opus-4-1-20250805", "stop_reason": "tool_use", "tool_calls": ["Read", "Grep"],
+                "usage": {**STREAM_START_USAGE, "output_tokens": 142}}
 
 CASES = [
-    ("anthropic-tool-use.json", ANTHROPIC, {
-        "model": "claude-sonnet-4-5-20250929", "stop_reason": "tool_use", "tool_calls": ["get_weather"],
-        "usage": {"input_tokens": 472, "cache_creation_input_tokens": 1024, "cache_read_input_tokens": 20480,
-                  "cache_creation": {"ephemeral_5m_input_tokens": 1024, "ephemeral_1h_input_tokens": 0},
-                  "output_tokens": 91, "service_tier": "standard"}}),
+    ("anthropic-tool-use.json", ANTHROPIC, TOOL_USE_JSON),
     # message_start's input side, message_delta's final output_tokens
-    ("anthropic-tool-use.sse", ANTHROPIC, {
-        "model": "claude-opus-4-1-20250805", "stop_reason": "tool_use", "tool_calls": ["Read", "Grep"],
-        "usage": {**STREAM_START_USAGE, "output_tokens": 142}}),
+    ("anthropic-tool-use.sse", ANTHROPIC, TOOL_USE_SSE),
     # cut before message_delta: the input side is billed, and kept
     ("anthropic-cut.sse", ANTHROPIC, {
         "model": "claude-opus-4-1-20250805", "usage": {**STREAM_START_USAGE, "output_tokens": 1}}),
@@ -106,14 +107,8 @@ CASES = [
         "usage": {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 121, "thoughtsTokenCount": 100}}),
     ("gemini-error.json", GEMINI, {}),
     # Bedrock's invoke speaks Anthropic's Messages API: its stream, framed in AWS's event stream
-    ("anthropic-tool-use.json", BEDROCK_INVOKE, {
-        "model": "claude-sonnet-4-5-20250929", "stop_reason": "tool_use", "tool_calls": ["get_weather"],
-        "usage": {"input_tokens": 472, "cache_creation_input_tokens": 1024, "cache_read_input_tokens": 20480,
-                  "cache_creation": {"ephemeral_5m_input_tokens": 1024, "ephemeral_1h_input_tokens": 0},
-                  "output_tokens": 91, "service_tier": "standard"}}),
-    ("anthropic-tool-use.sse", BEDROCK_STREAM, {
-        "model": "claude-opus-4-1-20250805", "stop_reason": "tool_use", "tool_calls": ["Read", "Grep"],
-        "usage": {**STREAM_START_USAGE, "output_tokens": 142}}),
+    ("anthropic-tool-use.json", BEDROCK_INVOKE, TOOL_USE_JSON),
+    ("anthropic-tool-use.sse", BEDROCK_STREAM, TOOL_USE_SSE),
     ("bedrock-converse.json", BEDROCK_CONVERSE, {
         "stop_reason": "tool_use", "tool_calls": ["get_weather"],
         "usage": {"inputTokens": 412, "outputTokens": 87, "totalTokens": 2547, "cacheReadInputTokens": 2048,
