@@ -28,6 +28,7 @@ from fakeprovider import FakeProvider
 from proxyproc import ProxyServer, jsonl_lines, wait_until
 
 from llmproxy import providers
+from llmproxy.common.errors import UpstreamCredentialsMissing
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.routing import resolve
 
@@ -259,3 +260,23 @@ def test_loki_labels_bedrock_and_gemini_calls_by_their_provider(start_proxy, fak
         lines = real_loki.wait_for_lines(f'{{machine="{machine}", provider="{provider}"}}', 3)  # start, request, response
         assert [json.loads(line)["type"] for _, line in lines] == ["session_start", "request", "response"]
         assert not [s for s in (*SECRETS, realclients.GEMINI_KEY) for _, line in lines if s in line]
+
+
+@pytest.mark.parametrize("region, url, signed_for", [
+    (None, "https://bedrock-runtime.eu-west-3.amazonaws.com/model/m/invoke", "eu-west-3"),  # the host's
+    ("us-west-2", "https://bedrock.ap-south-1.amazonaws.com/inference-profiles", "ap-south-1"),
+    ("us-west-2", "http://127.0.0.1:9/model/m/invoke", "us-west-2"),  # LLM_PROXY_BEDROCK_REGION
+    (None, "http://127.0.0.1:9/model/m/invoke", None),  # nothing names one: refused, nothing sent
+])
+def test_the_region_a_call_is_signed_for(monkeypatch, no_aws, region, url, signed_for):
+    for name, value in {**no_aws, "AWS_ACCESS_KEY_ID": fakebedrock.ACCESS_KEY,
+                        "AWS_SECRET_ACCESS_KEY": fakebedrock.SECRET_KEY}.items():
+        monkeypatch.setenv(name, value)
+    signer = providers.bedrock.Signer(region, None)
+    if signed_for is None:
+        with pytest.raises(UpstreamCredentialsMissing, match="no AWS region .* set LLM_PROXY_BEDROCK_REGION"):
+            signer.sign("POST", url, [], b"{}")
+        return
+    headers = dict(signer.sign("POST", url, [("Content-Type", "application/json")], b"{}"))
+    assert f"/{signed_for}/bedrock/aws4_request" in headers["Authorization"]
+    assert "X-Amz-Security-Token" not in headers  # long-term keys: no token

@@ -162,7 +162,7 @@ class Signer:
         region = self.region or (self._session.get_config_variable("region") if self._session else None)
         if not region:
             raise UpstreamCredentialsMissing(f"no AWS region to sign the call to {host} for: the path names a "
-                                             "host, not a region; set LLM_PROXY_BEDROCK_REGION or AWS_REGION")
+                                             "host, not a region; set LLM_PROXY_BEDROCK_REGION (or AWS_DEFAULT_REGION)")
         return region
 
     def sign(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
