@@ -421,7 +421,8 @@ def converse_events(answer: Answer) -> list[bytes]:
     if answer.tool:
         start = {"toolUse": {"toolUseId": f"tooluse_{answer.ident}", "name": answer.tool[0]}}
         events += [("contentBlockStart", {"contentBlockIndex": 1, "start": start}),
-                   ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": json.dumps(answer.tool[1])}}}),
+                   ("contentBlockDelta", {"contentBlockIndex": 1,
+                                          "delta": {"toolUse": {"input": json.dumps(answer.tool[1])}}}),
                    ("contentBlockStop", {"contentBlockIndex": 1})]
     events += [("messageStop", {"stopReason": "tool_use" if answer.tool else "end_turn"}),
                ("metadata", {"usage": {"inputTokens": 12, "outputTokens": len(answer.words),
@@ -538,7 +539,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, anthropic_answer(answer, model), metrics)
         if operation == "converse":
             return self._send_json(200, converse_answer(answer), metrics)
-        frames = bedrock_events(answer, model) if operation == "invoke-with-response-stream" else converse_events(answer)
+        invoke = operation == "invoke-with-response-stream"
+        frames = bedrock_events(answer, model) if invoke else converse_events(answer)
         cut = self._opt("bedrock-exception")  # an error frame after the first event: ThrottlingException…
         if cut:
             frames = frames[:1] + [fakebedrock.exception(cut, f"fake {cut}")]

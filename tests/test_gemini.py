@@ -125,7 +125,8 @@ def test_errors_reach_google_genai_in_its_shape(proxy, fake_provider):
     with pytest.raises(errors.ClientError) as upstream:
         client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert (upstream.value.code, upstream.value.status, upstream.value.message) == (429, "RESOURCE_EXHAUSTED", "fake 429")
-    not_allowed, unreachable_host = sdk(proxy, "metadata.internal"), sdk(proxy, "127.0.0.1:1")  # kept: a dropped client closes
+    # each client kept in a name: one dropped closes its connection pool
+    not_allowed, unreachable_host = sdk(proxy, "metadata.internal"), sdk(proxy, "127.0.0.1:1")
     with pytest.raises(errors.ClientError) as refused:  # the proxy's own: an upstream not allowed
         not_allowed.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert (refused.value.code, refused.value.status) == (403, "PERMISSION_DENIED")

@@ -33,7 +33,8 @@ def shell_exports(base: str, region: str = DEFAULT_AWS_REGION) -> str:
             f"export GOOGLE_GEMINI_BASE_URL={base}/gemini/generativelanguage.googleapis.com\n"
             f"export ANTHROPIC_BEDROCK_BASE_URL={base}/bedrock/{region}\n"
             "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n"
-            "# Claude Code on Bedrock, signed by the proxy: CLAUDE_CODE_USE_BEDROCK=1 CLAUDE_CODE_SKIP_BEDROCK_AUTH=1\n")
+            "# Claude Code on Bedrock, signed by the proxy: "
+            "CLAUDE_CODE_USE_BEDROCK=1 CLAUDE_CODE_SKIP_BEDROCK_AUTH=1\n")
 
 
 def codex_config(base: str) -> str:
