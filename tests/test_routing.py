@@ -79,6 +79,12 @@ def test_bad_routes_are_refused(raw_uri, error, text):
     ("badexample.com", ("*.example.com",), False),
     ("anything.at.all", ("*",), True),
     ("API.ANTHROPIC.COM", ("api.anthropic.com",), True),
+    # a "*" label: any one label there (Bedrock in every region), never more, never none
+    ("bedrock-runtime.eu-west-3.amazonaws.com", ("bedrock-runtime.*.amazonaws.com",), True),
+    ("bedrock-runtime.a.b.amazonaws.com", ("bedrock-runtime.*.amazonaws.com",), False),
+    ("bedrock-runtime..amazonaws.com", ("bedrock-runtime.*.amazonaws.com",), False),
+    ("bedrock-runtime.us-east-1.amazonaws.com.evil.com", ("bedrock-runtime.*.amazonaws.com",), False),
+    ("s3.us-east-1.amazonaws.com", ("bedrock-runtime.*.amazonaws.com", "bedrock.*.amazonaws.com"), False),
 ])
 def test_allow_list_matching(host, allowed, ok):
     assert host_allowed(host, allowed) is ok
