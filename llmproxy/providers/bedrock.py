@@ -105,8 +105,9 @@ def error_headers(status: int, code: str) -> list[tuple[str, str]]:
 class Signer:
     """SigV4 for a worker's Bedrock calls, with botocore's credential chain (environment,
     ``~/.aws`` profiles, SSO, container and instance roles) or one profile. botocore is loaded
-    and the credentials looked up on the first call (or the start-up check); temporary ones are
-    refreshed by botocore as they expire."""
+    and the credentials looked up on the first call (or the start-up check), once: temporary ones
+    are refreshed by botocore as they expire; none found stays none until a restart (the chain
+    may wait on an instance's metadata service: not once per call)."""
 
     def __init__(self, region: str | None, profile: str | None):
         self.region = region
@@ -162,7 +163,8 @@ class Signer:
         region = self.region or (self._session.get_config_variable("region") if self._session else None)
         if not region:
             raise UpstreamCredentialsMissing(f"no AWS region to sign the call to {host} for: the path names a "
-                                             "host, not a region; set LLM_PROXY_BEDROCK_REGION (or AWS_DEFAULT_REGION)")
+                                             "host, not a region; set LLM_PROXY_BEDROCK_REGION "
+                                             "(or AWS_DEFAULT_REGION)")
         return region
 
     def sign(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
@@ -175,11 +177,16 @@ class Signer:
             raise UpstreamCredentialsMissing(self._missing())
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
+        from botocore.exceptions import BotoCoreError
 
         request = AWSRequest(method=method, url=url, data=body,
                              headers={n: v for n, v in headers if not _SIGNATURE_HEADERS.fullmatch(n.lower())})
         region = self._region_of(urlsplit(url).hostname or "")
-        SigV4Auth(credentials.get_frozen_credentials(), SERVICE, region).add_auth(request)
+        try:
+            frozen = credentials.get_frozen_credentials()  # refreshes temporary ones that expire
+        except BotoCoreError as exc:  # an expired SSO login, a role that can no longer be assumed
+            raise UpstreamCredentialsMissing(f"the AWS credentials could not be refreshed: {exc}") from None
+        SigV4Auth(frozen, SERVICE, region).add_auth(request)
         return list(request.headers.items())
 
 
