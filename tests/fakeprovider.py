@@ -1,7 +1,10 @@
 """A fake LLM provider: a real threaded HTTP server on 127.0.0.1.
 
-Speaks enough of the Anthropic Messages API and the OpenAI Chat Completions and Responses APIs
-(JSON and SSE) for the official SDKs, records every request it receives, and can be told per
+Speaks enough of the Anthropic Messages API, the OpenAI Chat Completions and Responses APIs
+(JSON and SSE), the Gemini API (JSON, SSE and the JSON-array stream; countTokens) and AWS
+Bedrock (invoke and Converse, their streams in AWS's event-stream framing; with
+:attr:`FakeProvider.aws_region` set, every call's SigV4 signature checked, see fakebedrock.py)
+for the official SDKs and CLIs, records every request it receives, and can be told per
 request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 
 - ``x-fake-events: N``        stream N text deltas (default 5)
@@ -13,13 +16,14 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-hang-ms: D``       wait D ms before sending the response headers
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
+- ``x-fake-bedrock-exception: throttlingException`` end a Bedrock stream with that error frame
 
 ``GET /download?size=N`` streams N bytes; ``ANY /echo…`` answers with what it received.
 
 The real CLIs cannot set such headers per turn, so the newest user message can steer the answer
 (see :func:`scripted_answer`): a line ``fake-reply: TEXT`` is answered with TEXT; a line
 ``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
-``function_call``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
+``function_call``, Gemini ``functionCall``, Converse ``toolUse``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
 ``/v1/messages/count_tokens`` and ``GET …/models`` (which Codex asks when signed in with
 ChatGPT) are answered too.
 

@@ -99,14 +99,16 @@ def test_boto3_stream_is_signed_by_the_proxy_relayed_and_logged_as_anthropic_eve
 
 
 def test_the_event_stream_reaches_the_client_byte_for_byte(bedrock_proxy, fake_bedrock):
-    path = "/model/m/invoke-with-response-stream"
+    """Claude Code's path keeps a raw ``:`` in a model id (boto3 sends ``%3A``): signed as sent."""
+    path = f"/model/{MODEL}/invoke-with-response-stream"
     body = json.dumps(BODY).encode()
     answer = fakeprovider.scripted_answer(path, BODY, body, [])
-    sent = b"".join(fakeprovider.bedrock_events(answer, "m"))  # what the fake sends for this request
+    sent = b"".join(fakeprovider.bedrock_events(answer, MODEL))  # what the fake sends for this request
     got = requests.post(f"{bedrock_proxy.url}/bedrock/{fake_bedrock.upstream}{path}", data=body,
                         headers={"x-fake-delay-ms": "5"})
     assert got.headers["Content-Type"] == "application/vnd.amazon.eventstream"
     assert got.content == sent and fake_bedrock.refused == []
+    assert fake_bedrock.last().path == path
 
 
 def test_boto3_invoke_converse_and_converse_stream(bedrock_proxy, fake_bedrock):

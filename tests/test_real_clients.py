@@ -214,7 +214,8 @@ def test_documented_curl_lines_and_llm_proxy_env_for_the_sdks_work(proxy, fake_p
             "print(anthropic.Anthropic().messages.create(model='m', max_tokens=9, messages=["
             "{'role': 'user', 'content': 'fake-reply: via-anthropic'}]).content[0].text)\n"
             "print(openai.OpenAI().responses.create(model='m', input='fake-reply: via-openai').output_text)\n"
-            "print(genai.Client().models.generate_content(model='m', contents='fake-reply: via-gemini').text)\n")
+            "gemini = genai.Client()  # kept in a name: a dropped client closes its connections\n"
+            "print(gemini.models.generate_content(model='m', contents='fake-reply: via-gemini').text)\n")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_BASE_URL")}
     out = subprocess.run(["bash", "-c", f'eval "$1"; exec "{sys.executable}" -c "$2"', "sh", client.setup(), sdks],
                          env={**env, **keys}, capture_output=True, text=True, timeout=60, check=True).stdout
