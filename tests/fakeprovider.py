@@ -17,13 +17,19 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
 - ``x-fake-bedrock-exception: throttlingException`` end a Bedrock stream with that error frame
+- ``x-fake-usage: {json}``    answer with this usage (in the API's own names; a Chat Completions
+  stream then ends with a usage chunk, as with ``stream_options.include_usage``)
+
+Every answer's final usage, as the API's client adds it up, is kept in :attr:`FakeProvider.sent`
+(what usage reports are checked against).
 
 ``GET /download?size=N`` streams N bytes; ``ANY /echo…`` answers with what it received.
 
 The real CLIs cannot set such headers per turn, so the newest user message can steer the answer
 (see :func:`scripted_answer`): a line ``fake-reply: TEXT`` is answered with TEXT; a line
 ``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
-``function_call``, Gemini ``functionCall``, Converse ``toolUse``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
+``function_call``, Gemini ``functionCall``, Converse ``toolUse``); a tool's result is answered
+with ``Tool output: …`` quoting it. Anthropic's
 ``/v1/messages/count_tokens`` and ``GET …/models`` (which Codex asks when signed in with
 ChatGPT) are answered too.
 
@@ -84,6 +90,7 @@ class FakeProvider:
         self.disconnects: list[tuple[str, float]] = []   # (path, when) for clients that left
         self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
+        self.sent: list[Sent] = []                       # the usage of every answer, in order
         # Bedrock: when a region is set, every Bedrock call must carry a good SigV4 signature for
         # it (fakebedrock.check_signature; with ``aws_token``, temporary credentials); the refused
         # ones are kept here as (path, why).
@@ -120,6 +127,14 @@ class FakeProvider:
     def last(self) -> Received:
         with self.lock:
             return self.received[-1]
+
+
+@dataclass
+class Sent:
+    """An answer's final usage as the fake sent it: what the client was told it used."""
+    path: str
+    model: str
+    usage: dict
 
 
 @dataclass
@@ -214,14 +229,25 @@ def _split_words(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text) or [text]
 
 
-def anthropic_message(text: str, model: str, ident: str = "fake01") -> dict:
+ANTHROPIC_USAGE = {"input_tokens": 12, "output_tokens": 6}
+CHAT_USAGE = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+RESPONSES_USAGE = {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11, "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens_details": {"reasoning_tokens": 0}}
+
+
+def anthropic_message(text: str, model: str, ident: str = "fake01", usage: dict | None = None) -> dict:
     return {"id": f"msg_{ident}", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-            "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 6}}
+            "stop_sequence": None, "usage": dict(usage or ANTHROPIC_USAGE)}
 
 
-def anthropic_answer(answer: Answer, model: str) -> dict:
-    message = anthropic_message(answer.text, model, answer.ident)
+def anthropic_stream_usage(words: list[str], usage: dict | None) -> dict:
+    """A stream's final usage: message_start's input side, message_delta's output_tokens."""
+    return dict(usage) if usage else {**ANTHROPIC_USAGE, "output_tokens": len(words)}
+
+
+def anthropic_answer(answer: Answer, model: str, usage: dict | None = None) -> dict:
+    message = anthropic_message(answer.text, model, answer.ident, usage)
     if answer.tool:
         message["content"].append({"type": "tool_use", "id": f"toolu_{answer.ident}",
                                    "name": answer.tool[0], "input": answer.tool[1]})
@@ -230,8 +256,9 @@ def anthropic_answer(answer: Answer, model: str) -> dict:
 
 
 def anthropic_events(words: list[str], model: str, tool: tuple[str, dict] | None = None,
-                     ident: str = "fake01") -> list[bytes]:
-    message = anthropic_message("", model, ident)
+                     ident: str = "fake01", usage: dict | None = None) -> list[bytes]:
+    final = anthropic_stream_usage(words, usage)
+    message = anthropic_message("", model, ident, {**final, "output_tokens": 1} if usage else None)
     message["content"], message["stop_reason"] = [], None
     events = [("message_start", {"type": "message_start", "message": message}),
               ("content_block_start", {"type": "content_block_start", "index": 0,
@@ -248,19 +275,20 @@ def anthropic_events(words: list[str], model: str, tool: tuple[str, dict] | None
                    ("content_block_stop", {"type": "content_block_stop", "index": 1})]
     events += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use" if tool else "end_turn",
                                                                      "stop_sequence": None},
-                                  "usage": {"output_tokens": len(words)}}),
+                                  "usage": {"output_tokens": final["output_tokens"]}}),
                ("message_stop", {"type": "message_stop"})]
     return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
 
 
-def chat_completion(text: str, model: str) -> dict:
+def chat_completion(text: str, model: str, usage: dict | None = None) -> dict:
     return {"id": "chatcmpl-fake01", "object": "chat.completion", "created": 1764300000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}}
+            "usage": dict(usage or CHAT_USAGE)}
 
 
-def chat_events(words: list[str], model: str) -> list[bytes]:
+def chat_events(words: list[str], model: str, usage: dict | None = None) -> list[bytes]:
+    """A stream; with ``usage``, ended by the usage chunk (``"choices": []``) as OpenAI sends it."""
     def chunk(delta, finish=None):
         return {"id": "chatcmpl-fake01", "object": "chat.completion.chunk", "created": 1764300000,
                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -268,6 +296,8 @@ def chat_events(words: list[str], model: str) -> list[bytes]:
     chunks = [chunk({"role": "assistant", "content": ""})]
     chunks += [chunk({"content": w}) for w in words]
     chunks.append(chunk({}, "stop"))
+    if usage:
+        chunks.append({**chunk({}), "choices": [], "usage": usage})
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
@@ -282,7 +312,7 @@ def response_call_item(tool: tuple[str, dict], status: str = "completed", ident:
 
 
 def response_object(text: str, model: str, status: str = "completed", response_id: str = "resp_fake01",
-                    tool: tuple[str, dict] | None = None, ident: str = "fake01") -> dict:
+                    tool: tuple[str, dict] | None = None, ident: str = "fake01", usage: dict | None = None) -> dict:
     output = [response_message_item(text, ident=ident)] if text else []
     if tool:
         output.append(response_call_item(tool, ident=ident))
@@ -291,20 +321,20 @@ def response_object(text: str, model: str, status: str = "completed", response_i
             "output": output if status == "completed" else [],
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0,
             "top_p": 1.0, "metadata": {},
-            "usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}}}
+            "usage": dict(usage or RESPONSES_USAGE)}
 
 
 def response_event_dicts(words: list[str], model: str, response_id: str,
-                         tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[dict]:
+                         tool: tuple[str, dict] | None = None, ident: str = "fake01",
+                         usage: dict | None = None) -> list[dict]:
     """The whole item lifecycle of a Responses stream; Codex builds what it prints from it.
     Without words or tool (Codex's prewarm, ``generate: false``): created, then completed."""
     text = "".join(words)
     started = response_object("", model, "in_progress", response_id)
     if not words and not tool:
         return [{"type": "response.created", "response": started, "sequence_number": 0},
-                {"type": "response.completed", "response": response_object("", model, response_id=response_id),
+                {"type": "response.completed", "response": response_object("", model, response_id=response_id,
+                                                                           usage=usage),
                  "sequence_number": 1}]
     part = {"type": "output_text", "text": "", "annotations": []}
     at = {"item_id": f"msg_{ident}", "output_index": 0, "content_index": 0}
@@ -326,14 +356,15 @@ def response_event_dicts(words: list[str], model: str, response_id: str,
                    {"type": "response.function_call_arguments.done", **call, "arguments": arguments},
                    {"type": "response.output_item.done", "output_index": 1, "item": response_call_item(tool, ident=ident)}]
     events.append({"type": "response.completed",
-                   "response": response_object(text, model, response_id=response_id, tool=tool, ident=ident)})
+                   "response": response_object(text, model, response_id=response_id, tool=tool, ident=ident,
+                                               usage=usage)})
     return [{**e, "sequence_number": i} for i, e in enumerate(events)]
 
 
 def response_events(words: list[str], model: str, response_id: str,
-                    tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[bytes]:
+                    tool: tuple[str, dict] | None = None, ident: str = "fake01", usage: dict | None = None) -> list[bytes]:
     return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
-            for e in response_event_dicts(words, model, response_id, tool, ident)]
+            for e in response_event_dicts(words, model, response_id, tool, ident, usage)]
 
 
 # --- Gemini (as Gemini CLI 0.61 and google-genai use it: tests/corpus/gemini-*.jsonl) ---
@@ -357,7 +388,7 @@ def _from_schema(schema) -> object:
     return {"string": "fake", "integer": 1, "number": 1, "boolean": False, "array": []}.get(kind)
 
 
-def gemini_pieces(answer: Answer, model: str, request: dict) -> list[dict]:
+def gemini_pieces(answer: Answer, model: str, request: dict, usage: dict | None = None) -> list[dict]:
     """The GenerateContentResponse pieces of an answer, as a stream sends them: the thinking it
     shows (when asked for: ``thinkingConfig.includeThoughts``), a piece per word, then the call;
     the last with ``finishReason`` and the whole usage. One piece is the non-streamed answer."""
@@ -378,14 +409,14 @@ def gemini_pieces(answer: Answer, model: str, request: dict) -> list[dict]:
                "modelVersion": model, "responseId": f"gem-{answer.ident}"} for part in parts]
     last = pieces[-1]
     last["candidates"][0]["finishReason"] = "STOP"
-    last["usageMetadata"] = {"promptTokenCount": 21, "candidatesTokenCount": len(words) + (3 if answer.tool else 0),
-                             "thoughtsTokenCount": 4, "cachedContentTokenCount": 5,
-                             "totalTokenCount": 25 + len(words) + (3 if answer.tool else 0)}
+    last["usageMetadata"] = dict(usage) if usage else {
+        "promptTokenCount": 21, "candidatesTokenCount": len(words) + (3 if answer.tool else 0),
+        "thoughtsTokenCount": 4, "cachedContentTokenCount": 5, "totalTokenCount": 25 + len(words) + (3 if answer.tool else 0)}
     return pieces
 
 
-def gemini_response(answer: Answer, model: str, request: dict) -> dict:
-    pieces = gemini_pieces(answer, model, request)
+def gemini_response(pieces: list[dict]) -> dict:
+    """The pieces of a stream as one answer: their parts, the last one's usage and reason."""
     whole = copy.deepcopy(pieces[-1])
     whole["candidates"][0]["content"]["parts"] = [p["candidates"][0]["content"]["parts"][0] for p in pieces]
     return whole
@@ -397,28 +428,31 @@ BEDROCK_OPERATION = re.compile(r"/model/([^/]+)/(invoke|invoke-with-response-str
 BEDROCK_CONTROL = ("/inference-profiles", "/foundation-models")
 
 
-def bedrock_events(answer: Answer, model: str) -> list[bytes]:
+def bedrock_events(answer: Answer, model: str, usage: dict | None = None) -> list[bytes]:
     """invoke-with-response-stream: the Anthropic events, each in a ``chunk`` frame; the last
     one carries Bedrock's invocation metrics."""
     events = [json.loads(raw.split(b"data: ", 1)[1]) for raw in anthropic_events(answer.words, model, answer.tool,
-                                                                                answer.ident)]
+                                                                                answer.ident, usage)]
     events[-1]["amazon-bedrock-invocationMetrics"] = {"inputTokenCount": 12, "outputTokenCount": len(answer.words),
                                                       "invocationLatency": 5, "firstByteLatency": 2}
     return [fakebedrock.chunk(e) for e in events]
 
 
-def converse_answer(answer: Answer) -> dict:
+def converse_usage(answer: Answer) -> dict:
+    return {"inputTokens": 12, "outputTokens": len(answer.words), "totalTokens": 12 + len(answer.words)}
+
+
+def converse_answer(answer: Answer, usage: dict | None = None) -> dict:
     content = [{"text": answer.text}]
     if answer.tool:
         content.append({"toolUse": {"toolUseId": f"tooluse_{answer.ident}", "name": answer.tool[0],
                                     "input": answer.tool[1]}})
     return {"output": {"message": {"role": "assistant", "content": content}},
             "stopReason": "tool_use" if answer.tool else "end_turn",
-            "usage": {"inputTokens": 12, "outputTokens": len(answer.words), "totalTokens": 12 + len(answer.words)},
-            "metrics": {"latencyMs": 5}}
+            "usage": usage or converse_usage(answer), "metrics": {"latencyMs": 5}}
 
 
-def converse_events(answer: Answer) -> list[bytes]:
+def converse_events(answer: Answer, usage: dict | None = None) -> list[bytes]:
     events = [("messageStart", {"role": "assistant"})]
     events += [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}}) for w in answer.words]
     events.append(("contentBlockStop", {"contentBlockIndex": 0}))
@@ -429,8 +463,7 @@ def converse_events(answer: Answer) -> list[bytes]:
                                           "delta": {"toolUse": {"input": json.dumps(answer.tool[1])}}}),
                    ("contentBlockStop", {"contentBlockIndex": 1})]
     events += [("messageStop", {"stopReason": "tool_use" if answer.tool else "end_turn"}),
-               ("metadata", {"usage": {"inputTokens": 12, "outputTokens": len(answer.words),
-                                       "totalTokens": 12 + len(answer.words)}, "metrics": {"latencyMs": 5}})]
+               ("metadata", {"usage": usage or converse_usage(answer), "metrics": {"latencyMs": 5}})]
     return [fakebedrock.converse_event(kind, doc) for kind, doc in events]
 
 
@@ -490,35 +523,48 @@ class _Handler(BaseHTTPRequestHandler):
         answer = scripted_answer(path, request, body, [WORDS[i % len(WORDS)] for i in range(count)])
         words = answer.words
         stream = isinstance(request, dict) and request.get("stream") is True
-        if bedrock:
-            return self._bedrock(unquote(bedrock.group(1)), bedrock.group(2), answer)
-        if path.startswith(BEDROCK_CONTROL):
-            return self._send_json(200, {"inferenceProfileSummaries": []})
-        gemini = GEMINI_METHOD.fullmatch(path)
-        if gemini:
-            return self._gemini(gemini.group(1), gemini.group(2), answer, request)
         if self.command == "GET" and path.endswith("/models"):
             # OpenAI's list and the Codex backend's: an empty one sends Codex to its built-in presets.
             return self._send_json(200, {"object": "list", "data": [], "models": []})
         if path.endswith("/messages/count_tokens"):
             return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
+        usage = json.loads(self._opt("usage")) if self._opt("usage") else None
+        if bedrock:
+            return self._bedrock(path, unquote(bedrock.group(1)), bedrock.group(2), answer, usage)
+        if path.startswith(BEDROCK_CONTROL):
+            return self._send_json(200, {"inferenceProfileSummaries": []})
+        gemini = GEMINI_METHOD.fullmatch(path)
+        if gemini:
+            return self._gemini(path, gemini.group(1), gemini.group(2), answer, request, usage)
         if path.endswith("/messages"):
+            self._sent(path, model, usage or (anthropic_stream_usage(words, usage) if stream else ANTHROPIC_USAGE))
             if stream:
-                return self._stream(anthropic_events(words, model, answer.tool, answer.ident))
-            return self._send_json(200, anthropic_answer(answer, model))
+                return self._stream(anthropic_events(words, model, answer.tool, answer.ident, usage))
+            return self._send_json(200, anthropic_answer(answer, model, usage))
         if path.endswith("/chat/completions") or path.endswith("/completions"):
             if stream:
-                return self._stream(chat_events(words, model))
-            return self._send_json(200, chat_completion("".join(words), model))
+                options = request.get("stream_options") if isinstance(request, dict) else None
+                if usage is None and isinstance(options, dict) and options.get("include_usage"):
+                    usage = CHAT_USAGE
+                if usage:
+                    self._sent(path, model, usage)
+                return self._stream(chat_events(words, model, usage))
+            self._sent(path, model, usage or CHAT_USAGE)
+            return self._send_json(200, chat_completion("".join(words), model, usage))
         if path.endswith("/responses"):
             response_id = f"resp_{uuid.uuid4().hex}"
+            self._sent(path, model, usage or RESPONSES_USAGE)
             if stream:
-                return self._stream(response_events(words, model, response_id, answer.tool, answer.ident))
+                return self._stream(response_events(words, model, response_id, answer.tool, answer.ident, usage))
             return self._send_json(200, response_object(answer.text, model, response_id=response_id,
-                                                        tool=answer.tool, ident=answer.ident))
+                                                        tool=answer.tool, ident=answer.ident, usage=usage))
         return self._send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
+
+    def _sent(self, path: str, model: str, usage: dict) -> None:
+        with self.server.fake.lock:
+            self.server.fake.sent.append(Sent(path, model, dict(usage)))
 
     def do_HEAD(self):
         self.server.fake.received.append(Received("HEAD", self.path, list(self.headers.items()), b""))
@@ -537,25 +583,33 @@ class _Handler(BaseHTTPRequestHandler):
             data += self.rfile.read(size)
             self.rfile.readline()
 
-    def _bedrock(self, model: str, operation: str, answer: Answer):
+    def _bedrock(self, path: str, model: str, operation: str, answer: Answer, usage: dict | None):
         metrics = {"x-amzn-requestid": f"req-{answer.ident}", "x-amzn-bedrock-invocation-latency": "5"}
-        if operation == "invoke":
-            return self._send_json(200, anthropic_answer(answer, model), metrics)
-        if operation == "converse":
-            return self._send_json(200, converse_answer(answer), metrics)
-        invoke = operation == "invoke-with-response-stream"
-        frames = bedrock_events(answer, model) if invoke else converse_events(answer)
+        if operation.startswith("converse"):
+            usage = usage or converse_usage(answer)
+            self._sent(path, model, usage)
+            if operation == "converse":
+                return self._send_json(200, converse_answer(answer, usage), metrics)
+            frames = converse_events(answer, usage)
+        else:
+            self._sent(path, model, usage or (anthropic_stream_usage(answer.words, usage) if operation != "invoke"
+                                              else ANTHROPIC_USAGE))
+            if operation == "invoke":
+                return self._send_json(200, anthropic_answer(answer, model, usage), metrics)
+            frames = bedrock_events(answer, model, usage)
         cut = self._opt("bedrock-exception")  # an error frame after the first event: ThrottlingException…
         if cut:
             frames = frames[:1] + [fakebedrock.exception(cut, f"fake {cut}")]
         return self._stream(frames, "application/vnd.amazon.eventstream", metrics)
 
-    def _gemini(self, model: str, method: str, answer: Answer, request: dict):
+    def _gemini(self, path: str, model: str, method: str, answer: Answer, request: dict, usage: dict | None):
         if method == "countTokens":
             return self._send_json(200, {"totalTokens": max(1, len(json.dumps(request)) // 4)})
+        pieces = gemini_pieces(answer, model, request, usage)
+        self._sent(path, model, pieces[-1]["usageMetadata"])
         if method == "generateContent":
-            return self._send_json(200, gemini_response(answer, model, request))
-        pieces = [json.dumps(p).encode() for p in gemini_pieces(answer, model, request)]
+            return self._send_json(200, gemini_response(pieces))
+        pieces = [json.dumps(p).encode() for p in pieces]
         if "alt=sse" in self.path:  # SSE, each event ending in a blank line of CRLFs as Google's do
             return self._stream([b"data: " + p + b"\r\n\r\n" for p in pieces])
         # One JSON array, its elements sent as they are made.

@@ -138,7 +138,6 @@ class Client:
                    LLM_PROXY_ENV_FILE=str(self.home / "no-such.env"))
         out = subprocess.run([str(Path(sys.executable).with_name("llm-proxy")), "env", *args], env=env,
                              capture_output=True, text=True, timeout=30, check=True).stdout
-        out = re.sub(r"/bedrock/[a-z0-9-]+$", f"/bedrock/{self.upstream}", out, flags=re.MULTILINE)
         return re.sub(r"/(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleapis\.com)\b",
                       f"/{self.upstream}", out)
 
@@ -158,7 +157,7 @@ class Client:
 
     def claude_bedrock(self, *args: str) -> Run:
         """Claude Code in Bedrock mode, unsigned (``CLAUDE_CODE_SKIP_BEDROCK_AUTH``): the proxy signs."""
-        base_url, = re.findall(r"^export ANTHROPIC_BEDROCK_BASE_URL=(\S+)$", self.setup(), re.MULTILINE)
+        base_url = f"{self.proxy_url}/bedrock/{self.upstream}"  # docs/clients.rst: /bedrock/<region>
         return self.run("claude", *args, env={"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
                                               "ANTHROPIC_BEDROCK_BASE_URL": base_url, "AWS_REGION": AWS_REGION}).check()
 

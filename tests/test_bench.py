@@ -46,6 +46,19 @@ def test_load_section_reports_throughput_tail_and_cpu_against_the_targets(tmp_pa
     assert "load average" in text and "proxy settings: LLM_PROXY_THREADS=16" in text
 
 
+def test_pricing_and_catalog_sections_run(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "pricing", "--only", "catalog", "--scale", "0.01", "--json", str(out)]) == 0
+    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    assert list(figures) == ["pricing: per call", "pricing: per call p99", "pricing: first call",
+                             "catalog: build from plain files", "catalog: build from .zst",
+                             "catalog: update, nothing new"]
+    assert figures["pricing: per call"]["samples"] == 5000 and figures["pricing: per call"]["value"] > 0
+    assert all(figures[name]["value"] > 0 for name in figures)
+    assert figures["catalog: update, nothing new"]["extra"] == {} and "none opened (0 read)" in \
+        figures["catalog: update, nothing new"]["what"]
+
+
 def test_set_takes_only_proxy_settings(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--only", "export", "--set", "PATH=/tmp"])
@@ -61,3 +74,13 @@ def test_the_proxies_run_with_the_shipped_defaults_not_the_test_suites(monkeypat
     assert env["LLM_PROXY_THREADS"] == "64" and env["LLM_PROXY_WORKERS"] == "1"
     monkeypatch.setattr(bench, "EXTRA_ENV", {})
     assert bench.proxy_env(bench.Path("/tmp/x"))["LLM_PROXY_THREADS"] == str(Settings.threads)
+
+
+def test_shells_section_reports_what_the_block_adds_to_each_shells_start(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "shells", "--scale", "0.01", "--json", str(out)]) == 0
+    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    for shell in ("bash", "zsh", "fish"):
+        assert figures[f"{shell} -i: start"]["samples"] == 20 and figures[f"{shell} -i: start"]["value"] > 0
+        assert figures[f"{shell} -i: added, proxy up"]["target"] == "<= 10 ms"
+        assert figures[f"{shell}: the block alone, proxy up"]["value"] > 0

@@ -14,15 +14,31 @@ from types import ModuleType
 from typing import Sequence
 
 from llmproxy import __version__
-from llmproxy.commands import check_config, env, loki_health, loki_session, prune, serve, systemd_unit
+from llmproxy.commands import (
+    check_config,
+    env,
+    loki_health,
+    loki_session,
+    prune,
+    serve,
+    setup,
+    status,
+    systemd_unit,
+    uninstall,
+    usage,
+)
 
 # In the order --help lists them.
 COMMANDS: dict[str, ModuleType] = {
     "serve": serve,
+    "setup": setup,
+    "status": status,
+    "uninstall": uninstall,
     "check-config": check_config,
     "env": env,
     "systemd-unit": systemd_unit,
     "prune": prune,
+    "usage": usage,
     "loki-health": loki_health,
     "loki-session": loki_session,
 }

@@ -19,9 +19,16 @@ Each module answers every question the proxy has about its API:
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
   ``WANTED`` (the events of a stream or WebSocket session worth parsing); optionally
   ``path_summary`` (an API whose path names the model and whether the answer streams);
+- usage and cost: ``token_counts`` (an answer's usage as :class:`Counts`, under names every API
+  shares) and ``PRICED_AS`` (the price list of its calls when the upstream is not one the price
+  data knows: a genai-prices provider id);
 - transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
-  conversation), ``said`` (a JSON answer's text, tool calls and shown thinking), ``said_events``
-  (a stream's) and ``tokens`` (in and out, from the answer's usage).
+  conversation), ``said`` (a JSON answer's text, tool calls and shown thinking) and
+  ``said_events`` (a stream's).
+- clients: optionally ``CLIENT_ENV`` (the environment variables that point its clients at the
+  proxy, and the path under the proxy each names).
+
+:mod:`~llmproxy.providers.clients` names the client program of a request (its User-Agent).
 
 Adding an API is adding a module here and to :data:`APIS`, with a test table. No module outside
 this package names a provider (tests/test_providers.py).
@@ -42,7 +49,7 @@ from llmproxy.common.hosts import host_matches
 from llmproxy.providers import anthropic, bedrock, gemini, openai_chat, openai_responses
 from llmproxy.providers.framing import Framer
 from llmproxy.providers.spelling import Spelling, merged
-from llmproxy.providers.summary import Summary
+from llmproxy.providers.summary import Counts, Summary
 from llmproxy.providers.transcribe import Part, Said
 
 if TYPE_CHECKING:
@@ -54,10 +61,11 @@ PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 # Every API's message spellings at once: what a conversation's identity reads messages with.
 SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
-__all__ = ["APIS", "PREFIXES", "SPELLING", "Framer", "Part", "Said", "Signer", "Summary", "agent_name", "api_for",
-           "api_of_entry", "client_session_id", "conversation", "credential_problems", "error_body", "error_headers",
-           "framer", "logged", "provider_for_host", "request_summary", "response_id", "response_summary", "rewrite",
-           "said", "signers", "stream_summary", "tokens", "turn"]
+__all__ = ["APIS", "PREFIXES", "SPELLING", "Counts", "Framer", "Part", "Said", "Signer", "Summary", "agent_name",
+           "api_for", "api_of_entry", "client_environment", "client_session_id", "codex_base_url", "conversation",
+           "credential_problems", "error_body", "error_headers", "framer", "logged", "provider_for_host",
+           "request_summary", "response_id", "response_summary", "rewrite", "said", "signers", "stream_summary",
+           "token_counts", "tokens", "turn"]
 
 
 class Signer(Protocol):
@@ -98,6 +106,18 @@ def framer(provider: str, path: str, status: int, content_type: str) -> Framer |
     """How a streamed answer that is not SSE splits into events, or None (a body as it is)."""
     api = api_for(provider, path)
     return api.framer(path, status, content_type) if api is not None and hasattr(api, "framer") else None
+
+
+def client_environment(base_url: str) -> dict[str, str]:
+    """The variables that point today's clients at the proxy at ``base_url`` (``llm-proxy env``,
+    the shell integration)."""
+    return {name: base_url + path for api in APIS for name, path in getattr(api, "CLIENT_ENV", {}).items()}
+
+
+def codex_base_url(base_url: str) -> str:
+    """Where the Codex CLI's provider block points: the OpenAI SDK's base URL (Codex reads it
+    from config.toml, not from the environment)."""
+    return base_url + openai_chat.CLIENT_ENV["OPENAI_BASE_URL"]
 
 
 def logged(path: str) -> bool:
@@ -291,11 +311,18 @@ def said(api: ModuleType | None, response: dict) -> Said:
         return Said()
 
 
-def tokens(api: ModuleType | None, usage: Any) -> tuple[int | None, int | None]:
-    """Tokens in and out of an answer's usage (in the provider's names). Never raises."""
+def token_counts(api: ModuleType | None, usage: Any) -> Counts | None:
+    """An answer's usage (in the provider's names) as :class:`Counts`; None when it has no
+    token counts. Never raises."""
     if api is None or not isinstance(usage, dict):
-        return None, None
+        return None
     try:
-        return api.tokens(usage)
+        return api.token_counts(usage)
     except Exception:
-        return None, None
+        return None
+
+
+def tokens(api: ModuleType | None, usage: Any) -> tuple[int | None, int | None]:
+    """Tokens in (cached ones included) and out of an answer's usage."""
+    counts = token_counts(api, usage)
+    return (None, None) if counts is None else (counts.prompt, counts.output)

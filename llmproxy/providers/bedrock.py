@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 from llmproxy.common.errors import UpstreamCredentialsMissing
 from llmproxy.providers import anthropic
 from llmproxy.providers.framing import Framer, FramingError
-from llmproxy.providers.summary import Summary, count
+from llmproxy.providers.summary import Counts, Summary, count
 from llmproxy.providers.transcribe import Part, Said, Stream, after_last, number
 
 PREFIX = "bedrock"
@@ -41,6 +41,10 @@ NAMES = ("bedrock",)
 # The runtime (conversations) and the control plane (model and inference profile lists) of any
 # region; ``*`` is one label of the host name.
 HOSTS = {"bedrock-runtime.*.amazonaws.com": "bedrock", "bedrock.*.amazonaws.com": "bedrock"}
+PRICED_AS = "aws"  # genai-prices' list (AWS Bedrock) for a host it does not know
+# No CLIENT_ENV: Claude Code's Bedrock mode signs its calls unless told not to, and a call signed
+# for the proxy's address is refused by AWS; pointing it here is a choice made with
+# CLAUDE_CODE_SKIP_BEDROCK_AUTH (docs/clients.rst), never a shell's default.
 _OPERATION = re.compile(r"/model/([^/]+)/(invoke|invoke-with-response-stream|converse|converse-stream)")
 LOGGED = _OPERATION
 _STREAMS = ("invoke-with-response-stream", "converse-stream")
@@ -349,10 +353,14 @@ def said_events(events: Iterable[dict]) -> Said:
     return stream.said()
 
 
-def tokens(usage: dict) -> tuple[int | None, int | None]:
-    """Anthropic's names (invoke) or the Converse API's (cache reads and writes included in)."""
+def token_counts(usage: dict) -> Counts | None:
+    """Anthropic's names (invoke), or the Converse API's, whose ``inputTokens`` is the uncached
+    input already, cache reads and writes apart."""
     if "inputTokens" not in usage and "outputTokens" not in usage:
-        return anthropic.tokens(usage)
+        return anthropic.token_counts(usage)
     given = number(usage.get("inputTokens"))
-    cached = (number(usage.get("cacheReadInputTokens")) or 0) + (number(usage.get("cacheWriteInputTokens")) or 0)
-    return None if given is None else given + cached, number(usage.get("outputTokens"))
+    if given is None:
+        return None
+    return Counts(input=given, output=number(usage.get("outputTokens")) or 0,
+                  cache_write=number(usage.get("cacheWriteInputTokens")) or 0,
+                  cache_read=number(usage.get("cacheReadInputTokens")) or 0)

@@ -29,12 +29,15 @@ from urllib.parse import unquote
 
 from llmproxy.providers.framing import Framer, JsonArray, is_json
 from llmproxy.providers.spelling import Spelling
-from llmproxy.providers.summary import Summary
+from llmproxy.providers.summary import Counts, Summary
 from llmproxy.providers.transcribe import Part, Said, Stream, after_last, number
 
 PREFIX = "gemini"
 NAMES = ("gemini",)
 HOSTS = {"generativelanguage.googleapis.com": "gemini"}
+PRICED_AS = "google"  # genai-prices' list for a host it does not know
+# Gemini CLI and the google-genai SDKs read it
+CLIENT_ENV = {"GOOGLE_GEMINI_BASE_URL": "/gemini/generativelanguage.googleapis.com"}
 _METHOD = re.compile(r"/v1(?:alpha|beta)?/(?:models|tunedModels)/([^/:]+):(generateContent|streamGenerateContent)")
 LOGGED = _METHOD
 AGENT_HEADERS: tuple[str, ...] = ()
@@ -222,8 +225,14 @@ def said_events(events: Iterable[dict]) -> Said:
     return stream.said()
 
 
-def tokens(usage: dict) -> tuple[int | None, int | None]:
-    """Tokens in (cached ones included) and out (the thinking included: it is billed as output)."""
-    answer, thoughts = number(usage.get("candidatesTokenCount")), number(usage.get("thoughtsTokenCount"))
-    out = None if answer is None and thoughts is None else (answer or 0) + (thoughts or 0)
-    return number(usage.get("promptTokenCount")), out
+def token_counts(usage: dict) -> Counts | None:
+    """``promptTokenCount`` counts the cached tokens too (``cachedContentTokenCount``); the
+    tokens of a tool's prompt (``toolUsePromptTokenCount``) are input besides; the thinking
+    (``thoughtsTokenCount``) is output, billed as such, beside ``candidatesTokenCount``."""
+    prompt = number(usage.get("promptTokenCount"))
+    if prompt is None:
+        return None
+    cached = number(usage.get("cachedContentTokenCount")) or 0
+    return Counts(input=max(prompt - cached, 0) + (number(usage.get("toolUsePromptTokenCount")) or 0),
+                  output=(number(usage.get("candidatesTokenCount")) or 0) + (number(usage.get("thoughtsTokenCount")) or 0),
+                  cache_read=cached)
