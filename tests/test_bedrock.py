@@ -25,6 +25,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, EventStreamError
 from fakeprovider import FakeProvider
+from genai_prices import extract_usage
 from proxyproc import ProxyServer, jsonl_lines, wait_until
 
 from llmproxy import providers
@@ -282,3 +283,31 @@ def test_the_region_a_call_is_signed_for(monkeypatch, no_aws, region, url, signe
     headers = dict(signer.sign("POST", url, [("Content-Type", "application/json")], b"{}"))
     assert f"/{signed_for}/bedrock/aws4_request" in headers["Authorization"]
     assert "X-Amz-Security-Token" not in headers  # long-term keys: no token
+
+
+PRICED_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # a US inference profile: regional prices
+ANTHROPIC_USAGE = {"input_tokens": 7, "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 48000,
+                   "output_tokens": 321}
+CONVERSE_USAGE = {"inputTokens": 7, "cacheWriteInputTokens": 2000, "cacheReadInputTokens": 48000,
+                  "outputTokens": 321, "totalTokens": 50328}
+
+
+@pytest.mark.parametrize("operation, usage, flavor", [
+    ("invoke_model_with_response_stream", ANTHROPIC_USAGE, "anthropic"),
+    ("converse", CONVERSE_USAGE, "default"),
+], ids=["invoke-stream", "converse"])
+def test_the_logged_cost_is_genai_prices_own_result(bedrock_proxy, fake_bedrock, operation, usage, flavor):
+    """Priced by the model id of the path (the inference profile AWS bills), with genai-prices'
+    own AWS Bedrock extractor as the judge."""
+    fake_bedrock.defaults["usage"] = json.dumps(usage)
+    bedrock = client(bedrock_proxy, fake_bedrock)
+    if operation == "converse":
+        bedrock.converse(modelId=PRICED_MODEL, messages=[{"role": "user", "content": [{"text": "fake-reply: hi"}]}])
+    else:
+        list(bedrock.invoke_model_with_response_stream(modelId=PRICED_MODEL, body=json.dumps(BODY))["body"])
+    entry, = [e for e in entries_of(bedrock_proxy, fake_bedrock) if e["type"] == "response"]
+    theirs = extract_usage({"model": PRICED_MODEL, "usage": usage}, provider_id="aws", api_flavor=flavor).calc_price()
+    assert entry["model"] == PRICED_MODEL
+    assert entry["cost"]["total"] == pytest.approx(float(theirs.total_price), rel=1e-12) and entry["cost"]["total"] > 0
+    assert entry["tokens"] == {"input": 7, "output": 321, "cache_write": 2000, "cache_read": 48000}
+    assert entry["client"] == "boto3"

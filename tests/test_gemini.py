@@ -8,6 +8,7 @@ import json
 
 import pytest
 import requests
+from genai_prices import extract_usage
 from google import genai
 from google.genai import errors, types
 from proxyproc import jsonl_lines, wait_until
@@ -134,3 +135,28 @@ def test_errors_reach_google_genai_in_its_shape(proxy, fake_provider):
     with pytest.raises(errors.ServerError) as unreachable:
         unreachable_host.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert (unreachable.value.code, unreachable.value.status) == (502, "UNAVAILABLE")
+
+
+GEMINI_USAGE = {"promptTokenCount": 5000, "cachedContentTokenCount": 4096, "candidatesTokenCount": 40,
+                "thoughtsTokenCount": 100, "totalTokenCount": 5140}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_the_logged_cost_is_genai_prices_own_result(proxy, fake_provider, stream):
+    """genai-prices reads the usage the fake sent with its own Gemini extractor and prices it:
+    the entry says the same, and counts the cached tokens apart."""
+    headers = {"x-fake-usage": json.dumps(GEMINI_USAGE)}
+    client = genai.Client(api_key=KEY, http_options=types.HttpOptions(
+        base_url=f"{proxy.url}/gemini/{fake_provider.upstream}", headers=headers))
+    if stream:
+        list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="fake-reply: priced"))
+    else:
+        client.models.generate_content(model="gemini-2.5-flash", contents="fake-reply: priced")
+    entry, = [e for e in entries_of(proxy, fake_provider, 1) if e["type"] == "response"]
+    sent = fake_provider.sent[-1]
+    assert sent.usage == GEMINI_USAGE
+    theirs = extract_usage({"modelVersion": sent.model, "usageMetadata": sent.usage}, provider_id="google",
+                           api_flavor="default").calc_price()
+    assert entry["cost"]["total"] == pytest.approx(float(theirs.total_price), rel=1e-12) and entry["cost"]["total"] > 0
+    assert entry["tokens"] == {"input": 904, "output": 140, "cache_write": 0, "cache_read": 4096}
+    assert entry["client"] == "google-genai-python"

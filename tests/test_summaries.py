@@ -106,9 +106,10 @@ CASES = [
         "model": "gemini-2.5-flash", "stop_reason": "MAX_TOKENS",
         "usage": {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 121, "thoughtsTokenCount": 100}}),
     ("gemini-error.json", GEMINI, {}),
-    # Bedrock's invoke speaks Anthropic's Messages API: its stream, framed in AWS's event stream
-    ("anthropic-tool-use.json", BEDROCK_INVOKE, TOOL_USE_JSON),
-    ("anthropic-tool-use.sse", BEDROCK_STREAM, TOOL_USE_SSE),
+    # Bedrock's invoke speaks Anthropic's Messages API: its stream, framed in AWS's event stream;
+    # the model is the path's (the request's), not the name in Anthropic's answer
+    ("anthropic-tool-use.json", BEDROCK_INVOKE, {k: v for k, v in TOOL_USE_JSON.items() if k != "model"}),
+    ("anthropic-tool-use.sse", BEDROCK_STREAM, {k: v for k, v in TOOL_USE_SSE.items() if k != "model"}),
     ("bedrock-converse.json", BEDROCK_CONVERSE, {
         "stop_reason": "tool_use", "tool_calls": ["get_weather"],
         "usage": {"inputTokens": 412, "outputTokens": 87, "totalTokens": 2547, "cacheReadInputTokens": 2048,

@@ -272,9 +272,15 @@ def _converse_blocks(content: Any, summary: Summary) -> None:
             summary.add_tool(block["toolUse"].get("name"))
 
 
+# The model of a Bedrock call is the model id of its path (an inference profile such as
+# ``us.anthropic.claude-opus-5-5``: what AWS bills, regional and global profiles at their own
+# prices), not the name inside Anthropic's answer: the answer's is left out, the request's stands.
+
 def response_summary(doc: dict, summary: Summary) -> None:
     if not isinstance(doc.get("output"), dict):
-        return anthropic.response_summary(doc, summary)
+        anthropic.response_summary(doc, summary)
+        summary.model = None
+        return
     summary.set_stop_reason(doc.get("stopReason"))
     summary.merge_usage(doc.get("usage"))
     _converse_blocks((doc["output"].get("message") or {}).get("content"), summary)
@@ -282,7 +288,9 @@ def response_summary(doc: dict, summary: Summary) -> None:
 
 def add_event(event: dict, summary: Summary) -> None:
     if "type" in event:
-        return anthropic.add_event(event, summary)
+        anthropic.add_event(event, summary)
+        summary.model = None
+        return
     if isinstance(event.get("contentBlockStart"), dict):
         start = event["contentBlockStart"].get("start") or {}
         if isinstance(start.get("toolUse"), dict):

@@ -170,6 +170,8 @@ class EntryBuilder:
         if exchange.proxy_ms is not None:
             timing["proxy_ms"] = exchange.proxy_ms
         model = summary.get("model") or exchange.request_summary.get("model")
+        if model and "model" not in summary:  # as the catalog reads it: the answer's, else the request's
+            summary = {"model": model, **summary}
         fields: dict = {"seq": assignment.seq, "status": exchange.status, **summary,
                         **cost_fields(api, summary.get("usage"), model, assignment.upstream, exchange.started_ns),
                         "client": client_of(exchange.request_headers),
