@@ -174,6 +174,34 @@ def test_new_shells_have_the_variables_while_the_proxy_runs_and_none_after_stop_
     assert "cannot write" not in journal
 
 
+def test_a_shell_that_inherits_the_variables_drops_them_once_the_proxy_is_gone(workstation):
+    """A tmux pane or a nested shell inherits its parent's environment: started after the proxy
+    stopped (or was killed), it must not point Claude Code at a dead port because its parent once
+    did. Each parent shell is opened while the proxy runs; then the proxy goes away."""
+    up = (f"{workstation.base_url}/anthropic/api.anthropic.com", f"{workstation.base_url}/openai/api.openai.com/v1")
+    for parent, going in zip(SHELLS, ("stop", "kill -9", "stop")):
+        workstation.start()
+        outer = workstation.shell(parent)
+        try:
+            outer.sendline(PROBE)
+            outer.expect(ANSWER)
+            assert outer.match.groups() == up
+            if going == "stop":
+                assert workstation.stop() == 0
+            else:
+                workstation.kill_9()
+            for child in SHELLS:
+                outer.sendline(f"{child} -i")
+                outer.sendline(PROBE)
+                outer.expect(ANSWER)
+                assert (parent, going, child, outer.match.groups()) == (parent, going, child, ("", ""))
+                outer.sendline("exit")
+            outer.sendline("exit")
+            outer.expect(pexpect.EOF)
+        finally:
+            outer.close(force=True)
+
+
 @pytest.fixture
 def fake():
     provider = FakeProvider().start()

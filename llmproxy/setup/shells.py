@@ -70,20 +70,32 @@ def all_shells(home: Home) -> list[Shell]:
 
 
 def posix(presence_file: Path, proc: bool = True) -> str:
-    """bash and zsh: the same text (``read``, ``[ … -ef … ]``, ``export`` are builtins of both)."""
+    """bash and zsh: the same text (``read``, ``[ … -ef … ]``, ``export`` are builtins of both).
+
+    What it exports it names in ``_LLM_PROXY_SET``, so that a shell that inherits them from a
+    parent started while the proxy ran (a tmux pane, a nested shell) drops them once the proxy
+    is gone. ``eval`` splits the names in zsh too, and runs only when they are names."""
     file = shlex.quote(str(presence_file))
     alive = (f'[ "/proc/$_llm_proxy_pid/fd/$_llm_proxy_fd" -ef {file} ]' if proc
              else 'kill -0 "$_llm_proxy_pid" 2>/dev/null')
     return "\n".join([
         BEGIN,
         *(f"# {line}" for line in HEADER),
+        "_llm_proxy_up=",
         f"if [ -r {file} ]; then",
         "    { read -r _llm_proxy_pid _llm_proxy_fd _llm_proxy_rest",
         f"      if {alive}; then",
-        "          while IFS= read -r _llm_proxy_var; do export \"$_llm_proxy_var\"; done",
+        "          _llm_proxy_up=1 _LLM_PROXY_SET=",
+        "          while IFS= read -r _llm_proxy_var; do",
+        "              export \"$_llm_proxy_var\" && _LLM_PROXY_SET=\"$_LLM_PROXY_SET ${_llm_proxy_var%%=*}\"",
+        "          done",
+        "          export _LLM_PROXY_SET",
         f"      fi; }} < {file}",
-        "    unset _llm_proxy_pid _llm_proxy_fd _llm_proxy_rest _llm_proxy_var",
         "fi",
+        'if [ -z "$_llm_proxy_up" ] && [ -n "${_LLM_PROXY_SET-}" ]; then',
+        '    case $_LLM_PROXY_SET in *[!A-Za-z0-9_\ ]*) ;; *) eval "unset $_LLM_PROXY_SET _LLM_PROXY_SET" ;; esac',
+        "fi",
+        "unset _llm_proxy_pid _llm_proxy_fd _llm_proxy_rest _llm_proxy_var _llm_proxy_up",
         END,
     ]) + "\n"
 
@@ -93,19 +105,30 @@ def fish_quote(text: str) -> str:
 
 
 def fish(presence_file: Path, proc: bool = True) -> str:
+    """fish: as :func:`posix`, its variables named in ``_LLM_PROXY_SET`` (one string, as bash and
+    zsh export it) for a shell that inherits them after the proxy is gone."""
     file = fish_quote(str(presence_file))
     alive = f'test "/proc/$pid/fd/$fd" -ef {file}' if proc else 'kill -0 "$pid" 2>/dev/null'
     return "\n".join([
         *(f"# {line}" for line in HEADER),
+        "set -l up",
         f"if test -r {file}",
         "    begin",
         "        read -l pid fd rest",
         f"        if {alive}",
+        "            set up 1",
+        "            set -l names",
         "            while read -l var",
-        "                set -gx (string split -m 1 = -- $var)",
+        "                set -l pair (string split -m 1 = -- $var)",
+        "                set -gx $pair",
+        "                set -a names $pair[1]",
         "            end",
+        '            set -gx _LLM_PROXY_SET "$names"',
         "        end",
         f"    end < {file}",
+        "end",
+        "if test -z \"$up\"; and set -q _LLM_PROXY_SET",
+        "    set -e (string split --no-empty ' ' -- $_LLM_PROXY_SET) _LLM_PROXY_SET",
         "end",
     ]) + "\n"
 
