@@ -89,7 +89,7 @@ def test_a_stream_without_alt_sse_is_relayed_as_sent_and_logged_element_by_eleme
     assert all(c["delta_ms"] >= 15 for c in response["chunks"][1:])  # each as it came, not all at the end
     assert "body" not in response and response["stop_reason"] == "STOP" and response["model"] == "gemini-2.5-flash"
     said = providers.said(providers.api_of_entry("gemini", path), response)
-    assert (said.text, said.thinking) == (["one two three"], ["Weighing the question."])
+    assert [(p.kind, p.text) for p in said.parts] == [("thinking", "Weighing the question."), ("text", "one two three")]
 
 
 def test_count_tokens_and_model_lists_are_forwarded_not_logged(proxy, fake_provider):

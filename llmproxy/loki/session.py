@@ -22,9 +22,10 @@ from typing import Iterable, TextIO
 from llmproxy.loki.client import LokiClient
 from llmproxy.loki.split import join_parts
 from llmproxy.record import logtree
+from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import SettingsError, load_settings
 
-OUR_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+OUR_ID = SESSION_ID
 PAGE = 5000                      # Loki's default max_entries_limit_per_query
 MAX_RANGE_NS = 30 * 86400 * 10**9  # within Loki's default max_query_length (721h)
 EARLY_NS = 5 * 60 * 10**9        # a session's first entry can precede its id's second by a little

@@ -306,14 +306,21 @@ def add_event(event: dict, summary: Summary) -> None:
 def _converse_part(block: dict) -> Part | None:
     if isinstance(block.get("text"), str):
         return Part("text", block["text"])
+    if isinstance(block.get("reasoningContent"), dict):
+        reasoning = block["reasoningContent"]
+        shown = (reasoning.get("reasoningText") or {}).get("text")
+        return Part("thinking", shown if isinstance(shown, str) else "",
+                    name="" if isinstance(shown, str) else "redacted")
     if isinstance(block.get("toolUse"), dict):
         call = block["toolUse"]
-        return Part("call", json.dumps(call.get("input"), ensure_ascii=False), name=str(call.get("name", "")))
+        return Part("call", json.dumps(call.get("input"), ensure_ascii=False), name=str(call.get("name", "")),
+                    ref=str(call.get("toolUseId", "")))
     if isinstance(block.get("toolResult"), dict):
         result = block["toolResult"]
+        ref = str(result.get("toolUseId", ""))
         inner = [p for p in (_converse_part(b) if "text" in b else Part("text", json.dumps(b.get("json")))
                              for b in result.get("content") or () if isinstance(b, dict)) if p]
-        return Part("result", name=str(result.get("toolUseId", "")), parts=inner)
+        return Part("result", name=ref, ref=ref, parts=inner, failed=result.get("status") == "error")
     return Part("block", name=next(iter(block), "")) if block else None
 
 
@@ -329,36 +336,54 @@ def turn(body: dict) -> list[tuple[str, list[Part]]]:
     return out
 
 
+def system(body: dict) -> str:
+    """invoke: Anthropic's ``system``; Converse: its list of ``{"text": …}`` blocks."""
+    if not _converse(body):
+        return anthropic.system(body)
+    blocks = body.get("system")
+    return "\n\n".join(b["text"] for b in blocks if isinstance(b, dict) and isinstance(b.get("text"), str)) \
+        if isinstance(blocks, list) else ""
+
+
 def said(doc: dict) -> Said:
     if not isinstance(doc.get("output"), dict):
         return anthropic.said(doc)
-    out = Said()
-    for block in (doc["output"].get("message") or {}).get("content") or ():
-        part = _converse_part(block) if isinstance(block, dict) else None
-        if part is not None and part.kind == "text":
-            out.text.append(part.text)
-        elif part is not None and part.kind == "call":
-            out.tools.append((part.name, part.text))
-        elif isinstance(block, dict) and isinstance(block.get("reasoningContent"), dict):
-            out.thinking.append(str((block["reasoningContent"].get("reasoningText") or {}).get("text", "")))
-    return out
+    content = (doc["output"].get("message") or {}).get("content") or ()
+    return Said([p for p in (_converse_part(b) for b in content if isinstance(b, dict)) if p and p.kind != "block"])
+
+
+def _stream_error(events: list[dict]) -> str:
+    """The message of an error frame in a stream (``{"throttlingException": {"message": …}}``)."""
+    for event in events:
+        if len(event) == 1:
+            kind, body = next(iter(event.items()))
+            if kind.endswith("Exception"):
+                return (body.get("message") if isinstance(body, dict) else None) or kind
+    return ""
 
 
 def said_events(events: Iterable[dict]) -> Said:
     events = list(events)
     if any("type" in e for e in events):
-        return anthropic.said_events(events)
-    stream = Stream()
-    for event in events:
-        start, delta = event.get("contentBlockStart"), event.get("contentBlockDelta")
-        if isinstance(start, dict) and isinstance((start.get("start") or {}).get("toolUse"), dict):
-            stream.call(start.get("contentBlockIndex"), start["start"]["toolUse"].get("name"))
-        elif isinstance(delta, dict):
-            inner = delta.get("delta") or {}
-            stream.delta(inner.get("text"))
-            stream.thought((inner.get("reasoningContent") or {}).get("text"))
-            stream.arguments(delta.get("contentBlockIndex"), (inner.get("toolUse") or {}).get("input"))
-    return stream.said()
+        said_ = anthropic.said_events(events)
+    else:
+        stream = Stream()
+        for event in events:
+            start, delta = event.get("contentBlockStart"), event.get("contentBlockDelta")
+            if isinstance(start, dict) and isinstance((start.get("start") or {}).get("toolUse"), dict):
+                call = start["start"]["toolUse"]
+                stream.call(start.get("contentBlockIndex"), call.get("name"), call.get("toolUseId"))
+            elif isinstance(delta, dict):
+                inner, index = delta.get("delta") or {}, delta.get("contentBlockIndex")
+                if "text" in inner:
+                    stream.delta(inner.get("text"), index)
+                elif isinstance(inner.get("reasoningContent"), dict):
+                    stream.thinking(index, inner["reasoningContent"].get("text", ""))
+                elif isinstance(inner.get("toolUse"), dict):
+                    stream.arguments(index, inner["toolUse"].get("input"))
+        said_ = stream.said()
+    said_.error = said_.error or _stream_error(events)
+    return said_
 
 
 def token_counts(usage: dict) -> Counts | None:

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 from llmproxy.providers.framing import Framer, JsonArray, is_json
 from llmproxy.providers.spelling import Spelling
 from llmproxy.providers.summary import Counts, Summary
-from llmproxy.providers.transcribe import Part, Said, Stream, after_last, number
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, error_message, number
 
 PREFIX = "gemini"
 NAMES = ("gemini",)
@@ -173,24 +173,32 @@ def _arguments(call: dict) -> str:
     return json.dumps(call.get("args") or {}, ensure_ascii=False)
 
 
+def _ref(call: dict) -> str:
+    """A call's id: Gemini CLI sets one on its calls and their results; the API may not."""
+    return str(call.get("id") or "")
+
+
 def _part(part: dict) -> Part | None:
     if part.get("thought"):
-        return None
+        return Part("thinking", part.get("text") if isinstance(part.get("text"), str) else "")
     if isinstance(part.get("text"), str):
         return Part("text", part["text"])
     call = part.get("functionCall")
     if isinstance(call, dict):
-        return Part("call", _arguments(call), name=str(call.get("name", "")))
+        return Part("call", _arguments(call), name=str(call.get("name", "")), ref=_ref(call))
     result = part.get("functionResponse")
     if isinstance(result, dict):
-        return Part("result", json.dumps(result.get("response"), ensure_ascii=False), name=str(result.get("name", "")))
+        response = result.get("response")
+        return Part("result", json.dumps(response, ensure_ascii=False), name=_ref(result) or str(result.get("name", "")),
+                    ref=_ref(result), failed=isinstance(response, dict) and "error" in response)
     kinds = [k for k in part if k not in ("thoughtSignature", "thought")]
     return Part("block", name=kinds[0]) if kinds else None
 
 
 def turn(body: dict) -> list[tuple[str, list[Part]]]:
     """(role, parts) of the contents after the model's last one; a ``functionResponse`` is the
-    result of a call (the result's ``name`` is the function's: calls have no ids)."""
+    result of a call (named by the call's id where the client gave one, else the function's
+    name; a ``response`` with an ``error`` is a failed call)."""
     out = []
     for content in after_last(_contents(body), lambda c: c.get("role") == "model"):
         parts = [p for p in (_part(part) for part in content.get("parts") or () if isinstance(part, dict)) if p]
@@ -198,18 +206,32 @@ def turn(body: dict) -> list[tuple[str, list[Part]]]:
     return out
 
 
+def system(body: dict) -> str:
+    """The text of ``systemInstruction`` (a content's parts, or a string)."""
+    instruction = body.get("systemInstruction")
+    if isinstance(instruction, str):
+        return instruction
+    parts = instruction.get("parts") if isinstance(instruction, dict) else None
+    return "\n\n".join(p["text"] for p in parts or () if isinstance(p, dict) and isinstance(p.get("text"), str)
+                        and p["text"])
+
+
 def _read(doc: dict, stream: Stream, calls: list[int]) -> None:
+    """One response (a whole answer, or a stream's piece): its thinking and text add to one
+    part each, in the order they came; each call comes whole, in one piece."""
+    if doc.get("error"):  # an error answer, or an error element at the end of a stream
+        stream.failed(error_message(doc))
     for candidate in _candidates(doc)[:1]:
         for part in _parts(candidate):
             call = part.get("functionCall")
             if part.get("thought"):
-                stream.thought(part.get("text"))
+                stream.thinking("thinking", part.get("text"))
             elif isinstance(part.get("text"), str):
                 stream.delta(part["text"])
             elif isinstance(call, dict):
-                calls[0] += 1  # a call comes whole, in one piece
-                stream.call(calls[0], call.get("name"))
-                stream.arguments(calls[0], _arguments(call))
+                calls[0] += 1
+                stream.call(("call", calls[0]), call.get("name"), _ref(call))
+                stream.arguments(("call", calls[0]), _arguments(call))
 
 
 def said(doc: dict) -> Said:

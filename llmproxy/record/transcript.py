@@ -61,7 +61,8 @@ def answer_of(api: ModuleType | None, response: dict) -> Answer:
     said = providers.said(api, response)
     tokens_in, tokens_out = providers.tokens(api, response.get("usage"))
     model = response.get("model")
-    return Answer(said.text, said.tools, said.thinking, tokens_in, tokens_out,
+    thinking = [p.text for p in said.parts if p.kind == "thinking" and p.text]
+    return Answer(said.text, said.tools, thinking, tokens_in, tokens_out,
                   model if isinstance(model, str) else None)
 
 
