@@ -19,7 +19,7 @@ from typing import Iterator, TextIO
 
 from llmproxy import providers
 from llmproxy.loki import LokiEntry, LokiExporter
-from llmproxy.loki.labels import LabelMaker
+from llmproxy.loki.labels import APP_LABEL, LabelMaker
 from llmproxy.loki.split import split_entry
 from llmproxy.record import logtree
 from llmproxy.record.entries import entry_metadata
@@ -92,18 +92,11 @@ class Backfill:
         self.extra_label = extra_label
 
     def held(self, session: str, parts: list[LokiEntry]) -> set[tuple[int, str]]:
-        """(ts, line) of this session's entries Loki holds, paging through the time range."""
+        """(ts, line) of this session's entries Loki holds in the streams of this environment (an
+        entry is there only if it is in the stream it would be pushed to)."""
         start, end = min(p.ts_ns for p in parts), max(p.ts_ns for p in parts) + 1
-        query = f'{{app="llm-proxy"}} |= "{session}"'
-        found: set[tuple[int, str]] = set()
-        while start < end:
-            page = self.exporter.client.query_range(query, start, end, limit=5000, direction="forward")
-            found.update((ts, line) for _, ts, line in page)
-            if len(page) < 5000:
-                break
-            last = max(ts for _, ts, _ in page)
-            start = last if last > start else start + 1
-        return found
+        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= "{session}"'
+        return set(self.exporter.client.query_all(query, start, end))
 
     def run_session(self, files: SessionFiles) -> SessionReport:
         report = SessionReport(files.session)
@@ -154,7 +147,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
     parser.add_argument("--extra-label", type=_label, metavar="K=V",
                         help="push entries Loki refuses for their stream into a stream with this extra label")
     parser.add_argument("--no-check", action="store_true",
-                        help="do not ask Loki what it holds first; rely on its deduplication")
+                        help="do not ask Loki what it holds first: push everything again (log queries "
+                             "show a resent entry once, metric queries may count it twice)")
     args = parser.parse_args(argv)
 
     try:
