@@ -13,6 +13,11 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-hang-ms: D``       wait D ms before sending the response headers
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
+- ``x-fake-usage: {json}``    answer with this usage (in the API's own names; a Chat Completions
+  stream then ends with a usage chunk, as with ``stream_options.include_usage``)
+
+Every answer's final usage, as the API's client adds it up, is kept in :attr:`FakeProvider.sent`
+(what usage reports are checked against).
 
 ``GET /download?size=N`` streams N bytes; ``ANY /echo…`` answers with what it received.
 
@@ -78,6 +83,7 @@ class FakeProvider:
         self.disconnects: list[tuple[str, float]] = []   # (path, when) for clients that left
         self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
+        self.sent: list[Sent] = []                       # the usage of every answer, in order
         self.lock = threading.Lock()
         self.server = _Server((host, 0), _Handler)
         self.server.fake = self
@@ -108,6 +114,14 @@ class FakeProvider:
     def last(self) -> Received:
         with self.lock:
             return self.received[-1]
+
+
+@dataclass
+class Sent:
+    """An answer's final usage as the fake sent it: what the client was told it used."""
+    path: str
+    model: str
+    usage: dict
 
 
 @dataclass
@@ -192,14 +206,25 @@ def _split_words(text: str) -> list[str]:
     return re.findall(r"\s*\S+", text) or [text]
 
 
-def anthropic_message(text: str, model: str, ident: str = "fake01") -> dict:
+ANTHROPIC_USAGE = {"input_tokens": 12, "output_tokens": 6}
+CHAT_USAGE = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+RESPONSES_USAGE = {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11, "input_tokens_details": {"cached_tokens": 0},
+                   "output_tokens_details": {"reasoning_tokens": 0}}
+
+
+def anthropic_message(text: str, model: str, ident: str = "fake01", usage: dict | None = None) -> dict:
     return {"id": f"msg_{ident}", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-            "stop_sequence": None, "usage": {"input_tokens": 12, "output_tokens": 6}}
+            "stop_sequence": None, "usage": dict(usage or ANTHROPIC_USAGE)}
 
 
-def anthropic_answer(answer: Answer, model: str) -> dict:
-    message = anthropic_message(answer.text, model, answer.ident)
+def anthropic_stream_usage(words: list[str], usage: dict | None) -> dict:
+    """A stream's final usage: message_start's input side, message_delta's output_tokens."""
+    return dict(usage) if usage else {**ANTHROPIC_USAGE, "output_tokens": len(words)}
+
+
+def anthropic_answer(answer: Answer, model: str, usage: dict | None = None) -> dict:
+    message = anthropic_message(answer.text, model, answer.ident, usage)
     if answer.tool:
         message["content"].append({"type": "tool_use", "id": f"toolu_{answer.ident}",
                                    "name": answer.tool[0], "input": answer.tool[1]})
@@ -208,8 +233,9 @@ def anthropic_answer(answer: Answer, model: str) -> dict:
 
 
 def anthropic_events(words: list[str], model: str, tool: tuple[str, dict] | None = None,
-                     ident: str = "fake01") -> list[bytes]:
-    message = anthropic_message("", model, ident)
+                     ident: str = "fake01", usage: dict | None = None) -> list[bytes]:
+    final = anthropic_stream_usage(words, usage)
+    message = anthropic_message("", model, ident, {**final, "output_tokens": 1} if usage else None)
     message["content"], message["stop_reason"] = [], None
     events = [("message_start", {"type": "message_start", "message": message}),
               ("content_block_start", {"type": "content_block_start", "index": 0,
@@ -226,19 +252,20 @@ def anthropic_events(words: list[str], model: str, tool: tuple[str, dict] | None
                    ("content_block_stop", {"type": "content_block_stop", "index": 1})]
     events += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use" if tool else "end_turn",
                                                                      "stop_sequence": None},
-                                  "usage": {"output_tokens": len(words)}}),
+                                  "usage": {"output_tokens": final["output_tokens"]}}),
                ("message_stop", {"type": "message_stop"})]
     return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
 
 
-def chat_completion(text: str, model: str) -> dict:
+def chat_completion(text: str, model: str, usage: dict | None = None) -> dict:
     return {"id": "chatcmpl-fake01", "object": "chat.completion", "created": 1764300000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}}
+            "usage": dict(usage or CHAT_USAGE)}
 
 
-def chat_events(words: list[str], model: str) -> list[bytes]:
+def chat_events(words: list[str], model: str, usage: dict | None = None) -> list[bytes]:
+    """A stream; with ``usage``, ended by the usage chunk (``"choices": []``) as OpenAI sends it."""
     def chunk(delta, finish=None):
         return {"id": "chatcmpl-fake01", "object": "chat.completion.chunk", "created": 1764300000,
                 "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -246,6 +273,8 @@ def chat_events(words: list[str], model: str) -> list[bytes]:
     chunks = [chunk({"role": "assistant", "content": ""})]
     chunks += [chunk({"content": w}) for w in words]
     chunks.append(chunk({}, "stop"))
+    if usage:
+        chunks.append({**chunk({}), "choices": [], "usage": usage})
     return [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
 
 
@@ -260,7 +289,7 @@ def response_call_item(tool: tuple[str, dict], status: str = "completed", ident:
 
 
 def response_object(text: str, model: str, status: str = "completed", response_id: str = "resp_fake01",
-                    tool: tuple[str, dict] | None = None, ident: str = "fake01") -> dict:
+                    tool: tuple[str, dict] | None = None, ident: str = "fake01", usage: dict | None = None) -> dict:
     output = [response_message_item(text, ident=ident)] if text else []
     if tool:
         output.append(response_call_item(tool, ident=ident))
@@ -269,20 +298,20 @@ def response_object(text: str, model: str, status: str = "completed", response_i
             "output": output if status == "completed" else [],
             "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0,
             "top_p": 1.0, "metadata": {},
-            "usage": {"input_tokens": 5, "output_tokens": 6, "total_tokens": 11,
-                      "input_tokens_details": {"cached_tokens": 0},
-                      "output_tokens_details": {"reasoning_tokens": 0}}}
+            "usage": dict(usage or RESPONSES_USAGE)}
 
 
 def response_event_dicts(words: list[str], model: str, response_id: str,
-                         tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[dict]:
+                         tool: tuple[str, dict] | None = None, ident: str = "fake01",
+                         usage: dict | None = None) -> list[dict]:
     """The whole item lifecycle of a Responses stream; Codex builds what it prints from it.
     Without words or tool (Codex's prewarm, ``generate: false``): created, then completed."""
     text = "".join(words)
     started = response_object("", model, "in_progress", response_id)
     if not words and not tool:
         return [{"type": "response.created", "response": started, "sequence_number": 0},
-                {"type": "response.completed", "response": response_object("", model, response_id=response_id),
+                {"type": "response.completed", "response": response_object("", model, response_id=response_id,
+                                                                           usage=usage),
                  "sequence_number": 1}]
     part = {"type": "output_text", "text": "", "annotations": []}
     at = {"item_id": f"msg_{ident}", "output_index": 0, "content_index": 0}
@@ -304,14 +333,15 @@ def response_event_dicts(words: list[str], model: str, response_id: str,
                    {"type": "response.function_call_arguments.done", **call, "arguments": arguments},
                    {"type": "response.output_item.done", "output_index": 1, "item": response_call_item(tool, ident=ident)}]
     events.append({"type": "response.completed",
-                   "response": response_object(text, model, response_id=response_id, tool=tool, ident=ident)})
+                   "response": response_object(text, model, response_id=response_id, tool=tool, ident=ident,
+                                               usage=usage)})
     return [{**e, "sequence_number": i} for i, e in enumerate(events)]
 
 
 def response_events(words: list[str], model: str, response_id: str,
-                    tool: tuple[str, dict] | None = None, ident: str = "fake01") -> list[bytes]:
+                    tool: tuple[str, dict] | None = None, ident: str = "fake01", usage: dict | None = None) -> list[bytes]:
     return [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
-            for e in response_event_dicts(words, model, response_id, tool, ident)]
+            for e in response_event_dicts(words, model, response_id, tool, ident, usage)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -366,23 +396,36 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, {"object": "list", "data": [], "models": []})
         if path.endswith("/messages/count_tokens"):
             return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
+        usage = json.loads(self._opt("usage")) if self._opt("usage") else None
         if path.endswith("/messages"):
+            self._sent(path, model, usage or (anthropic_stream_usage(words, usage) if stream else ANTHROPIC_USAGE))
             if stream:
-                return self._stream(anthropic_events(words, model, answer.tool, answer.ident))
-            return self._send_json(200, anthropic_answer(answer, model))
+                return self._stream(anthropic_events(words, model, answer.tool, answer.ident, usage))
+            return self._send_json(200, anthropic_answer(answer, model, usage))
         if path.endswith("/chat/completions") or path.endswith("/completions"):
             if stream:
-                return self._stream(chat_events(words, model))
-            return self._send_json(200, chat_completion("".join(words), model))
+                options = request.get("stream_options") if isinstance(request, dict) else None
+                if usage is None and isinstance(options, dict) and options.get("include_usage"):
+                    usage = CHAT_USAGE
+                if usage:
+                    self._sent(path, model, usage)
+                return self._stream(chat_events(words, model, usage))
+            self._sent(path, model, usage or CHAT_USAGE)
+            return self._send_json(200, chat_completion("".join(words), model, usage))
         if path.endswith("/responses"):
             response_id = f"resp_{uuid.uuid4().hex}"
+            self._sent(path, model, usage or RESPONSES_USAGE)
             if stream:
-                return self._stream(response_events(words, model, response_id, answer.tool, answer.ident))
+                return self._stream(response_events(words, model, response_id, answer.tool, answer.ident, usage))
             return self._send_json(200, response_object(answer.text, model, response_id=response_id,
-                                                        tool=answer.tool, ident=answer.ident))
+                                                        tool=answer.tool, ident=answer.ident, usage=usage))
         return self._send_json(404, {"error": {"message": f"no route {path}", "type": "not_found"}})
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
+
+    def _sent(self, path: str, model: str, usage: dict) -> None:
+        with self.server.fake.lock:
+            self.server.fake.sent.append(Sent(path, model, dict(usage)))
 
     def do_HEAD(self):
         self.server.fake.received.append(Received("HEAD", self.path, list(self.headers.items()), b""))

@@ -24,7 +24,7 @@ from llmproxy.providers import anthropic, openai_chat, openai_responses
 PACKAGE = Path(providers.__file__).parents[1]
 REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "SPELLING", "handles",
             "client_session_id", "conversation", "error_document", "request_summary", "response_summary", "add_event",
-            "turn", "said", "said_events", "tokens")
+            "turn", "said", "said_events", "token_counts", "PRICED_AS")
 
 
 @pytest.mark.parametrize("api", providers.APIS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
@@ -178,7 +178,7 @@ def test_only_the_responses_api_names_answers_a_later_request_continues():
 @pytest.mark.parametrize("provider, path, usage, expected", [
     ("anthropic", "/v1/messages", {"input_tokens": 10, "cache_read_input_tokens": 5,
                                    "cache_creation_input_tokens": 2, "output_tokens": 7}, (17, 7)),
-    ("anthropic", "/v1/messages", {"output_tokens": 1}, (None, 1)),
+    ("anthropic", "/v1/messages", {"output_tokens": 1}, (None, None)),  # without its input side: not counted
     ("openai", "/v1/chat/completions", {"prompt_tokens": 9, "completion_tokens": 3}, (9, 3)),
     ("openai", "/v1/responses", {"input_tokens": 20, "output_tokens": 5, "input_tokens_details": {"cached_tokens": 4}},
      (20, 5)),

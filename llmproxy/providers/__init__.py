@@ -13,9 +13,13 @@ Each module answers every question the proxy has about its API:
 - errors: ``error_document`` (the proxy's own errors in the provider's shape);
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
   ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing);
+- usage and cost: ``token_counts`` (an answer's usage as :class:`Counts`, under names every API
+  shares) and ``PRICED_AS`` (the price list of its calls when the upstream is not one the price
+  data knows: a genai-prices provider id);
 - transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
-  conversation), ``said`` (a JSON answer's text and tool calls), ``said_events`` (a stream's) and
-  ``tokens`` (in and out, from the answer's usage).
+  conversation), ``said`` (a JSON answer's text and tool calls) and ``said_events`` (a stream's).
+
+:mod:`~llmproxy.providers.clients` names the client program of a request (its User-Agent).
 
 Adding an API is adding a module here and to :data:`APIS`, with a test table. No module outside
 this package names a provider (tests/test_providers.py).
@@ -34,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from llmproxy.common.clientids import valid
 from llmproxy.providers import anthropic, openai_chat, openai_responses
 from llmproxy.providers.spelling import Spelling, merged
-from llmproxy.providers.summary import Summary
+from llmproxy.providers.summary import Counts, Summary
 from llmproxy.providers.transcribe import Part, Said
 
 if TYPE_CHECKING:
@@ -46,9 +50,10 @@ PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 # Every API's message spellings at once: what a conversation's identity reads messages with.
 SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
-__all__ = ["APIS", "PREFIXES", "SPELLING", "Part", "Said", "Summary", "agent_name", "api_for", "api_of_entry",
-           "client_session_id", "conversation", "error_body", "logged", "provider_for_host", "request_summary",
-           "response_id", "response_summary", "rewrite", "said", "stream_summary", "tokens", "turn"]
+__all__ = ["APIS", "PREFIXES", "SPELLING", "Counts", "Part", "Said", "Summary", "agent_name", "api_for",
+           "api_of_entry", "client_session_id", "conversation", "error_body", "logged", "provider_for_host",
+           "request_summary", "response_id", "response_summary", "rewrite", "said", "stream_summary", "token_counts",
+           "tokens", "turn"]
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -242,11 +247,18 @@ def said(api: ModuleType | None, response: dict) -> Said:
         return Said()
 
 
-def tokens(api: ModuleType | None, usage: Any) -> tuple[int | None, int | None]:
-    """Tokens in and out of an answer's usage (in the provider's names). Never raises."""
+def token_counts(api: ModuleType | None, usage: Any) -> Counts | None:
+    """An answer's usage (in the provider's names) as :class:`Counts`; None when it has no
+    token counts. Never raises."""
     if api is None or not isinstance(usage, dict):
-        return None, None
+        return None
     try:
-        return api.tokens(usage)
+        return api.token_counts(usage)
     except Exception:
-        return None, None
+        return None
+
+
+def tokens(api: ModuleType | None, usage: Any) -> tuple[int | None, int | None]:
+    """Tokens in (cached ones included) and out of an answer's usage."""
+    counts = token_counts(api, usage)
+    return (None, None) if counts is None else (counts.prompt, counts.output)

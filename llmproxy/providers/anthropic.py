@@ -17,12 +17,13 @@ from typing import Any, Iterable
 
 from llmproxy.common.clientids import header, valid
 from llmproxy.providers.spelling import TEXT, Spelling
-from llmproxy.providers.summary import Summary, common_request, count
+from llmproxy.providers.summary import Counts, Summary, common_request, count
 from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
 
 PREFIX = "anthropic"                       # /anthropic/{upstream}/…
 NAMES = ("anthropic",)                     # the provider label its exchanges get
 HOSTS = {"api.anthropic.com": "anthropic"}
+PRICED_AS = "anthropic"                    # genai-prices' list for a host it does not know
 LOGGED = re.compile(r"/v1/messages")       # the exchanges worth a session log
 AGENT_HEADERS = ("x-claude-code-agent-id",)
 
@@ -156,8 +157,17 @@ def said_events(events: Iterable[dict]) -> Said:
     return stream.said()
 
 
-def tokens(usage: dict) -> tuple[int | None, int | None]:
-    """Tokens in (cache reads and writes included) and out."""
+def token_counts(usage: dict) -> Counts | None:
+    """``input_tokens`` is the uncached input already; cache writes and reads come apart (a
+    write's 1-hour part under ``cache_creation``), and the server's web searches in ``server_tool_use``."""
     given = number(usage.get("input_tokens"))
-    cached = (number(usage.get("cache_read_input_tokens")) or 0) + (number(usage.get("cache_creation_input_tokens")) or 0)
-    return None if given is None else given + cached, number(usage.get("output_tokens"))
+    if given is None:
+        return None
+    creation = usage.get("cache_creation")
+    tools = usage.get("server_tool_use")
+    return Counts(input=given, output=number(usage.get("output_tokens")) or 0,
+                  cache_write=number(usage.get("cache_creation_input_tokens")) or 0,
+                  cache_read=number(usage.get("cache_read_input_tokens")) or 0,
+                  cache_write_1h=(number(creation.get("ephemeral_1h_input_tokens")) or 0)
+                  if isinstance(creation, dict) else 0,
+                  web_searches=(number(tools.get("web_search_requests")) or 0) if isinstance(tools, dict) else 0)

@@ -16,12 +16,13 @@ from typing import Any, Callable, Iterable
 
 from llmproxy.common.clientids import RESPONSE_KEY, first, header, valid
 from llmproxy.providers.spelling import TEXT, Spelling
-from llmproxy.providers.summary import Summary, common_request, count
+from llmproxy.providers.summary import Counts, Summary, common_request, count
 from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
 
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
 HOSTS = {"api.openai.com": "openai"}
+PRICED_AS = "openai"  # genai-prices' list for a host it does not know
 LOGGED = re.compile(r"/v1/chat/completions|/v1/completions|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?")
 AGENT_HEADERS = ("x-openai-subagent",)
 _THREAD_PATH = re.compile(r"/v1/threads/([^/?]+)/")
@@ -142,5 +143,20 @@ def said_events(events: Iterable[dict]) -> Said:
     return stream.said()
 
 
-def tokens(usage: dict) -> tuple[int | None, int | None]:
-    return number(usage.get("prompt_tokens")), number(usage.get("completion_tokens"))
+def token_counts(usage: dict) -> Counts | None:
+    """``prompt_tokens`` counts the cached ones too (``prompt_tokens_details``); reasoning tokens
+    are part of ``completion_tokens``."""
+    return counts(usage, "prompt_tokens", "prompt_tokens_details", "completion_tokens")
+
+
+def counts(usage: dict, prompt: str, details: str, completion: str) -> Counts | None:
+    """OpenAI's usage in either API's names: a prompt total with its cached (and, where a
+    gateway reports them, cache-written) tokens in a details object, and a completion total."""
+    total = number(usage.get(prompt))
+    if total is None:
+        return None
+    detail = usage.get(details) if isinstance(usage.get(details), dict) else {}
+    read = number(detail.get("cached_tokens")) or 0
+    written = number(detail.get("cache_write_tokens")) or 0
+    return Counts(input=max(total - read - written, 0), output=number(usage.get(completion)) or 0,
+                  cache_write=written, cache_read=read)

@@ -17,14 +17,15 @@ import json
 import re
 from typing import Iterable
 
-from llmproxy.providers.openai_chat import AGENT_HEADERS, client_session_id, error_document  # noqa: F401
+from llmproxy.providers.openai_chat import AGENT_HEADERS, client_session_id, counts, error_document  # noqa: F401
 from llmproxy.providers.spelling import TEXT, Spelling
-from llmproxy.providers.summary import Summary, common_request
-from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
+from llmproxy.providers.summary import Counts, Summary, common_request
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks
 
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
 HOSTS = {"chatgpt.com": "chatgpt"}
+PRICED_AS = "openai"  # the ChatGPT backend too: signed-in calls are priced at list price
 LOGGED = re.compile(r"/v1/responses|/backend-api/.+/responses")
 
 # ChatGPT sign-in (Codex CLI): an OAuth access token, a JWT, instead of an sk-… API key.
@@ -175,5 +176,7 @@ def said_events(events: Iterable[dict]) -> Said:
     return stream.said()
 
 
-def tokens(usage: dict) -> tuple[int | None, int | None]:
-    return number(usage.get("input_tokens")), number(usage.get("output_tokens"))
+def token_counts(usage: dict) -> Counts | None:
+    """As Chat Completions, in the Responses API's names (``input_tokens_details.cached_tokens``;
+    ``output_tokens`` includes ``output_tokens_details.reasoning_tokens``)."""
+    return counts(usage, "input_tokens", "input_tokens_details", "output_tokens")

@@ -47,6 +47,32 @@ class Summary:
         return out
 
 
+@dataclass(frozen=True)
+class Counts:
+    """An answer's tokens under names every API shares (what ``tokens`` in a response entry holds,
+    and what a call is priced from): ``input`` is the uncached input only, so ``input +
+    cache_write + cache_read`` is the whole prompt; ``output`` includes reasoning.
+    ``cache_write_1h`` (part of ``cache_write``, written to last an hour) and ``web_searches``
+    (server-side searches) are priced apart, and not shown."""
+
+    input: int = 0
+    output: int = 0
+    cache_write: int = 0
+    cache_read: int = 0
+    cache_write_1h: int = 0
+    web_searches: int = 0
+
+    @property
+    def prompt(self) -> int:
+        """Every input token, cached or not."""
+        return self.input + self.cache_write + self.cache_read
+
+    def fields(self) -> dict[str, int]:
+        """The entry's ``tokens``."""
+        return {"input": self.input, "output": self.output, "cache_write": self.cache_write,
+                "cache_read": self.cache_read}
+
+
 def count(value: Any) -> int | None:
     return len(value) if isinstance(value, list) else None
 

@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from llmproxy import providers
+from llmproxy import pricing, providers
 from llmproxy.common.masking import mask_headers, mask_query
 from llmproxy.proxy.capture import Chunk, Exchange
+from llmproxy.providers.clients import client_of
 from llmproxy.proxy.decoding import Decoded
 from llmproxy.record.sessions import FORK_REASON, Assignment, session_date
 
@@ -148,7 +149,8 @@ class EntryBuilder:
 
     def response_entry(self, exchange: Exchange, assignment: Assignment, ts_ns: int) -> Entry:
         """The answer, with its summary (model, stop_reason, usage, tool_calls) read from its body or
-        events. Built after the last byte went to the client (see app.py), never on the way."""
+        events, its ``tokens`` and ``cost``, and the ``client`` that asked. Built after the last
+        byte went to the client (see app.py), never on the way."""
         api = providers.api_for(exchange.route.provider, exchange.route.path)
         content: dict = _transport(exchange)
         summary: dict = {}
@@ -167,15 +169,29 @@ class EntryBuilder:
             timing["upstream_ms"] = exchange.upstream_ms
         if exchange.proxy_ms is not None:
             timing["proxy_ms"] = exchange.proxy_ms
+        model = summary.get("model") or exchange.request_summary.get("model")
         fields: dict = {"seq": assignment.seq, "status": exchange.status, **summary,
+                        **cost_fields(api, summary.get("usage"), model, assignment.upstream, exchange.started_ns),
+                        "client": client_of(exchange.request_headers),
                         "headers": mask_headers(exchange.response_headers), "timing": timing,
                         "size": exchange.size, **content}
         if exchange.error:
             fields["error"] = exchange.error
         if exchange.incomplete:
             fields["incomplete"] = True
-        return self._entry("response", exchange, assignment, ts_ns, fields,
-                           model=summary.get("model") or exchange.request_summary.get("model"))
+        return self._entry("response", exchange, assignment, ts_ns, fields, model=model)
+
+
+def cost_fields(api, usage, model: str | None, upstream: str, started_ns: int) -> dict:
+    """``tokens`` (the usage under names every API shares) and ``cost`` (when the price data
+    knows the model), for an answer with usage."""
+    counts, cost = pricing.priced(api, usage, model, upstream, started_ns / 1e9)
+    out: dict = {}
+    if counts is not None:
+        out["tokens"] = counts.fields()
+    if cost is not None:
+        out["cost"] = cost.fields()
+    return out
 
 
 METADATA_KEYS = ("session_id", "request_id", "client_session_id", "model", "status")
