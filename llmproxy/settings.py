@@ -35,7 +35,7 @@ def usable_cores() -> int:
 # Two workers per core, 2 to 8. A worker is one GIL: under load it spends part of its time
 # waiting for its own GIL between I/O calls, so one worker per core leaves cores idle; with two
 # per core, 16 clients got some 30 % more calls a second through a 2-core machine than with two
-# workers (README, "Performance"). Past 8, more workers mostly cost memory and sessions.db turns.
+# workers (docs/performance.rst). Past 8, more workers mostly cost memory and sessions.db turns.
 DEFAULT_WORKERS = min(8, max(2, 2 * usable_cores()))
 
 DEFAULT_ALLOWED_UPSTREAMS = (
@@ -307,7 +307,7 @@ class Settings:
 @dataclass(frozen=True)
 class Variable:
     """One environment variable: which setting it fills and how its text is parsed.
-    (Defaults are the dataclasses'; README.rst documents every variable.)"""
+    (Defaults are the dataclasses'; docs/configuration.rst documents every variable.)"""
 
     name: str
     field: str

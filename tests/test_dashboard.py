@@ -49,12 +49,19 @@ def queries() -> list[tuple[str, str]]:
     return found
 
 
-def readme_queries() -> list[tuple[str, str]]:
-    """The queries README.rst's Grafana section shows a user, one a line."""
-    text = Path(__file__).parents[1].joinpath("README.rst").read_text()
-    section = text.split("\nGrafana dashboard\n", 1)[1].split("\nRunning under systemd\n", 1)[0]
-    return [(f"README: {line.strip()[:60]}", line.strip()) for line in section.splitlines()
-            if line.startswith("    ") and '{app="llm-proxy"' in line]
+def doc_queries() -> list[tuple[str, str]]:
+    """The queries the docs show a user, one a line: docs/loki.rst's Grafana dashboard section, and
+    README.rst's (its Loki section)."""
+    root = Path(__file__).parents[1]
+    loki = root.joinpath("docs", "loki.rst").read_text()
+    section = loki.split("\nGrafana dashboard\n", 1)[1].split("\nReading a session\n", 1)[0]
+    return [(f"{name}: {line.strip()[:60]}", line.strip())
+            for name, text in (("docs/loki.rst", section), ("README.rst", root.joinpath("README.rst").read_text()))
+            for line in text.splitlines() if line.startswith("    ") and '{app="llm-proxy"' in line]
+
+
+def from_docs(where: str) -> bool:
+    return where.startswith(("docs/", "README"))
 
 
 def grafana_interpolated(query: str) -> str:
@@ -142,14 +149,14 @@ def test_the_dashboard_ships_in_the_package_with_its_variables():
 
 
 def test_every_query_is_logql_that_filters_lines_first_and_extracts_only_what_it_needs():
-    found = queries() + readme_queries()
-    assert len(readme_queries()) >= 8
+    found = queries() + doc_queries()
+    assert len([q for q in doc_queries() if q[0].startswith("docs/loki.rst")]) >= 8
     trees = parse([grafana_interpolated(q) for _, q in found])
     for (where, query), tree in zip(found, trees):
         assert not nodes(tree, "⚠"), f"{where}: not LogQL by Grafana's grammar: {query}"
         for log_type, stages in pipelines(tree):
-            # The README's structured-metadata queries parse no line and need no line filter.
-            if not where.startswith("README") or any(nodes(s, "JsonExpressionParser") for s in stages):
+            # The docs' structured-metadata queries parse no line and need no line filter.
+            if not from_docs(where) or any(nodes(s, "JsonExpressionParser") for s in stages):
                 assert stages and stages[0]["children"][0]["name"] == "LineFilters", f"{where}: no line filter first"
             for stage in stages:
                 assert not nodes(stage, "LabelParser") and not nodes(stage, "LogfmtParser"), where
@@ -228,7 +235,7 @@ def test_every_field_a_query_names_is_in_entries_the_proxy_writes(proxy):
     fields = {kind: set().union(*(flat_paths(e) for e in entries if e["type"] == kind))
               for kind in ("request", "response")}
 
-    found = queries() + readme_queries()
+    found = queries() + doc_queries()
     for (where, query), tree in zip(found, parse([grafana_interpolated(q) for _, q in found])):
         for log_type, stages in pipelines(tree):
             have = fields.get(log_type) or fields["request"] | fields["response"]

@@ -126,7 +126,7 @@ def test_a_zstd_request_body_from_codex_is_relayed_as_sent_and_finds_its_session
     entries = session_entries(server, session)
     assert entries[0]["client_session_id"] == codex_session
     assert [e["type"] for e in entries].count("fork") == 0
-    # README's one line for everything of a client session, by the id the client shows.
+    # docs/loki.rst's one line for everything of a client session, by the id the client shows.
     query = (f'{{app="llm-proxy"}} |= "{codex_session}" | json client="_meta.client_session_id"'
              f' | client="{codex_session}"')
 

@@ -214,7 +214,7 @@ def test_log_level_setting(start_proxy, level, shown, hidden):
 
 
 def test_metrics_cost_per_call_is_small(tmp_path):
-    """Not a timing assertion: prints the figure for the report (see README, /metrics)."""
+    """Not a timing assertion: prints the figure for the report (see docs/operations.rst, /metrics)."""
     from llmproxy.server.metrics import Metrics
     from llmproxy.server.saturation import Saturation
 

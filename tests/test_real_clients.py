@@ -4,7 +4,8 @@ Each scenario of tests/realclients.py runs once per module, all at the same time
 takes seconds, mostly the client's own start-up), each with its own fake provider, so the files
 under ``log_dir/127.0.0.1:PORT/`` are that scenario's alone. Where the CLIs cannot run (no
 loopback-only network namespace, npm missing) the tests skip with the reason; under CI they fail.
-The README's curl lines and ``llm-proxy env`` are run with curl and the SDKs too.
+The curl lines of README.rst and docs/clients.rst, and ``llm-proxy env``, are run with curl and the
+SDKs too.
 """
 
 from __future__ import annotations
@@ -120,17 +121,25 @@ def test_codex_signed_in_with_chatgpt_through_openai_base_url(scenarios, proxy):
     assert any(r.path.startswith("/v1/models?client_version=") for r in fake.received)
 
 
-def readme_commands(prefix: str) -> list[str]:
-    """The README's shell commands that start with ``prefix``, continuation lines joined."""
-    text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTED = {"README.rst": 1, "docs/clients.rst": 2}  # where the docs show curl lines: how many
+
+
+def doc_commands(doc: str, prefix: str) -> list[str]:
+    """The shell commands of ``doc`` that start with ``prefix``, continuation lines joined."""
+    text = (ROOT / doc).read_text()
     return [m.replace("\\\n", " ") for m in re.findall(rf"^ +({prefix} (?:.*\\\n)*.*)$", text, re.MULTILINE)]
 
 
-def test_readme_curl_lines_and_llm_proxy_env_for_the_sdks_work(proxy, fake_provider, tmp_path):
+def test_documented_curl_lines_and_llm_proxy_env_for_the_sdks_work(proxy, fake_provider, tmp_path):
     client = realclients.Client(tmp_path, proxy.url, fake_provider.upstream)
     keys = {"ANTHROPIC_API_KEY": realclients.ANTHROPIC_KEY, "OPENAI_API_KEY": realclients.OPENAI_KEY}
-    curls = readme_commands("curl")
-    assert len(curls) == 2
+    curls = []
+    for doc, count in DOCUMENTED.items():
+        assert len(doc_commands(doc, "curl")) == count, doc
+        curls += doc_commands(doc, "curl")
+        # what the docs tell a user to eval is what the SDKs below run with: llm-proxy env's output
+        assert [c.split("#")[0].strip() for c in doc_commands(doc, "eval")] == ['eval "$(llm-proxy env)"'], doc
     for command in curls:
         command = command.replace("http://127.0.0.1:8080", proxy.url)
         command = re.sub(r"/api\.(anthropic|openai)\.com/", f"/{fake_provider.upstream}/", command)

@@ -9,7 +9,7 @@ with seq 1 and 2. The caller writes its log lines inside that transaction too (s
 The threads of one worker that need a transaction while another one holds the write lock share
 the next one (group commit): one lock, one ``BEGIN`` and one ``COMMIT`` for all of them, each
 request in a savepoint of its own. Under load that is what keeps the one lock every request of
-the server passes through from becoming its limit (README, "Performance").
+the server passes through from becoming its limit (docs/performance.rst, "Under load").
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def session_date(session_id: str) -> str:
     return f"{session_id[0:4]}-{session_id[4:6]}-{session_id[6:8]}"
 
 
-# What a message's identity leaves out, and why (README "Where the logs go" lists the rules):
-# each API module declares its spellings (llmproxy/providers/spelling.py); they are bound here
-# once, so the hashing below, which reads megabyte bodies, does plain set lookups.
+# What a message's identity leaves out, and why (docs/log-format.rst, "Sessions, threads and
+# forks", lists the rules): each API module declares its spellings (llmproxy/providers/spelling.py);
+# they are bound here once, so the hashing below, which reads megabyte bodies, does plain set lookups.
 _ANNOTATIONS = SPELLING.annotations          # per-request markers clients move between turns
 _INSTRUCTION_ROLES = SPELLING.context_roles  # the client's instructions, regenerated per request
 _CONTEXT_TEXTS = SPELLING.context_texts      # client context prepended to a user message

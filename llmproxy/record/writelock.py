@@ -2,9 +2,10 @@
 
 SQLite's busy handler polls: a ``BEGIN IMMEDIATE`` that finds the write lock taken sleeps 1, 2,
 5, 10, 15, 20, 25, 25, 50… ms between tries, while the threads of the holder's process take the
-lock back to back. With 16 concurrent clients that sleeping was most of the proxy's tail (README,
-"Performance"). Waiting on a thread lock, then on ``flock`` of a file beside the database, wakes
-the next writer the moment the previous one is done, and SQLite then finds its lock free.
+lock back to back. With 16 concurrent clients that sleeping was most of the proxy's tail
+(docs/performance.rst, "Under load"). Waiting on a thread lock, then on ``flock`` of a file
+beside the database, wakes the next writer the moment the previous one is done, and SQLite then
+finds its lock free.
 """
 
 from __future__ import annotations

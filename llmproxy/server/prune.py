@@ -3,8 +3,8 @@
 Claude Code re-sends the whole conversation on every call, so consecutive lines of a session
 file repeat each other by hundreds of kilobytes. zstd with a long window (128 MiB, long-distance
 matching) finds those repeats; gzip's 32 KiB window cannot, which is why files become
-``.jsonl.zst`` (README.rst has the ratios). The window is within what every zstd decoder accepts
-by default (``zstd -d``, ``zstdcat``, python-zstandard).
+``.jsonl.zst`` (docs/operations.rst, "Log retention", has the ratios). The window is within what
+every zstd decoder accepts by default (``zstd -d``, ``zstdcat``, python-zstandard).
 
 What is never touched:
 

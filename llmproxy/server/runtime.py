@@ -61,7 +61,7 @@ class Runtime:
 
     @staticmethod
     def of(app) -> "Runtime | None":
-        """The runtime of a Flask app built by :func:`llmproxy.proxy.views.create_app`, if any."""
+        """The runtime of a Flask app built by :func:`llmproxy.server.app.create_app`, if any."""
         extensions = getattr(app, "extensions", None)
         return extensions.get(EXTENSION_KEY) if extensions else None
 

@@ -129,7 +129,7 @@ class Saturation:
             self._last_warning = now
             waiting = "" if doc["waiting"] is None else f", {doc['waiting']} requests waiting for one"
             log.warning("all %d request threads of worker %d are busy (for %.0fs%s): new requests wait; "
-                        "raise LLM_PROXY_THREADS or LLM_PROXY_WORKERS (README: Performance)",
+                        "raise LLM_PROXY_THREADS or LLM_PROXY_WORKERS (docs/performance.rst)",
                         self.threads, os.getpid(), self.saturated_for() or 0.0, waiting)
         if self.board is not None:
             current = {k: v for k, v in doc.items() if k != "saturated_seconds"}

@@ -84,7 +84,8 @@ def render(name: str, settings: Settings, user: str = DEFAULT_USER, env_file: Pa
 
 ENV_TEMPLATE = """\
 # llm-proxy settings, read by systemd (EnvironmentFile=): KEY=VALUE, one a line.
-# Mode 0600: it may hold LLM_PROXY_LOKI_AUTH_TOKEN or _PASSWORD. README.rst lists every variable.
+# Mode 0600: it may hold LLM_PROXY_LOKI_AUTH_TOKEN or _PASSWORD.
+# docs/configuration.rst lists every variable; llm-proxy check-config prints their values.
 LLM_PROXY_HOST=127.0.0.1
 LLM_PROXY_PORT=8080
 LLM_PROXY_LOG_DIR={log_dir}
