@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Sequence
 
 from llmproxy import __version__
-from llmproxy.commands import check_config, env, loki_health, loki_session, prune, serve, systemd_unit
+from llmproxy.commands import check_config, env, loki_health, loki_session, prune, serve, systemd_unit, usage
 
 # In the order --help lists them.
 COMMANDS: dict[str, ModuleType] = {
@@ -23,6 +23,7 @@ COMMANDS: dict[str, ModuleType] = {
     "env": env,
     "systemd-unit": systemd_unit,
     "prune": prune,
+    "usage": usage,
     "loki-health": loki_health,
     "loki-session": loki_session,
 }

@@ -39,4 +39,7 @@ def client_name(user_agent: str | None) -> str:
 def client_of(headers: list[tuple[str, str]] | dict[str, str]) -> str:
     """The client of a request, from its headers (pairs as captured, or a logged entry's dict)."""
     pairs = headers.items() if isinstance(headers, dict) else headers
-    return client_name(next((value for name, value in pairs if name.lower() == "user-agent"), None))
+    value = next((value for name, value in pairs if isinstance(name, str) and name.lower() == "user-agent"), None)
+    if isinstance(value, list):  # a repeated header, as an entry keeps it
+        value = value[0] if value else None
+    return client_name(value if isinstance(value, str) else None)
