@@ -250,3 +250,32 @@ def test_backfill_reports_what_loki_refuses_and_can_push_it_apart(start_proxy, f
 def test_backfill_needs_a_loki_url(tmp_path):
     out = io.StringIO()
     assert backfill_main(["--log-dir", str(tmp_path)], out=out, environ={"LLM_PROXY_ENV_FILE": "/none"}) == 2
+
+
+def test_backfill_pushes_sessions_that_ran_at_once_in_time_order(tmp_path, real_loki):
+    """Two long sessions of one machine ran side by side for two hours: they share Loki's streams,
+    which take nothing an hour behind their newest entry. Pushed session after session, the
+    second would be refused; merged in time order, all of it is taken."""
+    from llmproxy.record.entries import rfc3339_ns
+
+    machine = own_machine("side-by-side")
+    now = time.time_ns() // 10**9 * 10**9
+    lines = []
+    for name, first in (("aaaaaaaa", now - 170 * 60 * 10**9), ("bbbbbbbb", now - 160 * 60 * 10**9)):
+        session = time.strftime("%Y%m%d-%H%M%S", time.gmtime(first // 10**9)) + f"-{name}"
+        day = tmp_path / "api.anthropic.com" / f"{session[:4]}-{session[4:6]}-{session[6:8]}"
+        day.mkdir(parents=True, exist_ok=True)
+        docs = [{"type": "session_start", "provider": "anthropic", "upstream": "api.anthropic.com",
+                 "_meta": {"ts": rfc3339_ns(first), "machine": machine, "session": session}}]
+        for seq in range(1, 13):  # a call every ten minutes
+            at = first + seq * 10 * 60 * 10**9
+            for kind, ts in (("request", at), ("response", at + 10**9)):
+                docs.append({"type": kind, "seq": seq, "_meta": {"ts": rfc3339_ns(ts), "machine": machine,
+                                                                 "session": session, "request_id": f"{name}-{seq}"}})
+        text = [json.dumps(doc, separators=(",", ":")) for doc in docs]
+        (day / f"{session}.jsonl").write_text("\n".join(text) + "\n")
+        lines += text
+    code, out = run_backfill(real_loki, tmp_path)
+    assert code == 0 and "refused" not in out, out
+    real_loki.flush()  # entries close to 3 hours old may be asked of the store only
+    assert sorted(line for _, line in real_loki.lines(f'{{app="llm-proxy", machine="{machine}"}}')) == sorted(lines)
