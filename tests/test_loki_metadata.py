@@ -132,9 +132,10 @@ def test_a_loki_without_structured_metadata_gets_everything_without_it(start_pro
         http_get(server.port, "/health/loki")[1]), timeout=5, message="stats published")
     assert health["structured_metadata"] == "refused" and health["entries_failed"] == 0
     # Loki refused the first push only: every later one went without metadata.
-    statuses = wait_until(lambda: (found := push_statuses(server)) and sum(found.values()) == 5 and found, timeout=5,
-                          message="pushes counted")
-    assert statuses == {"400": 1, "204": 4}
+    # (a push per batch: the first was refused and resent, then at least one for each later call)
+    statuses = wait_until(lambda: (found := push_statuses(server)) and found.get("204", 0) >= 4 and found,
+                          timeout=5, message="pushes counted")
+    assert set(statuses) == {"400", "204"} and statuses["400"] == 1, statuses
     server.stop()
     assert server.output().count("Loki does not accept structured metadata") == 1
 
