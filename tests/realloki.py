@@ -67,9 +67,10 @@ def loki_binary() -> tuple[Path | None, str]:
 class RealLoki:
     """One Loki process: ``start()`` waits for ``/ready``; ``push_url`` and ``url`` for clients."""
 
-    def __init__(self, workdir: Path, allow_structured_metadata: bool = True):
+    def __init__(self, workdir: Path, allow_structured_metadata: bool = True, limits: dict | None = None):
         self.workdir = Path(workdir)
         self.allow_structured_metadata = allow_structured_metadata
+        self.limits = limits or {}  # more of limits_config, e.g. {"max_query_series": 20}
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -94,6 +95,8 @@ class RealLoki:
         config = config.replace("grpc_listen_port: 9096", f"grpc_listen_port: {grpc}")
         if not self.allow_structured_metadata:
             config = config.replace("allow_structured_metadata: true", "allow_structured_metadata: false")
+        limits = "".join(f"\n  {name}: {value}" for name, value in self.limits.items())
+        config = config.replace("limits_config:", "limits_config:" + limits)
         (self.workdir / "loki.yaml").write_text(config)
         self.log = open(self.workdir / "loki.log", "wb")
         self.process = subprocess.Popen([str(binary), f"-config.file={self.workdir / 'loki.yaml'}"],
