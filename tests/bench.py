@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
+import io
 import json
 import os
 import platform
@@ -568,6 +569,112 @@ def bench_memory(work: Path, provider: Helper, scale: float) -> list[Figure]:
                    f"<= {limit:.0f} MiB", peak <= limit, {"rss_before_mib": round(baseline, 1)})]
 
 
+# --- readers: pricing and the catalog ---
+
+PRICING_CHILD = """
+import json, statistics, sys, time
+from datetime import datetime, timezone
+sys.path.insert(0, {root!r})
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+before = rss_mib()
+started = time.perf_counter()
+from llmproxy.pricing import prices
+from llmproxy.providers.summary import Counts
+now = time.time()
+prices.cost(Counts(input=3, output=200, cache_write=2000, cache_read=90000), "claude-sonnet-4-5-20250929",
+            "api.anthropic.com", "anthropic", now)
+first_ms = (time.perf_counter() - started) * 1000
+grown = rss_mib() - before
+cases = [("claude-sonnet-4-5-20250929", "api.anthropic.com", "anthropic"), ("gpt-5-codex", "chatgpt.com", "openai"),
+         ("gpt-4o-mini", "api.openai.com", "openai")]
+for model, upstream, price_list in cases:
+    prices.cost(Counts(input=1, output=1), model, upstream, price_list, now)
+samples = []
+for i in range({count}):
+    model, upstream, price_list = cases[i % 3]
+    counts = Counts(input=3 + i, output=200 + i % 97, cache_write=i % 5000, cache_read=90000 + i)
+    t = time.perf_counter_ns()
+    prices.cost(counts, model, upstream, price_list, now)
+    samples.append((time.perf_counter_ns() - t) / 1000)
+from genai_prices import calc_price
+when = datetime.now(timezone.utc)
+library = []
+for i in range({count} // 10):
+    counts = Counts(input=3 + i, output=200, cache_write=100, cache_read=90000)
+    t = time.perf_counter_ns()
+    calc_price(prices.usage(counts), "claude-sonnet-4-5-20250929", provider_id="anthropic", genai_request_timestamp=when)
+    library.append((time.perf_counter_ns() - t) / 1000)
+samples.sort()
+print(json.dumps({{"first_ms": first_ms, "median_us": statistics.median(samples),
+                  "p99_us": samples[int(len(samples) * 0.99)], "library_us": statistics.median(library),
+                  "rss_mib": grown, "samples": len(samples)}}))
+"""
+
+
+def bench_pricing(work: Path, scale: float) -> list[Figure]:
+    count = max(5000, int(20000 * scale))
+    out = subprocess.run([sys.executable, "-c", PRICING_CHILD.format(root=str(HERE.parent), count=count)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    return [
+        Figure("pricing: per call", round(doc["median_us"], 1), "µs (median)", doc["samples"],
+               "a response's cost from its token counts, after the first call of its model (3 models in turn); "
+               f"genai-prices' own calc_price: {doc['library_us']:.0f} µs", "< 30 µs", doc["median_us"] < 30, doc),
+        Figure("pricing: per call p99", round(doc["p99_us"], 1), "µs (p99)", doc["samples"], "as above"),
+        Figure("pricing: first call", round(doc["first_ms"], 1), "ms", 1,
+               f"import of genai-prices and its data, and the model's lookup, once per worker; "
+               f"RSS +{doc['rss_mib']:.1f} MiB"),
+    ]
+
+
+def bench_catalog(work: Path, provider: Helper, scale: float) -> list[Figure]:
+    import gentree
+
+    from llmproxy.catalog import Catalog
+    from llmproxy.server.prune import Pruner
+    from llmproxy.settings import load_settings
+
+    quick = scale < 1
+    tree = gentree.generate(work / "catalog" / "tree", long=1 if quick else 3, calls=120 if quick else 200,
+                            short=60 if quick else 300, days=7) if scale >= 0.1 else \
+        gentree.generate(work / "catalog" / "tree", long=1, calls=10, short=10, days=2)
+    built = Catalog(tree.log_dir, indexers=[], path=work / "catalog" / "plain.db").update()
+    settings = load_settings({"LLM_PROXY_LOG_DIR": str(tree.log_dir), "LLM_PROXY_ENV_FILE": "/nonexistent"},
+                             create_dirs=False)
+    Pruner(settings, dry_run=False, out=io.StringIO(), now=time.time() + 400 * 86400).run()
+    compressed = sum(p.stat().st_size for p in tree.log_dir.glob("*/*/*.zst"))
+    from_zst = Catalog(tree.log_dir, indexers=[], path=work / "catalog" / "zst.db").update()
+
+    many = work / "catalog" / "many"
+    gentree.generate(many, long=0, short=200, days=30, seed=2)
+    gentree.clone(many, 10_000 if scale >= 0.1 else 500)  # the figure is over 10,000; a test runs it small
+    catalog = Catalog(many, indexers=[], path=work / "catalog" / "many.db")
+    first = catalog.update()
+    idle = [catalog.update() for _ in range(5)]
+    idle_ms = statistics.median(u.seconds * 1000 for u in idle)
+    mib = 1024 * 1024
+    return [
+        Figure("catalog: build from plain files", round(built.bytes / mib / built.seconds, 1), "MiB/s", built.lines,
+               f"{built.sessions} sessions, {built.bytes / mib:.0f} MiB of JSONL (long Claude Code sessions whose "
+               f"late requests re-send {tree.largest / mib:.1f} MiB of history), into an empty catalog in "
+               f"{built.seconds:.1f} s"),
+        Figure("catalog: build from .zst", round(from_zst.bytes / mib / from_zst.seconds, 1), "MiB/s",
+               from_zst.lines, f"the same tree compressed by prune ({compressed / mib:.1f} MiB on disk); MiB of JSONL "
+               f"read per second, in {from_zst.seconds:.1f} s"),
+        Figure("catalog: update, nothing new", round(idle_ms, 1), "ms (median)", len(idle),
+               f"{first.sessions} session files, none changed: listed and stat'ed, none opened "
+               f"({sum(u.read for u in idle)} read); their first cataloguing took {first.seconds:.1f} s",
+               "< 1000 ms", idle_ms < 1000 and all(u.read == 0 for u in idle)),
+    ]
+
+
 # --- output ---
 
 def machine() -> str:
@@ -605,9 +712,11 @@ SECTIONS = {
     "stream": bench_streaming,
     "export": lambda work, provider, scale: bench_export(work, scale),
     "memory": bench_memory,
+    "pricing": lambda work, provider, scale: bench_pricing(work, scale),
+    "catalog": bench_catalog,
 }
 # The quick run stays under a minute: the 30 s streams of "many" are left to the full run.
-QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory")
+QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory", "pricing", "catalog")
 
 
 def run(quick: bool, only: list[str] | None = None, scale: float | None = None,

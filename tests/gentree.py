@@ -15,7 +15,7 @@ Every call's usage is kept in :attr:`Tree.calls` (the truth a reader's sums are 
 against). ``legacy=True`` writes entries as the proxy did before they had ``tokens``, ``cost``
 and ``client``. Deterministic for a seed.
 
-    python tests/gentree.py DIR [--long 2] [--calls 200] [--short 100] [--days 7] [--legacy]
+    python tests/gentree.py DIR [--long 2] [--calls 200] [--short 100] [--days 7] [--legacy] [--copies-to N]
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Tree:
     log_dir: Path
     calls: list[Call] = field(default_factory=list)
     bytes: int = 0
+    largest: int = 0  # the longest line: a late request of a long session
 
     @property
     def sessions(self) -> set[str]:
@@ -102,6 +103,7 @@ class _Writer:
             f = self.files[entry.path] = open(path, "ab")
         f.write(line + b"\n")
         self.tree.bytes += len(line) + 1
+        self.tree.largest = max(self.tree.largest, len(line))
 
     def close(self) -> None:
         for f in self.files.values():
@@ -246,6 +248,23 @@ def generate(log_dir: Path, long: int = 2, calls: int = 200, short: int = 100, d
     return tree
 
 
+def clone(log_dir: Path, count: int, seed: int = 1) -> int:
+    """Copies of the tree's session files under new session ids (same day), until it holds
+    ``count`` sessions: for figures that depend on how many files there are, not on what they
+    hold (the lines keep their first session's ids). The number of sessions made."""
+    import shutil
+
+    rng = random.Random(seed)
+    originals = sorted(Path(log_dir).glob("*/*/*.jsonl"))
+    made = 0
+    while originals and len(originals) + made < count:
+        source = originals[made % len(originals)]
+        name = f"{source.name[:16]}{rng.getrandbits(32):08x}.jsonl"
+        shutil.copyfile(source, source.with_name(name))
+        made += 1
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log_dir", type=Path)
@@ -255,9 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7, help="days the sessions spread over (default 7)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--legacy", action="store_true", help="entries without tokens, cost and client")
+    parser.add_argument("--copies-to", type=int, metavar="N", help="then copy session files until there are N")
     args = parser.parse_args(argv)
     tree = generate(args.log_dir, args.long, args.calls, args.short, args.days, args.seed, args.legacy)
     print(f"{len(tree.sessions)} sessions, {len(tree.calls)} calls, {tree.bytes / 2**20:.1f} MiB in {args.log_dir}")
+    if args.copies_to:
+        print(f"{clone(args.log_dir, args.copies_to, args.seed)} copies of them")
     return 0
 
 

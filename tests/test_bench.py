@@ -46,6 +46,19 @@ def test_load_section_reports_throughput_tail_and_cpu_against_the_targets(tmp_pa
     assert "load average" in text and "proxy settings: LLM_PROXY_THREADS=16" in text
 
 
+def test_pricing_and_catalog_sections_run(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "pricing", "--only", "catalog", "--scale", "0.01", "--json", str(out)]) == 0
+    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    assert list(figures) == ["pricing: per call", "pricing: per call p99", "pricing: first call",
+                             "catalog: build from plain files", "catalog: build from .zst",
+                             "catalog: update, nothing new"]
+    assert figures["pricing: per call"]["samples"] == 5000 and figures["pricing: per call"]["value"] > 0
+    assert all(figures[name]["value"] > 0 for name in figures)
+    assert figures["catalog: update, nothing new"]["extra"] == {} and "none opened (0 read)" in \
+        figures["catalog: update, nothing new"]["what"]
+
+
 def test_set_takes_only_proxy_settings(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--only", "export", "--set", "PATH=/tmp"])

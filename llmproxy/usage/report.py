@@ -47,8 +47,10 @@ class Filters:
 
     def describe(self) -> str:
         parts = []
-        if self.since or self.until:
-            parts.append(f"{self.since or '…'} to {self.until or 'today'}")
+        if self.since and self.until:
+            parts.append(f"{self.since} to {self.until}")
+        elif self.since or self.until:
+            parts.append(f"from {self.since}" if self.since else f"up to {self.until}")
         for name in ("provider", "model", "machine"):
             value = getattr(self, name)
             if value:
@@ -56,28 +58,13 @@ class Filters:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Record:
     """The calls of one group and model, summed by a source. ``last``: the newest call's time
     (Unix seconds), where the source knows it."""
 
     key: str
-    model: str
-    calls: int
-    input: int = 0
-    output: int = 0
-    cache_write: int = 0
-    cache_read: int = 0
-    cost: float = 0.0
-    unpriced: int = 0
-    last: float | None = None
-
-
-@dataclass
-class Row:
-    """A line of the report: a group (or, in a breakdown, a model of it), or the totals."""
-
-    key: str
+    model: str = ""
     calls: int = 0
     input: int = 0
     output: int = 0
@@ -86,22 +73,29 @@ class Row:
     cost: float = 0.0
     unpriced: int = 0
     last: float | None = None
-    models: list[Row] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
         return self.input + self.output + self.cache_write + self.cache_read
 
-    def add(self, record: Record | Row) -> None:
-        self.calls += record.calls
-        self.input += record.input
-        self.output += record.output
-        self.cache_write += record.cache_write
-        self.cache_read += record.cache_read
-        self.cost += record.cost
-        self.unpriced += record.unpriced
-        if record.last is not None and (self.last is None or record.last > self.last):
-            self.last = record.last
+    def add(self, other: Record) -> None:
+        self.calls += other.calls
+        self.input += other.input
+        self.output += other.output
+        self.cache_write += other.cache_write
+        self.cache_read += other.cache_read
+        self.cost += other.cost
+        self.unpriced += other.unpriced
+        if other.last is not None and (self.last is None or other.last > self.last):
+            self.last = other.last
+
+
+@dataclass
+class Row(Record):
+    """A line of the report: the sums of a group (or, in a breakdown, of a model of it: ``key``
+    is the model), or the totals; ``models`` its breakdown."""
+
+    models: list[Row] = field(default_factory=list)
 
 
 @dataclass
