@@ -262,13 +262,16 @@ class LokiSettings:
         return loki_push_url(self.url) if self.url else None
 
 
+DEFAULT_LOG_DIR = "~/.llm-provider-logs"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The proxy's whole configuration, built once by :func:`load_settings`."""
 
     host: str = "127.0.0.1"
     port: int = 8080
-    log_dir: Path = Path("~/.llm-provider-logs").expanduser()
+    log_dir: Path = Path(DEFAULT_LOG_DIR).expanduser()
     workers: int = DEFAULT_WORKERS
     threads: int = 128
     machine_id: str = ""
@@ -374,13 +377,29 @@ def _env_file(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("LLM_PROXY_ENV_FILE") or ".env").expanduser()
 
 
+def user_settings_file(environ: Mapping[str, str] | None = None) -> Path:
+    """The user's own settings: ``$XDG_CONFIG_HOME/llm-proxy/llm-proxy.env`` (``~/.config/…``),
+    where ``llm-proxy setup`` keeps the workstation's port and its user service reads them."""
+    environ = os.environ if environ is None else environ
+    config = environ.get("XDG_CONFIG_HOME") or Path(environ.get("HOME") or Path.home()) / ".config"
+    return Path(config).expanduser() / "llm-proxy" / "llm-proxy.env"
+
+
+def settings_files(environ: Mapping[str, str]) -> list[Path]:
+    """The dotenv files read, lowest first: the one LLM_PROXY_ENV_FILE names alone (a service's);
+    else the user's settings file, then ``.env`` in the working directory."""
+    if environ.get("LLM_PROXY_ENV_FILE"):
+        return [_env_file(environ)]
+    return [user_settings_file(environ), _env_file(environ)]
+
+
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment over the ``.env`` file's values (the real environment wins)."""
+    """The process environment over the settings files' values (the real environment wins)."""
     environ = dict(os.environ if environ is None else environ)
-    env_file = _env_file(environ)
     merged: dict[str, str] = {}
-    if env_file.is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    for path in settings_files(environ):
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     merged.update(environ)
     return merged
 

@@ -89,19 +89,59 @@ in_loopback_namespace() {
     exec "$@"
 }
 
-# The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
-# Installed when missing and apt-get can (root); says so, and is quiet when it is there.
-ensure_systemd_analyze() {
-    command -v systemd-analyze >/dev/null 2>&1 && return 0
+# ensure_command COMMAND PACKAGE WHAT: Debian's PACKAGE, installed when COMMAND is missing and
+# apt-get can (root), for WHAT; says so, and is quiet when the command is there.
+ensure_command() {
+    local command="$1" package="$2" what="$3"
+    command -v "$command" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "systemd-analyze missing: installing Debian's systemd package for the unit tests ..." >&2
-        if { apt-get install -y -qq --no-install-recommends systemd || \
-             { apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; }; } \
-                >.venv/apt-systemd.log 2>&1; then
+        echo "$command missing: installing Debian's $package package for $what ..." >&2
+        if { apt-get install -y -qq --no-install-recommends "$package" || \
+             { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$package"; }; } \
+                >".venv/apt-$package.log" 2>&1; then
             return 0
         fi
-        echo "apt-get install systemd failed (log: .venv/apt-systemd.log); the unit tests will fail" >&2
+        echo "apt-get install $package failed (log: .venv/apt-$package.log); $what will fail" >&2
     else
-        echo "systemd-analyze missing (install Debian's systemd package); the unit tests will fail" >&2
+        echo "$command missing (install Debian's $package package); $what will fail" >&2
+    fi
+}
+
+# The systemd unit tests verify the units with systemd-analyze (Debian's systemd package).
+ensure_systemd_analyze() {
+    ensure_command systemd-analyze systemd "the unit tests"
+}
+
+# The shell integration runs in real bash, zsh and fish (tests/test_shell_integration.py).
+ensure_shells() {
+    ensure_command bash bash "the shell tests"
+    ensure_command zsh zsh "the shell tests"
+    ensure_command fish fish "the shell tests"
+}
+
+# bootstrap_wheelhouse: wheels of llm-proxy's dependencies and of its build backend in
+# .venv/wheelhouse, made here, before the tests run in their loopback-only namespace, where
+# tests/test_install.py installs the tool with pipx from the checkout without an index
+# (--no-index --find-links .venv/wheelhouse). Made again when setup.cfg or pyproject.toml
+# change; quiet when it is there; when pip fails, says so and goes on (that test then fails
+# under CI, skips elsewhere).
+bootstrap_wheelhouse() {
+    local dir=.venv/wheelhouse want
+    want="$(cat setup.cfg pyproject.toml | cksum)"
+    [ -f "$dir/.made" ] && [ "$(cat "$dir/.made")" = "$want" ] && return 0
+    echo "Making .venv/wheelhouse (llm-proxy's dependencies, for the install test) ..." >&2
+    rm -rf "$dir" && mkdir -p "$dir" || return 0
+    .venv/bin/python -c '
+import tomllib
+from importlib.metadata import requires
+with open("pyproject.toml", "rb") as f:
+    build = tomllib.load(f)["build-system"]["requires"]
+print("\n".join([r for r in requires("llm-proxy") if "extra ==" not in r] + build))' >"$dir/requirements.txt"
+    if .venv/bin/python -m pip wheel --quiet --disable-pip-version-check -w "$dir" -r "$dir/requirements.txt" \
+            >.venv/wheelhouse.log 2>&1; then
+        echo "$want" >"$dir/.made"
+    else
+        tail -n 20 .venv/wheelhouse.log >&2
+        echo "pip wheel failed (log: .venv/wheelhouse.log): the install test cannot run" >&2
     fi
 }

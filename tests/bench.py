@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -527,6 +528,98 @@ def bench_export(work: Path, scale: float) -> list[Figure]:
     ]
 
 
+SKEL_BASHRC = Path("/etc/skel/.bashrc")
+
+
+def _shell_homes(work: Path, presence_file: Path) -> tuple[Path, Path]:
+    """Two homes: the user's rc files alone (Debian's ~/.bashrc, a one-line ~/.zshrc, an empty
+    fish conf.d), and the same with what ``llm-proxy setup`` adds."""
+    from llmproxy.setup import shells
+
+    plain, blocked = work / "shells-plain", work / "shells-setup"
+    for home in (plain, blocked):
+        (home / ".config" / "fish" / "conf.d").mkdir(parents=True)
+        (home / ".bashrc").write_bytes(SKEL_BASHRC.read_bytes() if SKEL_BASHRC.exists() else b"# bashrc\n")
+        (home / ".zshrc").write_text("# the user's zsh settings\n")
+    (blocked / ".bashrc").write_text((blocked / ".bashrc").read_text() + "\n" + shells.posix(presence_file))
+    (blocked / ".zshrc").write_text((blocked / ".zshrc").read_text() + "\n" + shells.posix(presence_file))
+    (blocked / ".config" / "fish" / "conf.d" / "llm-proxy.fish").write_text(shells.fish(presence_file))
+    return plain, blocked
+
+
+def _start_ms(shell: str, home: Path) -> float:
+    """One interactive shell's start and exit (it reads its rc files), wall clock."""
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "dumb", "LANG": "C.UTF-8"}
+    started = time.perf_counter()
+    subprocess.run([shell, "-i", "-c", "exit"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=30)
+    return (time.perf_counter() - started) * 1000
+
+
+_LOOPS = {"bash": "i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done",
+          "zsh": "i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done",
+          "fish": "for i in (seq {n}); {body}; end"}
+
+
+def _block_us(shell: str, block: Path, runs: int) -> float:
+    """The block alone, run ``runs`` times inside one shell, less the same loop doing nothing: µs a run."""
+    def loop(body: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([shell, "-c", _LOOPS[shell].format(n=runs, body=body)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=True)
+        return time.perf_counter() - started
+    source = "source" if shell == "fish" else "."
+    best = min(loop(f"{source} {block}") - loop("true") for _ in range(3))
+    return best / runs * 1e6
+
+
+def bench_shells(work: Path, scale: float) -> list[Figure]:
+    """What the shell integration adds to starting an interactive bash, zsh and fish, with the
+    proxy up (its presence file held by a live process, as the gunicorn master holds it) and
+    down (no file). Starts are interleaved, so drift hits every variant alike."""
+    from llmproxy.server.presence import Announcement
+    from llmproxy.setup import shells
+
+    presence_file = work / "shells-logs" / ".run" / "proxy.env"
+    plain, blocked = _shell_homes(work, presence_file)
+    announcement = Announcement(presence_file)
+    rounds = max(20, int(200 * scale))
+    figures = []
+    for shell in ("bash", "zsh", "fish"):
+        if shutil.which(shell) is None:
+            continue
+        times: dict[str, list[float]] = {"without": [], "down": [], "up": []}
+        for i in range(rounds):
+            order = ("without", "down", "up") if i % 2 else ("up", "down", "without")
+            for variant in order:
+                if variant == "up":
+                    announcement.publish("http://127.0.0.1:8080")
+                elif variant == "down":
+                    announcement.withdraw()
+                times[variant].append(_start_ms(shell, plain if variant == "without" else blocked))
+        announcement.withdraw()
+        base = statistics.median(times["without"])
+        figures.append(Figure(f"{shell} -i: start", round(base, 2), "ms (median)", rounds,
+                              f"{shell} -i -c exit with the user's rc files only"))
+        for variant in ("down", "up"):
+            added = statistics.median(times[variant]) - base
+            figures.append(Figure(f"{shell} -i: added, proxy {variant}", round(added, 2), "ms (median)", rounds,
+                                  f"the same start with the block setup adds, proxy {variant}",
+                                  "<= 10 ms", added <= 10,
+                                  {"median_ms": round(statistics.median(times[variant]), 3),
+                                   "p90_ms": round(percentile(times[variant], 0.9), 3)}))
+        block = work / f"block.{shell}"
+        block.write_text(shells.fish(presence_file) if shell == "fish" else shells.posix(presence_file))
+        announcement.publish("http://127.0.0.1:8080")
+        try:
+            alone = _block_us(shell, block, max(200, int(2000 * scale)))
+        finally:
+            announcement.withdraw()
+        figures.append(Figure(f"{shell}: the block alone, proxy up", round(alone, 1), "µs a run", 3,
+                              "the block run in a loop inside one shell, less the empty loop (best of 3)"))
+    return figures
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU the processes have used so far."""
     total = 0
@@ -712,11 +805,12 @@ SECTIONS = {
     "stream": bench_streaming,
     "export": lambda work, provider, scale: bench_export(work, scale),
     "memory": bench_memory,
+    "shells": lambda work, provider, scale: bench_shells(work, scale),
     "pricing": lambda work, provider, scale: bench_pricing(work, scale),
     "catalog": bench_catalog,
 }
 # The quick run stays under a minute: the 30 s streams of "many" are left to the full run.
-QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory", "pricing", "catalog")
+QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory", "shells", "pricing", "catalog")
 
 
 def run(quick: bool, only: list[str] | None = None, scale: float | None = None,

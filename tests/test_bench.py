@@ -74,3 +74,13 @@ def test_the_proxies_run_with_the_shipped_defaults_not_the_test_suites(monkeypat
     assert env["LLM_PROXY_THREADS"] == "64" and env["LLM_PROXY_WORKERS"] == "1"
     monkeypatch.setattr(bench, "EXTRA_ENV", {})
     assert bench.proxy_env(bench.Path("/tmp/x"))["LLM_PROXY_THREADS"] == str(Settings.threads)
+
+
+def test_shells_section_reports_what_the_block_adds_to_each_shells_start(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "shells", "--scale", "0.01", "--json", str(out)]) == 0
+    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    for shell in ("bash", "zsh", "fish"):
+        assert figures[f"{shell} -i: start"]["samples"] == 20 and figures[f"{shell} -i: start"]["value"] > 0
+        assert figures[f"{shell} -i: added, proxy up"]["target"] == "<= 10 ms"
+        assert figures[f"{shell}: the block alone, proxy up"]["value"] > 0

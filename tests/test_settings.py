@@ -202,14 +202,16 @@ def test_check_config_prints_effective_values(tmp_path):
 
 
 def test_env_prints_export_lines_that_eval_in_a_shell(tmp_path):
+    """With --force, whether or not the proxy answers (tests/test_status.py: without it)."""
     env = {"LLM_PROXY_PORT": "8765", "LLM_PROXY_LOG_DIR": str(tmp_path / "never-created")}
-    result = _run(["env"], env, tmp_path)
+    result = _run(["env", "--force"], env, tmp_path)
     assert result.stdout.splitlines() == [
         "export ANTHROPIC_BASE_URL=http://127.0.0.1:8765/anthropic/api.anthropic.com",
         "export OPENAI_BASE_URL=http://127.0.0.1:8765/openai/api.openai.com/v1",
         "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)",
     ]
-    shell = subprocess.run(["bash", "-c", f'eval "$({LLM_PROXY} env)"; echo "$ANTHROPIC_BASE_URL $OPENAI_BASE_URL"'],
+    line = f'eval "$({LLM_PROXY} env --force)"; echo "$ANTHROPIC_BASE_URL $OPENAI_BASE_URL"'
+    shell = subprocess.run(["bash", "-c", line],
                            env=_clean_env(env), capture_output=True, text=True, timeout=60)
     assert shell.stdout.split() == ["http://127.0.0.1:8765/anthropic/api.anthropic.com",
                                     "http://127.0.0.1:8765/openai/api.openai.com/v1"]
@@ -218,7 +220,7 @@ def test_env_prints_export_lines_that_eval_in_a_shell(tmp_path):
 
 def test_env_codex_prints_config_toml_for_both_ways_of_signing_in(tmp_path):
     # The real Codex CLI runs this very text in tests/test_real_clients.py.
-    result = _run(["env", "--codex"], {"LLM_PROXY_HOST": "::", "LLM_PROXY_PORT": "8765"}, tmp_path)
+    result = _run(["env", "--codex", "--force"], {"LLM_PROXY_HOST": "::", "LLM_PROXY_PORT": "8765"}, tmp_path)
     config = tomllib.loads(result.stdout)
     url = "http://[::1]:8765/openai/api.openai.com/v1"
     assert config == {"openai_base_url": url, "model_providers": {"llm-proxy": {

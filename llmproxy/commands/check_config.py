@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from llmproxy.settings import describe, load_settings_or_exit
+from llmproxy.settings import describe, load_settings_or_exit, settings_files
 
 HELP = "validate the configuration and print the effective values"
 
@@ -19,6 +20,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    print(f"configuration OK (env file: {settings.env_file}"
-          f"{'' if settings.env_file and settings.env_file.is_file() else ', not present'})")
+    said = [f"{'env file' if path == settings.env_file else 'user settings'}: {path}"
+            f"{'' if path.is_file() else ', not present'}" for path in reversed(settings_files(os.environ))]
+    print(f"configuration OK ({'; '.join(said)})")
     return 0

@@ -1,51 +1,35 @@
-"""``llm-proxy env [--codex]``: what points today's clients at this proxy."""
+"""``llm-proxy env [--codex] [--force]``: what points today's clients at this proxy, while it answers."""
 
 from __future__ import annotations
 
 import argparse
 
+from llmproxy.providers import client_environment
 from llmproxy.settings import load_settings_or_exit
+from llmproxy.setup import codex, probe
 
-HELP = "print export lines pointing Claude Code and the SDKs here"
+HELP = "print export lines pointing Claude Code and the SDKs here, while the proxy answers"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codex", action="store_true",
                         help="print the Codex CLI's config.toml settings instead")
+    parser.add_argument("--force", action="store_true",
+                        help="print them even when the proxy does not answer")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    """Client setup for this proxy: shell exports, or with ``--codex`` a Codex ``config.toml`` part."""
+    """Client setup for this proxy: shell exports, or with ``--codex`` a Codex ``config.toml``
+    part. Nothing (and exit status 0) while nothing answers there, so that ``eval "$(llm-proxy
+    env)"`` never points a client at a dead port."""
     settings = load_settings_or_exit(create_dirs=False)
-    print(codex_config(settings.base_url) if args.codex else shell_exports(settings.base_url), end="")
+    if not args.force and probe.health(settings.base_url, timeout=1.0) is None:
+        return 0
+    print(codex.snippet(settings.base_url) if args.codex else shell_exports(settings.base_url), end="")
     return 0
 
 
 def shell_exports(base: str) -> str:
-    """For ``eval``: Claude Code and the SDKs read these; Codex does not (0.171 ignores the second)."""
-    return (f"export ANTHROPIC_BASE_URL={base}/anthropic/api.anthropic.com\n"
-            f"export OPENAI_BASE_URL={base}/openai/api.openai.com/v1\n"
-            "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n")
-
-
-def codex_config(base: str) -> str:
-    """The Codex CLI's two ways through the proxy, as checked against Codex 0.171.0."""
-    url = f"{base}/openai/api.openai.com/v1"
-    return f"""\
-# Codex CLI through llm-proxy: put this at the top of $CODEX_HOME/config.toml
-# (~/.codex/config.toml), before any [table].
-
-# ChatGPT sign-in, or a key saved with `codex login --with-api-key`: the built-in
-# provider (it tries a WebSocket first and ignores OPENAI_BASE_URL and OPENAI_API_KEY).
-openai_base_url = "{url}"
-
-# A key in $OPENAI_API_KEY: choose this provider here, or per run with
-# `codex -c model_provider=llm-proxy` (plain HTTP and SSE).
-# model_provider = "llm-proxy"
-
-[model_providers.llm-proxy]
-name = "OpenAI through llm-proxy"
-base_url = "{url}"
-env_key = "OPENAI_API_KEY"
-wire_api = "responses"
-"""
+    """For ``eval``: Claude Code and the SDKs read these; Codex does not (0.171 ignores OPENAI_BASE_URL)."""
+    return ("".join(f"export {name}={value}\n" for name, value in client_environment(base).items())
+            + "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)\n")

@@ -14,11 +14,26 @@ from types import ModuleType
 from typing import Sequence
 
 from llmproxy import __version__
-from llmproxy.commands import check_config, env, loki_health, loki_session, prune, serve, systemd_unit, usage
+from llmproxy.commands import (
+    check_config,
+    env,
+    loki_health,
+    loki_session,
+    prune,
+    serve,
+    setup,
+    status,
+    systemd_unit,
+    uninstall,
+    usage,
+)
 
 # In the order --help lists them.
 COMMANDS: dict[str, ModuleType] = {
     "serve": serve,
+    "setup": setup,
+    "status": status,
+    "uninstall": uninstall,
     "check-config": check_config,
     "env": env,
     "systemd-unit": systemd_unit,

@@ -10,6 +10,6 @@ May import: common, providers.
 Must not be imported by: common, providers.
 """
 
-from llmproxy.pricing.prices import Cost, cost, priced, source
+from llmproxy.pricing.prices import Cost, cost, load, priced, source
 
-__all__ = ["Cost", "cost", "priced", "source"]
+__all__ = ["Cost", "cost", "load", "priced", "source"]

@@ -18,6 +18,8 @@ Each module answers every question the proxy has about its API:
   data knows: a genai-prices provider id);
 - transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
   conversation), ``said`` (a JSON answer's text and tool calls) and ``said_events`` (a stream's).
+- clients: optionally ``CLIENT_ENV`` (the environment variables that point its clients at the
+  proxy, and the path under the proxy each names).
 
 :mod:`~llmproxy.providers.clients` names the client program of a request (its User-Agent).
 
@@ -51,9 +53,9 @@ PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
 __all__ = ["APIS", "PREFIXES", "SPELLING", "Counts", "Part", "Said", "Summary", "agent_name", "api_for",
-           "api_of_entry", "client_session_id", "conversation", "error_body", "logged", "provider_for_host",
-           "request_summary", "response_id", "response_summary", "rewrite", "said", "stream_summary", "token_counts",
-           "tokens", "turn"]
+           "api_of_entry", "client_environment", "client_session_id", "codex_base_url", "conversation", "error_body",
+           "logged", "provider_for_host", "request_summary", "response_id", "response_summary", "rewrite", "said",
+           "stream_summary", "token_counts", "tokens", "turn"]
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -64,6 +66,18 @@ def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tup
             if changed:
                 return changed
     return None
+
+
+def client_environment(base_url: str) -> dict[str, str]:
+    """The variables that point today's clients at the proxy at ``base_url`` (``llm-proxy env``,
+    the shell integration)."""
+    return {name: base_url + path for api in APIS for name, path in getattr(api, "CLIENT_ENV", {}).items()}
+
+
+def codex_base_url(base_url: str) -> str:
+    """Where the Codex CLI's provider block points: the OpenAI SDK's base URL (Codex reads it
+    from config.toml, not from the environment)."""
+    return base_url + openai_chat.CLIENT_ENV["OPENAI_BASE_URL"]
 
 
 def logged(path: str) -> bool:

@@ -23,6 +23,8 @@ from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks
 PREFIX = "anthropic"                       # /anthropic/{upstream}/…
 NAMES = ("anthropic",)                     # the provider label its exchanges get
 HOSTS = {"api.anthropic.com": "anthropic"}
+# What points its clients (Claude Code, the SDK) at the proxy: variable → path under the proxy.
+CLIENT_ENV = {"ANTHROPIC_BASE_URL": "/anthropic/api.anthropic.com"}
 PRICED_AS = "anthropic"                    # genai-prices' list for a host it does not know
 LOGGED = re.compile(r"/v1/messages")       # the exchanges worth a session log
 AGENT_HEADERS = ("x-claude-code-agent-id",)

@@ -22,6 +22,8 @@ from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
 HOSTS = {"api.openai.com": "openai"}
+# What points the SDK at the proxy (the Codex CLI reads config.toml instead: llmproxy/setup/codex.py).
+CLIENT_ENV = {"OPENAI_BASE_URL": "/openai/api.openai.com/v1"}
 PRICED_AS = "openai"  # genai-prices' list for a host it does not know
 LOGGED = re.compile(r"/v1/chat/completions|/v1/completions|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?")
 AGENT_HEADERS = ("x-openai-subagent",)

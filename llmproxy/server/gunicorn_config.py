@@ -14,9 +14,10 @@ import shutil
 import signal
 import time
 
+from llmproxy import pricing
 from llmproxy.common import masking
 from llmproxy.proxy import forwarding, views
-from llmproxy.server import metrics
+from llmproxy.server import metrics, presence
 from llmproxy.server.runtime import Runtime, describe_destinations, prepare_run_dir
 from llmproxy.server.saturation import Saturation, pool_queue
 from llmproxy.settings import load_settings_or_exit
@@ -113,6 +114,11 @@ def on_starting(server):
     metrics.prepare_multiprocess_dir(server.pid)
     for line in describe_destinations(_settings):
         ours.info(line)
+    # Before the fork, and out of the collector's reach: every worker shares the price data's
+    # pages (docs/usage.rst); a collection in a worker would otherwise write to each object and
+    # copy them all.
+    pricing.load()
+    gc.freeze()
 
 
 # This worker's busy-thread count (llmproxy.server.saturation), fed by pre_request / post_request.
@@ -146,7 +152,20 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+# The presence file (llmproxy/server/presence.py): shells and `llm-proxy status` learn from it
+# that this server listens, for exactly as long as the master lives.
+_announcement = presence.Announcement(presence.path(_settings))
+
+
+def when_ready(server):
+    try:
+        _announcement.publish(_settings.base_url)
+    except OSError as exc:  # the proxy works without it; only the shell integration misses it
+        server.log.warning("cannot write %s: %s", _announcement.file, exc)
+
+
 def on_exit(server):
+    _announcement.withdraw()
     shutil.rmtree(metrics.multiprocess_dir(server.pid), ignore_errors=True)
 
 

@@ -1,0 +1,36 @@
+"""``llm-proxy uninstall [--dry-run]``: take back what ``llm-proxy setup`` did; the logs stay."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmproxy.setup import installer, service
+from llmproxy.setup.home import Home
+from llmproxy.setup.status import human_bytes, tree_size
+
+HELP = "stop and remove the user service, the shell blocks and the Codex keys setup added (logs stay)"
+PROG = "llm-proxy uninstall"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="print every change, make none")
+
+
+def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
+        runner: service.Runner = service.run) -> int:
+    installation = installer.Installation(home or Home.current(), runner)
+    try:
+        log_dir = installation.service_settings().log_dir
+    except installer.SetupError:  # a bad settings file does not stop its own removal
+        log_dir = None
+    plan = installation.uninstall_plan()
+    if not plan.steps:
+        print("nothing to remove: llm-proxy setup has not changed anything here")
+    code = installer.carry_out(plan, args.dry_run, sys.stdout, sys.stderr, PROG)
+    for note in plan.notes:
+        print(note)
+    if log_dir is not None and log_dir.is_dir():
+        size, files = tree_size(log_dir)
+        print(f"the session logs stay: {log_dir} ({human_bytes(size)} in {files} files)")
+    return code
