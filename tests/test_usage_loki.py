@@ -175,7 +175,7 @@ def test_the_command_prints_loki_s_report_as_the_local_one(shipped):
     assert loki_lines[0] == mine_lines[0] + f", machine {machine}"
     assert loki_lines[1:len(mine_lines)] == mine_lines[1:]
     note = " ".join(loki_lines[len(mine_lines):])
-    assert f"From Loki at {shipped['loki'].url} (environment {shipped['environment']})" in " ".join(note.split())
+    assert note == f"Every machine in Loki at {shipped['loki'].url}, environment {shipped['environment']}."
     assert max(map(len, loki_lines[1:])) <= 80  # the title names the filters, however long
     data = json.loads(run(shipped, "model", "--json", "--loki").stdout)
     assert data["filters"]["since"] == (today() - timedelta(days=30)).isoformat()  # Loki's default range

@@ -239,5 +239,5 @@ def report(client: LokiClient, environment: str, kind: Kind, filters: Filters,
     records = LokiUsage(client, environment).records(kind, filters, since, until, now_ns)
     out = build(kind, records, shown, pricing.source())
     where = client.safe_url.removesuffix("/loki/api/v1/push")
-    out.notes.append(f"From Loki at {where} (environment {environment}): every machine shipping there.")
+    out.notes.append(f"Every machine in Loki at {where}, environment {environment}.")
     return out
