@@ -186,6 +186,14 @@ class RealLoki:
                           timeout, interval=0.25, message=f"{count} entries for {query}")
 
 
+def own_machine(name: str) -> str:
+    """A ``machine`` label of one test's own: the real Loki is shared by the whole run, and a
+    test keeps to its own streams by it."""
+    import uuid
+
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
 def loki_entries(lines: list[str]) -> int:
     """How many entries Loki holds for these file lines: a line over the exporter's limit goes in
     parts (:mod:`llmproxy.loki.split`)."""

@@ -12,7 +12,7 @@ import pytest
 import requests
 from fakeloki import FakeLoki
 from proxyproc import http_get, jsonl_lines, wait_until
-from realloki import loki_entries
+from realloki import loki_entries, own_machine
 
 from llmproxy import __version__
 
@@ -48,11 +48,6 @@ def health(server):
 
 def file_lines(log_dir):
     return [line for path in log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(path)]
-
-
-def own_machine(test: str) -> str:
-    """A machine label of the test's own: the real Loki is shared by the whole run."""
-    return f"{test}-{uuid.uuid4().hex[:8]}"
 
 
 def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, real_loki):

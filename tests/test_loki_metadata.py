@@ -14,7 +14,7 @@ import pytest
 import requests
 from fakeloki import FakeLoki
 from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
-from realloki import RealLoki
+from realloki import RealLoki, own_machine
 
 from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
@@ -56,11 +56,6 @@ def loki_env(loki, **extra):
             "LLM_PROXY_LOKI_ENVIRONMENT": "test", "LLM_PROXY_MACHINE_ID": "tester@ci", **extra}
 
 
-def own_machine() -> str:
-    """A machine label of the test's own: the real Lokis are shared by the whole run."""
-    return f"meta-{uuid.uuid4().hex[:8]}"
-
-
 def metadata_of(entry) -> dict:
     """Our structured metadata of a real Loki's entry (without what Loki adds itself)."""
     return {k: v for k, v in entry[3].items() if k not in LOKIS_OWN}
@@ -78,7 +73,7 @@ def call(server, fake, session, stream=False, status=None):
 
 
 def test_every_value_carries_its_ids_model_and_status(start_proxy, fake_provider, real_loki):
-    machine = own_machine()
+    machine = own_machine("meta")
     server = start_proxy(loki_env(real_loki, LLM_PROXY_MACHINE_ID=machine))
     marker = f"cc-{uuid.uuid4()}"
     call(server, fake_provider, marker)
@@ -114,7 +109,7 @@ def test_every_value_carries_its_ids_model_and_status(start_proxy, fake_provider
 
 
 def test_a_loki_without_structured_metadata_gets_everything_without_it(start_proxy, fake_provider, old_real_loki):
-    machine = own_machine()
+    machine = own_machine("meta")
     server = start_proxy(loki_env(old_real_loki, LLM_PROXY_WORKERS="1", LLM_PROXY_MACHINE_ID=machine))
     ours = f'{{app="llm-proxy", machine="{machine}"}}'
     marker = f"cc-{uuid.uuid4()}"
@@ -152,7 +147,7 @@ def push_statuses(server) -> dict[str, int]:
 
 
 def test_false_sends_no_metadata(start_proxy, fake_provider, real_loki):
-    machine = own_machine()
+    machine = own_machine("meta")
     server = start_proxy(loki_env(real_loki, LLM_PROXY_LOKI_STRUCTURED_METADATA="false", LLM_PROXY_MACHINE_ID=machine))
     call(server, fake_provider, "no-meta")
     ours = f'{{app="llm-proxy", machine="{machine}"}}'
@@ -192,7 +187,7 @@ def test_auto_resends_exactly_the_values_that_carried_metadata(old_loki):
 
 def test_auto_on_a_real_loki_without_metadata_stores_a_mixed_push_whole(old_real_loki):
     import time
-    machine, now = own_machine(), time.time_ns()
+    machine, now = own_machine("meta"), time.time_ns()
     mixed = [replace(entry(i, metadata=() if i % 2 else (("session_id", "S"),), machine=machine), ts_ns=now + i)
              for i in range(6)]
     exporter, outcome = sent(loki_settings(old_real_loki, "auto"), mixed)
@@ -203,7 +198,7 @@ def test_auto_on_a_real_loki_without_metadata_stores_a_mixed_push_whole(old_real
 
 def test_true_insists_and_reports_the_refusal(old_real_loki):
     import time
-    machine, now = own_machine(), time.time_ns()
+    machine, now = own_machine("meta"), time.time_ns()
     exporter, outcome = sent(loki_settings(old_real_loki, "true"),
                              [replace(entry(i, machine=machine), ts_ns=now + i) for i in range(3)])
     assert (outcome.sent, outcome.failed) == (0, 3)
@@ -221,7 +216,7 @@ def test_the_spool_keeps_metadata_and_reads_old_files():
 def test_spooled_entries_reach_loki_with_metadata(tmp_path, real_loki):
     import time
     spool = Spool(tmp_path, 10**9)
-    machine, now = own_machine(), time.time_ns()
+    machine, now = own_machine("meta"), time.time_ns()
     spool.write([replace(entry(i, machine=machine), ts_ns=now + i) for i in range(3)])
     exporter = LokiExporter(replace(loki_settings(real_loki, "auto"), spool_dir=tmp_path, batch_wait=0.05))
     exporter.start()
@@ -251,7 +246,7 @@ def test_split_parts_carry_the_ids_and_the_first_part_the_summary():
 
 
 def test_backfill_gives_the_metadata_the_exporter_gave(start_proxy, fake_provider, real_loki):
-    machine = own_machine()
+    machine = own_machine("meta")
     server = start_proxy(loki_env(real_loki, LLM_PROXY_MACHINE_ID=machine))
     marker = f"cc-{uuid.uuid4()}"
     for stream, status in ((False, None), (True, None), (False, 500)):

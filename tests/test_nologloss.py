@@ -13,7 +13,7 @@ import pytest
 import requests
 from fakeloki import FakeLoki
 from proxyproc import http_get, jsonl_lines, logged_lines, wait_until
-from realloki import loki_entries
+from realloki import loki_entries, own_machine
 
 from llmproxy.loki.backfill import main as backfill_main
 from llmproxy.loki.batch import LokiEntry
@@ -130,11 +130,6 @@ def test_sigterm_with_loki_down_spools_and_the_next_start_delivers(start_proxy, 
     assert loki.wait_for(13, timeout=30) == 13
     assert sorted(loki.lines()) == sorted(file_lines(log_dir))
     loki.down()
-
-
-def own_machine(test: str) -> str:
-    """A machine label of the test's own: the real Loki is shared by the whole run."""
-    return f"{test}-{uuid.uuid4().hex[:8]}"
 
 
 def test_a_2mb_request_body_arrives_in_parts_that_reassemble_byte_exact(start_proxy, fake_provider, real_loki):

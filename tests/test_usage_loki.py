@@ -21,7 +21,7 @@ from test_usage import CALLS, make_calls
 from llmproxy.catalog import Catalog
 from llmproxy.loki.client import LokiClient
 from llmproxy.settings import LokiSettings
-from llmproxy.usage import KINDS, Filters, loki, local, render
+from llmproxy.usage import KINDS, Filters, local, loki, render
 
 LLM_PROXY = str(Path(sys.executable).with_name("llm-proxy"))
 LONG_STREAM = 3000  # text deltas: the answer's entry is over Loki's line limit and goes in parts
@@ -102,7 +102,7 @@ def comparable(report, breakdown: bool) -> dict:
     return doc
 
 
-def span(shipped) -> Filters:
+def span() -> Filters:
     """Yesterday and today: the calls were made a moment ago (UTC), perhaps across midnight."""
     return Filters(since=today() - timedelta(days=1), until=today())
 
@@ -111,7 +111,7 @@ def span(shipped) -> Filters:
 def test_loki_gives_one_machines_report_exactly_as_its_files(shipped, kind):
     """Rows, each row's models (the breakdown), their numbers and the totals."""
     for name, machine in shipped["machines"].items():
-        filters = Filters(since=span(shipped).since, until=span(shipped).until, machine=machine)
+        filters = Filters(since=span().since, until=span().until, machine=machine)
         ours = comparable(from_files(shipped, name, kind, Filters(since=filters.since, until=filters.until)), True)
         ours["filters"]["machine"] = machine
         assert comparable(from_loki(shipped, kind, filters), True) == ours, name
@@ -120,7 +120,7 @@ def test_loki_gives_one_machines_report_exactly_as_its_files(shipped, kind):
 @pytest.mark.parametrize("filters", [Filters(provider="openai"), Filters(model="SONNET"), Filters(model="4o-mini"),
                                      Filters(provider="anthropic", model="haiku")])
 def test_filters_pick_the_same_calls(shipped, filters):
-    filters = Filters(span(shipped).since, span(shipped).until, filters.provider, filters.model,
+    filters = Filters(span().since, span().until, filters.provider, filters.model,
                       shipped["machines"]["box-a"])
     for kind in ("session", "model"):
         ours = comparable(from_files(shipped, "box-a", kind, Filters(filters.since, filters.until, filters.provider,
@@ -136,25 +136,25 @@ def test_the_newest_call_is_the_newest_answer(shipped):
 
     for name, log_dir in shipped["log_dirs"].items():
         docs = [json.loads(line) for p in log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(p)]
-        report = from_loki(shipped, "session", Filters(span(shipped).since, machine=shipped["machines"][name]))
+        report = from_loki(shipped, "session", Filters(span().since, machine=shipped["machines"][name]))
         for row in report.rows:
             answers = [unix(d["_meta"]["ts"]) for d in docs if d["type"] == "response" and d["_meta"]["session"] == row.key]
             assert row.last == max(answers)
-        local_rows = from_files(shipped, name, "session", span(shipped)).rows
+        local_rows = from_files(shipped, name, "session", span()).rows
         assert [r.key for r in report.rows] == [r.key for r in local_rows]
 
 
 def test_across_machines_loki_adds_them_up(shipped):
-    loki_report = from_loki(shipped, "machine", span(shipped))
+    loki_report = from_loki(shipped, "machine", span())
     assert [row.key for row in loki_report.rows] == sorted(shipped["machines"].values(), key=lambda m: -next(
         r.cost for r in loki_report.rows if r.key == m))
-    totals = [from_files(shipped, name, "daily", span(shipped)).total for name in shipped["log_dirs"]]
+    totals = [from_files(shipped, name, "daily", span()).total for name in shipped["log_dirs"]]
     for field in ("calls", "input", "output", "cache_write", "cache_read", "unpriced"):
         assert getattr(loki_report.total, field) == sum(getattr(t, field) for t in totals), field
     assert loki_report.total.cost == pytest.approx(sum(t.cost for t in totals), rel=1e-12)
     for row in loki_report.rows:
         name = next(n for n, m in shipped["machines"].items() if m == row.key)
-        mine = from_files(shipped, name, "daily", span(shipped)).total
+        mine = from_files(shipped, name, "daily", span()).total
         assert (row.calls, row.tokens, row.unpriced) == (mine.calls, mine.tokens, mine.unpriced)
 
 
