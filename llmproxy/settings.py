@@ -225,6 +225,26 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _secret(text: str) -> str:
+    value = text.strip()
+    if len(value) < 16 or not value.isprintable() or " " in value:
+        raise ValueError("at least 16 printable characters without spaces, e.g. from: openssl rand -hex 16")
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address or host name reaches this machine only."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 # --- the settings objects ---
 
 
@@ -266,6 +286,23 @@ DEFAULT_LOG_DIR = "~/.llm-provider-logs"
 
 
 @dataclass(frozen=True)
+class ExplorerSettings:
+    """What ``llm-proxy explore`` needs: where it listens, and the token a request must carry
+    (without one it listens on loopback only)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token: str | None = None
+
+    def check_exposure(self) -> None:
+        """Refuse a non-loopback address without a token (:class:`SettingsError`)."""
+        if not self.token and not is_loopback(self.host):
+            raise SettingsError("LLM_PROXY_EXPLORER_HOST", self.host,
+                                "a loopback address (127.0.0.1, ::1, localhost) unless "
+                                "LLM_PROXY_EXPLORER_TOKEN is set")
+
+
+@dataclass(frozen=True)
 class Settings:
     """The proxy's whole configuration, built once by :func:`load_settings`."""
 
@@ -283,6 +320,7 @@ class Settings:
     log_compress_after: float = 2 * 86400.0
     log_retention: float | None = None  # None: keep everything
     loki: LokiSettings = LokiSettings()
+    explorer: ExplorerSettings = ExplorerSettings()
 
     @property
     def base_url(self) -> str:
@@ -370,6 +408,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_PROXY_LOKI_SPOOL_MAX_BYTES", "loki.spool_max_bytes", _SIZE_ARG),
     Variable("LLM_PROXY_LOKI_MAX_LINE_BYTES", "loki.max_line_bytes", _min_size(1024)),
     Variable("LLM_PROXY_LOKI_STRUCTURED_METADATA", "loki.structured_metadata", _one_of("auto", "true", "false")),
+    Variable("LLM_PROXY_EXPLORER_HOST", "explorer.host", _nonempty_text),
+    Variable("LLM_PROXY_EXPLORER_PORT", "explorer.port", _int_range(1, 65535)),
+    Variable("LLM_PROXY_EXPLORER_TOKEN", "explorer.token", _secret, secret=True),
 )
 
 def _env_file(environ: Mapping[str, str]) -> Path:
@@ -418,7 +459,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, create_dirs: bool
             raise SettingsError(var.name, raw, str(exc)) from None
 
     loki_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("loki.")}
-    top = {k: v for k, v in values.items() if not k.startswith("loki.")}
+    explorer_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("explorer.")}
+    top = {k: v for k, v in values.items() if "." not in k}
     top.setdefault("machine_id", _default_machine_id())
     top.setdefault("env_file", _env_file(env))
     settings = Settings(**top)
@@ -428,7 +470,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, create_dirs: bool
         raise SettingsError("LLM_PROXY_LOKI_URL", "", "a URL is required when LLM_PROXY_LOKI_ENABLED is true")
     if loki.spool_dir is None:
         loki = replace(loki, spool_dir=settings.log_dir / ".loki-spool")
-    settings = replace(settings, loki=loki)
+    settings = replace(settings, loki=loki, explorer=ExplorerSettings(**explorer_values))
 
     if create_dirs:
         _ensure_dir("LLM_PROXY_LOG_DIR", settings.log_dir)

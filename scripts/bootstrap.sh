@@ -145,3 +145,9 @@ print("\n".join([r for r in requires("llm-proxy") if "extra ==" not in r] + buil
         echo "pip wheel failed (log: .venv/wheelhouse.log): the install test cannot run" >&2
     fi
 }
+
+# The explorer's browser tests drive a real headless Chromium: Debian's chromium package (never
+# a browser Playwright would download).
+ensure_chromium() {
+    ensure_command chromium chromium "the explorer's browser tests"
+}

@@ -770,6 +770,108 @@ def bench_catalog(work: Path, provider: Helper, scale: float) -> list[Figure]:
 
 # --- output ---
 
+# --- the explorer (docs/explorer.rst) ---
+
+def _timed_get(port: int, path: str, mark: bytes | None = None) -> tuple[float, float | None, float, int]:
+    """(first byte, when ``mark`` arrived, whole answer) in ms, and its size in bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    started = time.perf_counter()
+    conn.request("GET", path)
+    answer = conn.getresponse()
+    first = None
+    marked = None
+    size = 0
+    tail = b""
+    while chunk := answer.read1(65536):
+        now = time.perf_counter()
+        first = first if first is not None else now
+        size += len(chunk)
+        if mark is not None and marked is None and mark in tail + chunk:
+            marked = now
+        tail = chunk[-len(mark):] if mark else b""
+    done = time.perf_counter()
+    conn.close()
+    assert answer.status == 200, (path, answer.status)
+    ms = lambda t: None if t is None else round((t - started) * 1000, 1)  # noqa: E731
+    return ms(first), ms(marked), ms(done), size
+
+
+def bench_explorer(work: Path, provider: "Helper", scale: float) -> list[Figure]:
+    """A generated tree (tests/gentree.py) of ~10,000 sessions at full scale, some long Claude
+    Code sessions of 300 calls: the catalog catch-up (search index included), then the explorer
+    (``llm-proxy explore``, its indexer idle beside it) over HTTP: the sessions page, search,
+    and a 300-call session's page cold (first visit of the process) and warm."""
+    import gentree
+    from browser import Explorer
+
+    from llmproxy.catalog import Catalog
+
+    sessions = max(300, int(10_000 * scale / 3))
+    long = 3 if scale >= 1 else 1
+    log_dir = work / "explorer-tree"
+    started = time.perf_counter()
+    tree = gentree.generate(log_dir, long=long, calls=300, short=sessions - long, days=30)
+    generated = time.perf_counter() - started
+    long_session = next(c.session for c in tree.calls if c.seq == 300)
+    long_mib = sum(f.stat().st_size for f in log_dir.rglob(long_session + ".jsonl")) / MIB
+
+    catalog = Catalog(log_dir)
+    started = time.perf_counter()
+    stats = catalog.update()
+    catch_up = time.perf_counter() - started
+    started = time.perf_counter()
+    catalog.update()
+    idle = time.perf_counter() - started
+    catalog.close()
+    catalog_mb = (log_dir / "catalog.db").stat().st_size / MIB
+    figures = [
+        Figure("explorer: catalog catch-up", round(catch_up, 1), "s", stats.read,
+               f"{stats.read} sessions, {stats.lines} lines, {stats.bytes / MIB:.0f} MiB (generated in "
+               f"{generated:.0f} s), search index included; catalog.db {catalog_mb:.0f} MiB",
+               extra={"mib_per_s": round(stats.bytes / MIB / catch_up, 1)}),
+        Figure("explorer: catalog catch-up rate", round(stats.bytes / MIB / catch_up, 1), "MiB/s", stats.read,
+               "log bytes catalogued and indexed per second"),
+        Figure("explorer: catalog update, nothing new", round(idle * 1000), "ms", stats.sessions,
+               "an update that only lists and stats the tree"),
+    ]
+
+    server = Explorer(work / "explorer", log_dir).start()
+    try:
+        port = server.port
+        # The long session, first visit of this process: read, indexed and rendered as it streams.
+        first, screen, full, weight = _timed_get(port, f"/session/{long_session}", b'id="call-10"')
+        warm = [_timed_get(port, f"/session/{long_session}", b'id="call-10"') for _ in range(max(3, int(5 * scale)))]
+        figures += [
+            Figure("explorer: 300-call session, cold: first byte", first, "ms", 1, "first visit of the process"),
+            Figure("explorer: 300-call session, cold: first screen", screen, "ms", 1,
+                   "until the first 10 calls arrived", "< 1000 ms", screen is not None and screen < 1000),
+            Figure("explorer: 300-call session, cold: full page", full, "ms", 1,
+                   f"a {long_mib:.0f} MiB session file, every request parsed once"),
+            Figure("explorer: 300-call session, warm: full page", round(statistics.median(w[2] for w in warm), 1),
+                   "ms", len(warm), "median, later visits"),
+            Figure("explorer: 300-call session: page weight", round(weight / 1024), "KiB", 1,
+                   "HTML before any raw JSON is opened", "< 2048 KiB", weight < 2 * MIB),
+        ]
+        words = [w for w in gentree.WORDS][:6]
+        pages = ["/sessions", "/sessions?page=7", "/sessions?client=codex", "/sessions?errors=1",
+                 "/sessions?days=7&provider=openai", "/sessions?model=gpt-4o-mini", f"/sessions?q={words[0]}+{words[1]}"]
+        searches = [f"/search?q={w}" for w in words] + [f"/search?q=%22{words[0]}+{words[1]}%22",
+                                                         "/search?q=nothing-like-this", f"/search?q={words[2]}*",
+                                                         f"/search?q={words[3]}&order=best"]
+        rounds = max(3, int(10 * scale))
+        for name, paths in (("sessions page", pages), ("search", searches)):
+            for path in paths:  # warm the page cache and the templates
+                _timed_get(port, path)
+            samples = [_timed_get(port, path)[2] for _ in range(rounds) for path in paths]
+            p95 = round(percentile(samples, 0.95), 1)
+            figures += [Figure(f"explorer: {name}, p95", p95, "ms", len(samples),
+                               f"{len(paths)} addresses, whole answer; median {statistics.median(samples):.1f} ms",
+                               "< 300 ms", p95 < 300)]
+    finally:
+        server.stop()
+    return figures
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -805,12 +907,13 @@ SECTIONS = {
     "stream": bench_streaming,
     "export": lambda work, provider, scale: bench_export(work, scale),
     "memory": bench_memory,
-    "shells": lambda work, provider, scale: bench_shells(work, scale),
     "pricing": lambda work, provider, scale: bench_pricing(work, scale),
     "catalog": bench_catalog,
+    "explorer": bench_explorer,
+    "shells": lambda work, provider, scale: bench_shells(work, scale),
 }
 # The quick run stays under a minute: the 30 s streams of "many" are left to the full run.
-QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory", "shells", "pricing", "catalog")
+QUICK = ("load", "streams", "overhead", "loki", "stream", "export", "memory", "pricing", "catalog", "explorer", "shells")
 
 
 def run(quick: bool, only: list[str] | None = None, scale: float | None = None,

@@ -168,11 +168,13 @@ def _claude_code(writer: _Writer, rng: random.Random, when: datetime, calls: int
                         anthropic_events(words, model, tool, f"g{seq:04d}", usage))
         writer.tree.calls.append(Call(session, seq, f"{started:%Y-%m-%d}", upstream, model, "claude-code", 200,
                                       usage, route.path))
+        # The ids the answer's stream gave its tool call (fakeprovider: toolu_{ident}): each result
+        # names its call, as with a real client.
         messages.append({"role": "assistant", "content": [
             {"type": "text", "text": "".join(words)},
-            {"type": "tool_use", "id": f"toolu_{seq}", "name": tool[0], "input": tool[1]}]})
+            {"type": "tool_use", "id": f"toolu_g{seq:04d}", "name": tool[0], "input": tool[1]}]})
         messages.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": f"toolu_{seq}", "content": _text(rng, rng.randint(1000, 6000))}]})
+            {"type": "tool_result", "tool_use_id": f"toolu_g{seq:04d}", "content": _text(rng, rng.randint(1000, 6000))}]})
 
 
 def _short(writer: _Writer, rng: random.Random, when: datetime, upstreams: dict[str, str]) -> None:

@@ -76,6 +76,16 @@ def test_the_proxies_run_with_the_shipped_defaults_not_the_test_suites(monkeypat
     assert bench.proxy_env(bench.Path("/tmp/x"))["LLM_PROXY_THREADS"] == str(Settings.threads)
 
 
+def test_explorer_section_measures_the_pages_over_a_generated_tree(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--only", "explorer", "--scale", "0.01", "--json", str(out)]) == 0
+    figures = {f["name"]: f for f in json.loads(out.read_text())["figures"]}
+    assert {"explorer: catalog catch-up", "explorer: 300-call session, cold: first screen",
+            "explorer: 300-call session: page weight", "explorer: sessions page, p95", "explorer: search, p95"} <= set(figures)
+    assert figures["explorer: catalog catch-up"]["samples"] == 300  # sessions catalogued
+    assert all(f["value"] is not None for f in figures.values())
+
+
 def test_shells_section_reports_what_the_block_adds_to_each_shells_start(tmp_path):
     out = tmp_path / "bench.json"
     assert bench.main(["--only", "shells", "--scale", "0.01", "--json", str(out)]) == 0

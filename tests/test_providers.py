@@ -24,7 +24,7 @@ from llmproxy.providers import anthropic, openai_chat, openai_responses
 PACKAGE = Path(providers.__file__).parents[1]
 REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "SPELLING", "handles",
             "client_session_id", "conversation", "error_document", "request_summary", "response_summary", "add_event",
-            "turn", "said", "said_events", "token_counts", "PRICED_AS")
+            "turn", "system", "said", "said_events", "token_counts", "PRICED_AS")
 
 
 @pytest.mark.parametrize("api", providers.APIS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
@@ -248,3 +248,102 @@ def test_what_each_api_request_adds_to_the_conversation(path, body, expected):
 
     turn = providers.turn(providers.api_of_entry(None, path), body)
     assert [(role, [flat(p) for p in parts]) for role, parts in turn] == expected
+
+
+ANSWERS = Path(__file__).parent / "answers"
+
+
+def _recorded(name: str) -> dict:
+    """A response entry of a recorded answer: its SSE events as chunks, or its JSON body."""
+    data = (ANSWERS / name).read_text()
+    if name.endswith(".sse"):
+        return {"chunks": [{"raw": event + "\n\n"} for event in data.split("\n\n") if event.strip()]}
+    if name.endswith(".ws.jsonl"):
+        return {"transport": "websocket", "chunks": [{"raw": line} for line in data.splitlines() if line.strip()]}
+    return {"body": data}
+
+
+def _flat(said):
+    return [(p.kind, p.name, p.ref, p.text[:30]) for p in said.parts], said.error
+
+
+@pytest.mark.parametrize("path, name, parts, error", [
+    ("/v1/messages", "anthropic-tool-use.sse", [
+        ("text", "", "", "Let me read the file first."),
+        ("call", "Read", "toolu_01T1x1fJ34qAmk2tNTrN7Up6", '{"file_path": "/src/app.py"}'),
+        ("call", "Grep", "toolu_01Vx2", '{"pattern": "def "}')], ""),
+    ("/v1/messages", "anthropic-overloaded-mid-stream.sse", [("text", "", "", "Let me")], "Overloaded"),
+    ("/v1/messages", "anthropic-error.json", [], "This request would exceed your organization's rate limit."),
+    ("/v1/responses", "responses-codex-tools.sse", [
+        ("thinking", "redacted", "", ""), ("call", "shell", "call_A", '{"command":["ls"]}'),
+        ("call", "apply_patch", "call_B", "*** Begin Patch\n*** End Patch")], ""),
+    ("/v1/responses", "responses-function-call.json", [
+        ("thinking", "redacted", "", ""), ("call", "shell", "call_A", '{"command":["ls"]}'),
+        ("block", "web_search_call", "", "")], ""),
+    ("/v1/responses", "responses-failed.sse", [], "An error occurred while processing your request."),
+    ("/v1/chat/completions", "chat-tool-calls-usage.sse", [("call", "lookup_order", "call_9y", '{"order_id": 42}')], ""),
+    ("/v1/chat/completions", "openai-error.json", [],
+     "Rate limit reached for gpt-4.1 in organization org-x on tokens per min (TPM)."),
+])
+def test_what_a_recorded_answer_said_in_order_with_call_ids_and_its_error(path, name, parts, error):
+    assert _flat(providers.said(providers.api_of_entry(None, path), _recorded(name))) == (parts, error)
+
+
+def test_a_websocket_answer_reads_like_its_stream():
+    api = providers.api_of_entry(None, "/v1/responses")
+    ws, sse = (providers.said(api, _recorded(name)) for name in ("responses-codex-tools.ws.jsonl",
+                                                                  "responses-codex-tools.sse"))
+    assert _flat(ws) == _flat(sse)
+
+
+@pytest.mark.parametrize("path, response, parts", [
+    ("/v1/messages", _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+                          {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Hm"}},
+                          {"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking"}},
+                          {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "A"}}),
+     [("thinking", "", "", "Hm"), ("thinking", "redacted", "", ""), ("text", "", "", "A")]),
+    ("/v1/messages", {"body": json.dumps({"content": [{"type": "thinking", "thinking": "Why"},
+                                                      {"type": "text", "text": "B"}]})},
+     [("thinking", "", "", "Why"), ("text", "", "", "B")]),
+    ("/v1/responses", _sse({"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning"}},
+                           {"type": "response.reasoning_summary_text.delta", "output_index": 0, "delta": "One"},
+                           {"type": "response.reasoning_summary_part.added", "output_index": 0, "summary_index": 1},
+                           {"type": "response.reasoning_summary_text.delta", "output_index": 0, "delta": "Two"},
+                           {"type": "response.output_text.delta", "output_index": 1, "delta": "C"}),
+     [("thinking", "", "", "One\n\nTwo"), ("text", "", "", "C")]),
+    ("/v1/responses", {"body": json.dumps({"output": [
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "S"}]},
+        {"type": "custom_tool_call", "name": "apply_patch", "call_id": "c9", "input": "*** Begin"}]})},
+     [("thinking", "", "", "S"), ("call", "apply_patch", "c9", "*** Begin")]),
+])
+def test_thinking_is_read_where_each_api_shows_it(path, response, parts):
+    assert _flat(providers.said(providers.api_of_entry(None, path), response)) == (parts, "")
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("/v1/messages", {"system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Be kind."}]},
+     "Be brief.\n\nBe kind."),
+    ("/v1/messages", {"system": "Plain."}, "Plain."),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Sys"}, {"role": "developer", "content": "Dev"},
+                                           {"role": "user", "content": "q"}]}, "Sys\n\nDev"),
+    ("/v1/responses", {"instructions": "Inst", "input": [
+        {"role": "developer", "content": [{"type": "input_text", "text": "Perms"}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "q"}]}]}, "Inst\n\nPerms"),
+    ("/v1/responses", {"input": "q"}, ""),
+])
+def test_the_instructions_a_request_carries(path, body, expected):
+    assert providers.system(providers.api_of_entry(None, path), body) == expected
+
+
+@pytest.mark.parametrize("path, body, expected", [
+    ("/v1/messages", {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": True}]}]}, [("t1", True)]),
+    ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "a"},
+                                           {"role": "tool", "tool_call_id": "c1", "content": "ok"}]}, [("c1", False)]),
+    ("/v1/responses", {"input": [{"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "x"},
+                                 {"type": "custom_tool_call_output", "call_id": "c2", "output": "Done"}]},
+     [("c2", False)]),
+])
+def test_a_tool_result_names_the_call_it_answers(path, body, expected):
+    turn = providers.turn(providers.api_of_entry(None, path), body)
+    assert [(p.ref, p.failed) for _, parts in turn for p in parts if p.kind == "result"] == expected

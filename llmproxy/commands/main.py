@@ -17,6 +17,7 @@ from llmproxy import __version__
 from llmproxy.commands import (
     check_config,
     env,
+    explore,
     loki_health,
     loki_session,
     prune,
@@ -39,6 +40,7 @@ COMMANDS: dict[str, ModuleType] = {
     "systemd-unit": systemd_unit,
     "prune": prune,
     "usage": usage,
+    "explore": explore,
     "loki-health": loki_health,
     "loki-session": loki_session,
 }

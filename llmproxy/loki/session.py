@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,9 +22,10 @@ from typing import Iterable, TextIO
 from llmproxy.loki.client import PAGE, LokiClient
 from llmproxy.loki.split import join_parts
 from llmproxy.record import logtree
+from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import SettingsError, load_settings
 
-OUR_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+OUR_ID = SESSION_ID
 MAX_RANGE_NS = 30 * 86400 * 10**9  # within Loki's default max_query_length (721h)
 EARLY_NS = 5 * 60 * 10**9        # a session's first entry can precede its id's second by a little
 

@@ -16,8 +16,10 @@ Each module answers every question the proxy has about its API:
 - usage and cost: ``token_counts`` (an answer's usage as :class:`Counts`, under names every API
   shares) and ``PRICED_AS`` (the price list of its calls when the upstream is not one the price
   data knows: a genai-prices provider id);
-- transcripts (``loki-session --transcript``): ``turn`` (what a request adds to the
-  conversation), ``said`` (a JSON answer's text and tool calls) and ``said_events`` (a stream's).
+- transcripts (``loki-session --transcript``, the explorer): ``turn`` (what a request adds to the
+  conversation), ``system`` (the instructions it carries), ``said`` (a JSON answer's text,
+  thinking and tool calls, in order) and ``said_events`` (a stream's).
+
 - clients: optionally ``CLIENT_ENV`` (the environment variables that point its clients at the
   proxy, and the path under the proxy each names).
 
@@ -55,7 +57,7 @@ SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 __all__ = ["APIS", "PREFIXES", "SPELLING", "Counts", "Part", "Said", "Summary", "agent_name", "api_for",
            "api_of_entry", "client_environment", "client_session_id", "codex_base_url", "conversation", "error_body",
            "logged", "provider_for_host", "request_summary", "response_id", "response_summary", "rewrite", "said",
-           "stream_summary", "token_counts", "tokens", "turn"]
+           "stream_summary", "system", "token_counts", "tokens", "turn"]
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -244,8 +246,19 @@ def turn(api: ModuleType | None, body: Any) -> list[tuple[str, list[Part]]]:
         return []
 
 
+def system(api: ModuleType | None, body: Any) -> str:
+    """The instructions a request carries (a system prompt, developer messages); empty when
+    unknown. Never raises."""
+    if api is None or not isinstance(body, dict):
+        return ""
+    try:
+        return api.system(body)
+    except Exception:
+        return ""
+
+
 def said(api: ModuleType | None, response: dict) -> Said:
-    """The text and tool calls of a logged answer (a response entry): from its chunks (SSE
+    """The text, thinking and tool calls of a logged answer (a response entry): from its chunks (SSE
     events or WebSocket messages) or its JSON body. Never raises."""
     if api is None:
         return Said()

@@ -18,14 +18,14 @@ from typing import Any, Iterable
 from llmproxy.common.clientids import header, valid
 from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Counts, Summary, common_request, count
-from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, error_message, joined, number
 
 PREFIX = "anthropic"                       # /anthropic/{upstream}/…
 NAMES = ("anthropic",)                     # the provider label its exchanges get
 HOSTS = {"api.anthropic.com": "anthropic"}
+PRICED_AS = "anthropic"                    # genai-prices' list for a host it does not know
 # What points its clients (Claude Code, the SDK) at the proxy: variable → path under the proxy.
 CLIENT_ENV = {"ANTHROPIC_BASE_URL": "/anthropic/api.anthropic.com"}
-PRICED_AS = "anthropic"                    # genai-prices' list for a host it does not know
 LOGGED = re.compile(r"/v1/messages")       # the exchanges worth a session log
 AGENT_HEADERS = ("x-claude-code-agent-id",)
 
@@ -114,10 +114,16 @@ def _part(block: dict) -> Part | None:
     kind = block.get("type")
     if kind == "tool_result":
         inner = block.get("content")
-        return Part("result", name=str(block.get("tool_use_id", "")),
+        ref = str(block.get("tool_use_id", ""))
+        return Part("result", name=ref, ref=ref, failed=block.get("is_error") is True,
                     **({"text": inner} if isinstance(inner, str) else {"parts": _parts(inner)}))
-    if kind == "tool_use":
-        return Part("call", json.dumps(block.get("input"), ensure_ascii=False), name=block.get("name"))
+    if kind in TOOL_BLOCKS:
+        return Part("call", json.dumps(block.get("input"), ensure_ascii=False), name=block.get("name"),
+                    ref=str(block.get("id", "")))
+    if kind == "thinking":
+        return Part("thinking", str(block.get("thinking", "")))
+    if kind == "redacted_thinking":
+        return Part("thinking", name="redacted")
     return None
 
 
@@ -132,30 +138,40 @@ def turn(body: dict) -> list[tuple[str, list[Part]]]:
             for m in after_last(messages, lambda m: m.get("role") == "assistant")]
 
 
+def system(body: dict) -> str:
+    """The system prompt: a string or text blocks."""
+    return joined(body.get("system"), (TEXT,))
+
+
 def said(doc: dict) -> Said:
-    out = Said()
-    for block in doc.get("content") or ():
-        if not isinstance(block, dict):
-            continue
-        if block.get("type") == TEXT:
-            out.text.append(block.get("text", ""))
-        elif block.get("type") == "tool_use":
-            out.tools.append((block.get("name"), json.dumps(block.get("input"), ensure_ascii=False)))
-    return out
+    return Said([p for p in _parts(doc.get("content")) if p.kind != "block"], error_message(doc))
 
 
 def said_events(events: Iterable[dict]) -> Said:
     stream = Stream()
     for event in events:
         kind = event.get("type")
-        if kind == "content_block_start" and (event.get("content_block") or {}).get("type") == "tool_use":
-            stream.call(event.get("index"), event["content_block"].get("name"))
+        index = event.get("index")
+        if kind == "content_block_start":
+            block = event.get("content_block") or {}
+            if block.get("type") in TOOL_BLOCKS:
+                stream.call(index, block.get("name"), block.get("id"))
+            elif block.get("type") == "thinking":
+                stream.thinking(index, block.get("thinking", ""))
+            elif block.get("type") == "redacted_thinking":
+                stream.thinking(index, redacted=True)
+            elif block.get("type") == TEXT:
+                stream.delta(block.get("text", ""), index)
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
-                stream.delta(delta.get("text", ""))
+                stream.delta(delta.get("text", ""), index)
+            elif delta.get("type") == "thinking_delta":
+                stream.thinking(index, delta.get("thinking", ""))
             elif delta.get("type") == "input_json_delta":
-                stream.arguments(event.get("index"), delta.get("partial_json", ""))
+                stream.arguments(index, delta.get("partial_json", ""))
+        elif kind == "error":
+            stream.failed(error_message(event))
     return stream.said()
 
 

@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterable
 from llmproxy.common.clientids import RESPONSE_KEY, first, header, valid
 from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Counts, Summary, common_request, count
-from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, number
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, error_message, joined, number
 
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
 HOSTS = {"api.openai.com": "openai"}
+PRICED_AS = "openai"  # genai-prices' list for a host it does not know
 # What points the SDK at the proxy (the Codex CLI reads config.toml instead: llmproxy/setup/codex.py).
 CLIENT_ENV = {"OPENAI_BASE_URL": "/openai/api.openai.com/v1"}
-PRICED_AS = "openai"  # genai-prices' list for a host it does not know
 LOGGED = re.compile(r"/v1/chat/completions|/v1/completions|/v1/threads/[^/]+/(?:messages|runs)(?:/.*)?")
 AGENT_HEADERS = ("x-openai-subagent",)
 _THREAD_PATH = re.compile(r"/v1/threads/([^/?]+)/")
@@ -114,34 +114,45 @@ def turn(body: dict) -> list[tuple[str, list[Part]]]:
     for message in after_last(conversation(body), lambda m: m.get("role") == "assistant"):
         role, parts = message.get("role", "user"), blocks(message.get("content"), (TEXT,))
         if role == "tool":
-            parts = [Part("result", name=str(message.get("tool_call_id", "")), parts=parts)]
+            ref = str(message.get("tool_call_id", ""))
+            parts = [Part("result", name=ref, ref=ref, parts=parts)]
         out.append((role, parts))
     return out
 
 
+def system(body: dict) -> str:
+    """The system and developer messages' text."""
+    return "\n\n".join(filter(None, (joined(m.get("content"), (TEXT,)) for m in conversation(body)
+                                       if isinstance(m, dict) and m.get("role") in SPELLING.context_roles)))
+
+
 def said(doc: dict) -> Said:
-    out = Said()
+    out = Said(error=error_message(doc))
     for choice in doc.get("choices") or ():
         message = (choice.get("message") if isinstance(choice, dict) else None) or {}
         if message.get("content"):
-            out.text.append(message["content"])
+            out.parts.append(Part("text", message["content"]))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
-            out.tools.append((function.get("name"), function.get("arguments", "")))
+            out.parts.append(Part("call", function.get("arguments", ""), name=function.get("name"),
+                                  ref=str(call.get("id", ""))))
     return out
 
 
 def said_events(events: Iterable[dict]) -> Said:
     stream = Stream()
     for event in events:
+        if event.get("error"):
+            stream.failed(error_message(event))
         for choice in event.get("choices") or ():
             delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
             if delta.get("content"):
                 stream.delta(delta["content"])
             for call in delta.get("tool_calls") or ():
                 function = call.get("function") or {}
-                stream.call(call.get("index"), function.get("name"))
-                stream.arguments(call.get("index"), function.get("arguments") or "")
+                key = ("call", call.get("index"))
+                stream.call(key, function.get("name"), call.get("id"))
+                stream.arguments(key, function.get("arguments") or "")
     return stream.said()
 
 

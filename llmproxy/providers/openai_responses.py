@@ -20,7 +20,7 @@ from typing import Iterable
 from llmproxy.providers.openai_chat import AGENT_HEADERS, client_session_id, counts, error_document  # noqa: F401
 from llmproxy.providers.spelling import TEXT, Spelling
 from llmproxy.providers.summary import Counts, Summary, common_request
-from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks
+from llmproxy.providers.transcribe import Part, Said, Stream, after_last, blocks, error_message, joined
 
 PREFIX = "openai"
 NAMES = ("openai", "chatgpt")
@@ -132,6 +132,18 @@ def add_event(event: dict, summary: Summary) -> None:
 # --- the transcript ---
 
 _TEXT_BLOCKS = (TEXT, *SPELLING.text_types)
+_CALLS = {"function_call": "arguments", "custom_tool_call": "input"}  # call item → its arguments' field
+_OUTPUTS = ("function_call_output", "custom_tool_call_output")
+_REASONING_TEXTS = ("summary", "content")  # a reasoning item's shown summary, or its text when sent
+
+
+def _output(value) -> Part:
+    ref = ""
+    if isinstance(value, dict):
+        ref, value = str(value.get("call_id", "")), value.get("output")
+    if isinstance(value, list):
+        return Part("result", name=ref, ref=ref, parts=blocks(value, _TEXT_BLOCKS))
+    return Part("result", "" if value is None else str(value), name=ref, ref=ref)
 
 
 def turn(body: dict) -> list[tuple[str, list[Part]]]:
@@ -142,24 +154,45 @@ def turn(body: dict) -> list[tuple[str, list[Part]]]:
         return [("user", [Part("text", items)])]
     out = []
     for item in after_last(items if isinstance(items, list) else [],
-                           lambda m: m.get("role") == "assistant" or m.get("type") == "function_call"):
-        if item.get("type") == "function_call_output":
-            out.append(("tool", [Part("result", str(item.get("output")), name=str(item.get("call_id", "")))]))
+                           lambda m: m.get("role") == "assistant" or m.get("type") in _CALLS):
+        if item.get("type") in _OUTPUTS:
+            out.append(("tool", [_output(item)]))
         else:
             out.append((item.get("role", "user"), blocks(item.get("content"), _TEXT_BLOCKS)))
     return out
 
 
+def system(body: dict) -> str:
+    """The instructions, and the system and developer items' text."""
+    items = body.get("input")
+    texts = [body.get("instructions") if isinstance(body.get("instructions"), str) else ""]
+    texts += [joined(item.get("content"), _TEXT_BLOCKS) for item in (items if isinstance(items, list) else [])
+              if isinstance(item, dict) and item.get("role") in SPELLING.context_roles]
+    return "\n\n".join(filter(None, texts))
+
+
+def _reasoning(item: dict) -> Part:
+    texts = [b.get("text", "") for field in _REASONING_TEXTS for b in item.get(field) or ()
+             if isinstance(b, dict) and isinstance(b.get("text"), str)]
+    return Part("thinking", "\n\n".join(texts), name="" if texts else "redacted")
+
+
+def _item_parts(item: dict) -> list[Part]:
+    kind = item.get("type")
+    if kind == "message" or (kind is None and item.get("role")):
+        return [p for p in blocks(item.get("content"), _TEXT_BLOCKS) if p.kind == "text"]
+    if kind in _CALLS:
+        return [Part("call", str(item.get(_CALLS[kind]) or ""), name=item.get("name"), ref=str(item.get("call_id", "")))]
+    if kind in SPELLING.hidden:
+        return [_reasoning(item)]
+    return [Part("block", name=kind)] if isinstance(kind, str) else []
+
+
 def said(doc: dict) -> Said:
-    out = Said()
+    out = Said(error=error_message(doc))
     for item in doc.get("output") or ():
-        if not isinstance(item, dict):
-            continue
-        if item.get("type") == "message":
-            out.text.extend(b.get("text", "") for b in item.get("content") or ()
-                            if isinstance(b, dict) and b.get("type") == "output_text")
-        elif item.get("type") == "function_call":
-            out.tools.append((item.get("name"), item.get("arguments", "")))
+        if isinstance(item, dict):
+            out.parts += _item_parts(item)
     return out
 
 
@@ -167,12 +200,28 @@ def said_events(events: Iterable[dict]) -> Said:
     stream = Stream()
     for event in events:
         kind = event.get("type")
+        index = event.get("output_index")
         if kind == "response.output_text.delta":
-            stream.delta(event.get("delta", ""))
-        elif kind == "response.output_item.added" and (event.get("item") or {}).get("type") == "function_call":
-            stream.call(event.get("output_index"), event["item"].get("name"))
-        elif kind == "response.function_call_arguments.delta":
-            stream.arguments(event.get("output_index"), event.get("delta", ""))
+            stream.delta(event.get("delta", ""), index)
+        elif kind == "response.output_item.added":
+            item = event.get("item") or {}
+            if item.get("type") in _CALLS:
+                stream.call(index, item.get("name"), item.get("call_id"))
+            elif item.get("type") in SPELLING.hidden:
+                stream.thinking(index)
+        elif kind in ("response.function_call_arguments.delta", "response.custom_tool_call_input.delta"):
+            stream.arguments(index, event.get("delta", ""))
+        elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
+            stream.thinking(index, event.get("delta", ""))
+        elif kind == "response.reasoning_summary_part.added" and event.get("summary_index"):
+            stream.thinking(index, "\n\n")
+        elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            for part in _item_parts(event["item"])[:1]:
+                stream.complete(index, part)
+        elif isinstance(event.get("response"), dict) and event["response"].get("error"):  # it failed
+            stream.failed(error_message(event["response"]))
+        elif kind == "error":
+            stream.failed(error_message(event) or event.get("message"))
     return stream.said()
 
 

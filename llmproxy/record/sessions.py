@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS threads (
 """
 
 FORK_REASON = "message_history_diverged"
+SESSION_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")  # what new_session_id makes
 
 
 def new_session_id(now_ns: int) -> str:
