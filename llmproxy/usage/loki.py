@@ -14,11 +14,12 @@ filter cannot match, so a split entry counts once. Its model is the structured m
 ``model`` (the answer's model, else the request's: the catalog's rule), or the line's where
 Loki keeps no structured metadata. Unpriced: ``tokens`` and no ``cost``.
 
-Loki's limits shape the questions: a query spans at most 721 h (``max_query_length``), so the
-range is asked in windows of at most 28 days and the answers are added up; an answer holds at
-most 500 series (``max_query_series``), so a window whose answer would hold more (a session
-report of a busy month) is asked again in halves. A window is exact to the nanosecond: an
-instant query at its last nanosecond over its length.
+Loki's limits shape the questions. The range is asked a UTC day at a time and the answers are
+added up: far within ``max_query_length`` (721 h), and Loki's work grows with the hours a query
+spans while a day without calls costs one query, not eight. An answer holds at most 500 series
+(``max_query_series``), so a day whose answer would hold more (a session report of a busy
+team) is asked again in halves. A window is exact to the nanosecond: an instant query at its
+last nanosecond over its length.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from llmproxy.loki.labels import APP_LABEL
 from llmproxy.usage.report import Filters, Kind, Record, Report, build
 
 DAY_NS = 86400 * 10**9
-MAX_WINDOW_NS = 28 * DAY_NS   # well within Loki's default max_query_length (721h)
 MIN_WINDOW_NS = 60 * 10**9    # a window is halved no further than this
 PARALLEL = 4                  # queries in flight at once
 # What Loki says when an answer would be too big or too slow: ask again for less.
@@ -142,25 +142,13 @@ def _day_of(ns: int) -> date:
 
 
 def windows(kind: Kind, since: date, until: date, now_ns: int) -> list[Window]:
-    """The report's range as windows Loki can answer: a day each (daily), a month each cut at its
-    16th (monthly: a month is longer than Loki's limit allows), else up to 28 days each."""
+    """The report's range as the windows it is asked in: its UTC days, keyed by day (daily) or
+    month (monthly), else by the labels of Loki's answers."""
     # Whole seconds: the windows' lengths are LogQL durations. Nothing is asked of the future.
     start, end = _day_start(since), min(_day_start(until) + DAY_NS, (now_ns // 10**9 + 1) * 10**9)
-    out: list[Window] = []
-    at = start
-    while at < end:
-        day = _day_of(at)
-        if kind.key == "day":
-            stop, key = at + DAY_NS, day.isoformat()
-        elif kind.key == "month":
-            cut = date(day.year, day.month, 16)
-            following = date(day.year + day.month // 12, day.month % 12 + 1, 1)
-            stop, key = _day_start(cut if day < cut else following), day.isoformat()[:7]
-        else:
-            stop, key = at + MAX_WINDOW_NS, None
-        out.append(Window(at, min(stop, end), key))
-        at = stop
-    return out
+    keys = {"day": lambda day: day.isoformat(), "month": lambda day: day.isoformat()[:7]}
+    key = keys.get(kind.key, lambda day: None)
+    return [Window(at, min(at + DAY_NS, end), key(_day_of(at))) for at in range(start, end, DAY_NS)]
 
 
 class LokiUsage:
