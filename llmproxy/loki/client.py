@@ -135,15 +135,6 @@ class LokiClient:
             raise RuntimeError(f"Loki answered a {data['resultType']}, not a vector, to {query}")
         return [(series["metric"], float(series["value"][1])) for series in data["result"]]
 
-    def metric_range(self, query: str, start_ns: int, end_ns: int, step_s: int) -> list[tuple[dict, list[tuple[int, float]]]]:
-        """(labels, [(unix seconds, value), …]) of each series a metric query answers over a range."""
-        data = self._get("query_range", {"query": query, "start": str(start_ns), "end": str(end_ns),
-                                         "step": f"{step_s}s"})
-        if data["resultType"] != "matrix":
-            raise RuntimeError(f"Loki answered {data['resultType']}, not a matrix, to {query}")
-        return [(series["metric"], [(int(float(t)), float(v)) for t, v in series["values"]])
-                for series in data["result"]]
-
     def page_for(self, query: str, start_ns: int, end_ns: int, page: int = PAGE) -> int:
         """Lines a page of ``query`` can hold within Loki's answer size limit, by the average size
         of its lines in the range (asked of Loki first: an answer over the limit fails only after
