@@ -97,7 +97,9 @@ def test_an_encoded_event_stream_is_logged_event_by_event_with_arrival_times(set
         assert [c["raw"].split("\n")[0] for c in chunks][:3] == [
             "event: message_start", "event: content_block_start", "event: ping"]
         # Each event was sent 20 ms after the one before: its time is its own, not the stream's end.
-        assert all(c["delta_ms"] >= 10 for c in chunks[1:])
+        # On a loaded machine two events can come in one read (one delta large, the next 0), so
+        # the check is on the spread: the stream's end stamped on every event would spread none.
+        assert sum(c["delta_ms"] for c in chunks[1:]) >= 10 * (len(chunks) - 1)
         assert "body" not in response
 
 
