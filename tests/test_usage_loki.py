@@ -169,12 +169,18 @@ def test_the_command_prints_loki_s_report_as_the_local_one(shipped):
     ours = run(shipped, "session", "--breakdown", "--since", since)
     theirs = run(shipped, "session", "--breakdown", "--since", since, "--loki", "--machine", machine)
     assert ours.returncode == theirs.returncode == 0, theirs.stderr
-    mine_lines, loki_lines = ours.stdout.splitlines(), theirs.stdout.splitlines()
-    assert loki_lines[0] == mine_lines[0] + f", machine {machine}"
-    assert loki_lines[1:len(mine_lines)] == mine_lines[1:]
+    def title_and_rest(text: str) -> tuple[str, list[str]]:
+        """The title (wrapped at the terminal's width when long) joined up, and the lines after it."""
+        lines = text.splitlines()
+        end = lines.index("")
+        return " ".join(line.strip() for line in lines[:end]), lines[end:]
+
+    (mine_title, mine_lines), (loki_title, loki_lines) = title_and_rest(ours.stdout), title_and_rest(theirs.stdout)
+    assert loki_title == mine_title + f", machine {machine}"
+    assert loki_lines[:len(mine_lines)] == mine_lines
     note = " ".join(loki_lines[len(mine_lines):])
     assert note == f"Every machine in Loki at {shipped['loki'].url}, environment {shipped['environment']}."
-    assert max(map(len, loki_lines[1:])) <= 80  # the title names the filters, however long
+    assert max(map(len, theirs.stdout.splitlines())) <= 80  # the title too, however many filters it names
     data = json.loads(run(shipped, "model", "--json", "--loki").stdout)
     assert data["filters"]["since"] == (today() - timedelta(days=30)).isoformat()  # Loki's default range
     assert data["totals"]["calls"] == CALLS + 3
