@@ -55,7 +55,7 @@ def test_env_and_status_of_a_running_proxy_then_a_stopped_one(start_proxy, fake_
     assert lines[0].startswith(f"llm-proxy 0.1.0 is running: pid {server.proc.pid}, {server.url}, up ")
     rows = dict(re.fullmatch(r"  (\S.*?) {2,}(.*)", line).groups() for line in lines[1:])
     assert rows["today"].startswith("1 sessions, 1 calls, ")
-    assert rows["Loki export"] == "Loki export disabled"
+    assert rows["Loki export"] == "disabled"
     assert rows["session logs"].startswith(f"{server.log_dir} (")
 
     server.stop()
