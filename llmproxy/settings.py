@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from llmproxy.common.masking import mask_token
-from llmproxy.providers import APIS
+from llmproxy.providers import APIS, credential_problems
 
 
 # Every API's default upstreams (llmproxy/providers/), and this machine.
@@ -176,6 +176,16 @@ def _label_value(text: str) -> str:
     return value
 
 
+_AWS_REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d{1,2}")
+
+
+def _aws_region(text: str) -> str:
+    value = text.strip()
+    if not _AWS_REGION.fullmatch(value):
+        raise ValueError("an AWS region such as us-east-1")
+    return value
+
+
 def _one_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
@@ -186,11 +196,13 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
-_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*|[0-9A-Fa-f:]+)")
+_LABEL = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?|\*)"
+_HOST_PATTERN = re.compile(rf"(\*|{_LABEL}(\.{_LABEL})*|[0-9A-Fa-f:]+)")
 
 
 def parse_host_list(text: str) -> tuple[str, ...]:
-    """Comma-separated host names; ``*.example.com`` wildcards and ``*`` are allowed."""
+    """Comma-separated host names; ``*.example.com`` wildcards, a ``*`` label
+    (``bedrock-runtime.*.amazonaws.com``) and ``*`` are allowed (llmproxy/common/hosts.py)."""
     hosts = tuple(h.strip().lower().strip("[]") for h in text.split(",") if h.strip())
     if not hosts or not all(_HOST_PATTERN.fullmatch(h) for h in hosts):
         raise ValueError("comma-separated host names, e.g. api.anthropic.com,*.example.com or *")
@@ -319,6 +331,10 @@ class Settings:
     log_level: str = "info"
     log_compress_after: float = 2 * 86400.0
     log_retention: float | None = None  # None: keep everything
+    # AWS Bedrock: the proxy signs its clients' calls (llmproxy/providers/bedrock.py). The region
+    # of calls that do not name one; a profile of ~/.aws instead of the default credential chain.
+    bedrock_region: str | None = None
+    bedrock_profile: str | None = None
     loki: LokiSettings = LokiSettings()
     explorer: ExplorerSettings = ExplorerSettings()
 
@@ -386,6 +402,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LLM_PROXY_LOG_LEVEL", "log_level", _log_level),
     Variable("LLM_PROXY_LOG_COMPRESS_AFTER", "log_compress_after", _DURATION),
     Variable("LLM_PROXY_LOG_RETENTION", "log_retention", _retention),
+    Variable("LLM_PROXY_BEDROCK_REGION", "bedrock_region", _aws_region),
+    Variable("LLM_PROXY_BEDROCK_PROFILE", "bedrock_profile", _nonempty_text),
     Variable("LLM_PROXY_LOKI_ENABLED", "loki.enabled", parse_bool),
     Variable("LLM_PROXY_LOKI_URL", "loki.url", _url),
     Variable("LLM_PROXY_LOKI_BATCH_SIZE", "loki.batch_size", _int_range(1, 100_000)),
@@ -517,10 +535,17 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 EXIT_BAD_CONFIG = 2
 
 
-def load_settings_or_exit(*, create_dirs: bool = True) -> Settings:
-    """Settings, or one line on stderr and exit status 2 (no traceback) when one is bad."""
+def load_settings_or_exit(*, create_dirs: bool = True, credentials: bool = False) -> Settings:
+    """Settings, or one line on stderr and exit status 2 (no traceback) when one is bad. With
+    ``credentials`` (the server's start), an API configured to sign its calls (Bedrock) must
+    also find its credentials."""
     try:
-        return load_settings(create_dirs=create_dirs)
+        settings = load_settings(create_dirs=create_dirs)
     except SettingsError as exc:
         print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_CONFIG) from None
+    problems = credential_problems(settings) if credentials else []
+    if problems:
+        print(f"llm-proxy: {problems[0]}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_BAD_CONFIG)
+    return settings

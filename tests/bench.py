@@ -636,6 +636,16 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def private_mib(pid: int) -> float:
+    """Memory of the process's own, not shared with the master (the price data, the modules it
+    loaded before the fork): ``Private_Clean + Private_Dirty`` of ``/proc/PID/smaps_rollup``."""
+    kib = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            kib += int(line.split()[1])
+    return kib / 1024
+
+
 def bench_memory(work: Path, provider: Helper, scale: float) -> list[Figure]:
     buffer_bytes = 64 * MIB
     env = proxy_env(work / "memory" / "logs", LLM_PROXY_WORKERS="1", LLM_PROXY_LOKI_ENABLED="true",
@@ -655,11 +665,15 @@ def bench_memory(work: Path, provider: Helper, scale: float) -> list[Figure]:
             list(pool.map(client_loop, [count // 4] * 4))
         count = count // 4 * 4
         peak = peak_rss_mib(worker)
+        private = private_mib(worker)
     limit = buffer_bytes / MIB + 100
     return [Figure("memory: worker peak RSS", round(peak, 1), "MiB", count,
                    f"one worker, Loki refusing, {count} requests with 1 MB bodies (4 at a time); "
                    f"LLM_PROXY_LOKI_BUFFER_BYTES = 64 MiB; RSS before: {baseline:.1f} MiB",
-                   f"<= {limit:.0f} MiB", peak <= limit, {"rss_before_mib": round(baseline, 1)})]
+                   f"<= {limit:.0f} MiB", peak <= limit, {"rss_before_mib": round(baseline, 1)}),
+            Figure("memory: worker private, after", round(private, 1), "MiB", count,
+                   "the same worker's own pages at the end (RSS counts the pages it shares with the "
+                   "master too, genai-prices' data among them)")]
 
 
 # --- readers: pricing and the catalog ---

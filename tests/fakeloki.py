@@ -11,6 +11,9 @@ labels in query results, so ``| session_id="…"`` filters on it. ``FakeLoki(str
 False)`` is a Loki without it (``allow_structured_metadata: false``): a value carrying some is
 refused with Loki's message, one line per stream, while the plain values of the push are stored.
 
+A query whose answer is over 4 MiB fails with 500 and Loki's gRPC message, as a real Loki's
+querier cannot send it to its frontend (a page of long lines: ask for fewer).
+
 It can be told to refuse connections (:meth:`down`), hang, answer 500 or 429, or fail the next
 few pushes, and it answers ``GET /loki/api/v1/query_range`` for the LogQL forms the tests use:
 a selector, line filters ``|= "…"``, ``| json`` (bare or ``name="path"``) and label filters.
@@ -57,7 +60,7 @@ class FakeLoki:
     def __init__(self, out_of_order_window: float = 3600.0, max_line_size: int = 262144,
                  burst_bytes: int = 6 * 1024 * 1024, reject_old_max_age: float = 168 * 3600.0,
                  creation_grace: float = 600.0, max_body_bytes: int | None = None,
-                 structured_metadata: bool = True):
+                 structured_metadata: bool = True, max_answer_bytes: int = 4 * 1024 * 1024):
         self.window_ns = int(out_of_order_window * 1e9)
         self.max_line_size = max_line_size
         self.burst_bytes = burst_bytes
@@ -65,6 +68,7 @@ class FakeLoki:
         self.grace_ns = int(creation_grace * 1e9)
         self.max_body_bytes = max_body_bytes      # a gateway in front (nginx: 413)
         self.structured_metadata = structured_metadata
+        self.max_answer_bytes = max_answer_bytes  # grpc_server_max_send_msg_size: querier → frontend
         self.mode = "ok"                          # ok | error500 | ratelimit | hang
         self.retry_after: str | None = None
         self._fail_next: list[int] = []
@@ -311,12 +315,20 @@ class FakeLoki:
                 rows.append((result, ts, format_line(line, stages)))
         rows.sort(key=lambda r: r[1], reverse=direction != "forward")
         rows = rows[:limit]
+        size = sum(len(line) + 64 for _, _, line in rows)
+        if size > self.max_answer_bytes:
+            raise AnswerTooLarge(f"rpc error: code = ResourceExhausted desc = trying to send message larger than "
+                                 f"max ({size} vs. {self.max_answer_bytes})")
         grouped: dict[frozenset, dict] = {}
         for labels, ts, line in rows:
             grouped.setdefault(frozenset(labels.items()), {"stream": labels, "values": []})["values"].append(
                 [str(ts), line])
         return {"status": "success", "data": {"resultType": "streams", "result": list(grouped.values()),
                                               "stats": {}}}
+
+
+class AnswerTooLarge(Exception):
+    """A query's answer is over the 4 MiB a Loki querier may send its frontend: HTTP 500."""
 
 
 # --- a small LogQL subset ---
@@ -521,4 +533,6 @@ class _Handler(BaseHTTPRequestHandler):
                                    int(params.get("limit", 100)), params.get("direction", "backward"))
         except (KeyError, ValueError, IndexError) as exc:
             return self._reply(400, f"parse error : {exc}")
+        except AnswerTooLarge as exc:
+            return self._reply(500, str(exc))
         self._reply(200, json.dumps(doc), "application/json")

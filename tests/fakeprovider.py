@@ -1,7 +1,10 @@
 """A fake LLM provider: a real threaded HTTP server on 127.0.0.1.
 
-Speaks enough of the Anthropic Messages API and the OpenAI Chat Completions and Responses APIs
-(JSON and SSE) for the official SDKs, records every request it receives, and can be told per
+Speaks enough of the Anthropic Messages API, the OpenAI Chat Completions and Responses APIs
+(JSON and SSE), the Gemini API (JSON, SSE and the JSON-array stream; countTokens) and AWS
+Bedrock (invoke and Converse, their streams in AWS's event-stream framing; with
+:attr:`FakeProvider.aws_region` set, every call's SigV4 signature checked, see fakebedrock.py)
+for the official SDKs and CLIs, records every request it receives, and can be told per
 request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 
 - ``x-fake-events: N``        stream N text deltas (default 5)
@@ -13,6 +16,7 @@ request (``x-fake-*`` headers) or per server (:attr:`FakeProvider.defaults`) to:
 - ``x-fake-hang-ms: D``       wait D ms before sending the response headers
 - ``x-fake-cut-after: N``     break a stream off (close the socket) after N events
 - ``x-fake-stamp: 1``         prefix each event with ``: sent <unix time>`` (an SSE comment)
+- ``x-fake-bedrock-exception: throttlingException`` end a Bedrock stream with that error frame
 - ``x-fake-usage: {json}``    answer with this usage (in the API's own names; a Chat Completions
   stream then ends with a usage chunk, as with ``stream_options.include_usage``)
 
@@ -24,7 +28,8 @@ Every answer's final usage, as the API's client adds it up, is kept in :attr:`Fa
 The real CLIs cannot set such headers per turn, so the newest user message can steer the answer
 (see :func:`scripted_answer`): a line ``fake-reply: TEXT`` is answered with TEXT; a line
 ``fake-tool: NAME {json arguments}`` with a call of tool NAME (Anthropic ``tool_use``, Responses
-``function_call``); a tool's result is answered with ``Tool output: …`` quoting it. Anthropic's
+``function_call``, Gemini ``functionCall``, Converse ``toolUse``); a tool's result is answered
+with ``Tool output: …`` quoting it. Anthropic's
 ``/v1/messages/count_tokens`` and ``GET …/models`` (which Codex asks when signed in with
 ChatGPT) are answered too.
 
@@ -33,6 +38,7 @@ A WebSocket upgrade (the Responses API's WebSocket mode) is served by :mod:`fake
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
@@ -42,8 +48,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
+import fakebedrock
 import fakews
 from contentcoding import StreamEncoder, encode, header_value
 
@@ -85,6 +92,12 @@ class FakeProvider:
         self.websockets: list = []                       # fakews.FakeSocket, one per WebSocket served
         self.defaults: dict[str, str] = {}
         self.sent: list[Sent] = []                       # the usage of every answer, in order
+        # Bedrock: when a region is set, every Bedrock call must carry a good SigV4 signature for
+        # it (fakebedrock.check_signature; with ``aws_token``, temporary credentials); the refused
+        # ones are kept here as (path, why).
+        self.aws_region: str | None = None
+        self.aws_token: str | None = None
+        self.refused: list[tuple[str, str]] = []
         self.lock = threading.Lock()
         self.server = _Server((host, 0), _Handler)
         self.server.fake = self
@@ -153,6 +166,16 @@ def _text_of(content) -> str:
 
 def _newest_turn(path: str, request: dict) -> tuple[str, str] | None:
     """``("user", text)`` or ``("tool", output)`` for the newest input of a conversation request."""
+    if isinstance(request.get("contents"), list):  # Gemini: parts, a functionResponse the tool's output
+        for content in reversed(request["contents"]):
+            if not isinstance(content, dict) or content.get("role", "user") != "user":
+                continue
+            parts = [p for p in content.get("parts") or () if isinstance(p, dict)]
+            results = [p["functionResponse"] for p in parts if isinstance(p.get("functionResponse"), dict)]
+            if results:
+                return "tool", json.dumps(results[-1].get("response"))
+            return "user", "\n".join(p.get("text", "") for p in parts)
+        return None
     if path.endswith("/responses"):
         items = request.get("input")
         if isinstance(items, str):
@@ -345,6 +368,106 @@ def response_events(words: list[str], model: str, response_id: str,
             for e in response_event_dicts(words, model, response_id, tool, ident, usage)]
 
 
+# --- Gemini (as Gemini CLI 0.61 and google-genai use it: tests/corpus/gemini-*.jsonl) ---
+
+GEMINI_METHOD = re.compile(r".*/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)")
+THOUGHT = "Weighing the question."
+
+
+def _field(doc: dict, name: str):
+    """A field in either spelling the Gemini API reads: Gemini CLI sends ``includeThoughts``,
+    google-genai 3.6 ``include_thoughts``."""
+    snake = re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), name)
+    return doc.get(name, doc.get(snake))
+
+
+def _from_schema(schema) -> object:
+    """A value of a JSON schema's shape (Gemini CLI's routing call asks for a complexity score)."""
+    kind = str((schema or {}).get("type", "object")).lower()
+    if kind == "object":
+        return {name: _from_schema(sub) for name, sub in ((schema or {}).get("properties") or {}).items()}
+    return {"string": "fake", "integer": 1, "number": 1, "boolean": False, "array": []}.get(kind)
+
+
+def gemini_pieces(answer: Answer, model: str, request: dict, usage: dict | None = None) -> list[dict]:
+    """The GenerateContentResponse pieces of an answer, as a stream sends them: the thinking it
+    shows (when asked for: ``thinkingConfig.includeThoughts``), a piece per word, then the call;
+    the last with ``finishReason`` and the whole usage. One piece is the non-streamed answer."""
+    config = _field(request, "generationConfig") or {}
+    words = answer.words
+    if _field(config, "responseMimeType") == "application/json":  # asked for JSON (and no tools): only that
+        words = [json.dumps(_from_schema(_field(config, "responseJsonSchema") or _field(config, "responseSchema")))]
+        answer = Answer(words, None, answer.ident)
+    parts = []
+    if _field(_field(config, "thinkingConfig") or {}, "includeThoughts"):
+        parts.append({"text": THOUGHT, "thought": True})
+    parts += [{"text": w} for w in words]
+    if answer.tool:
+        parts.append({"functionCall": {"name": answer.tool[0], "args": answer.tool[1]},
+                      "thoughtSignature": f"sig-{answer.ident}"})
+    pieces = [{"candidates": [{"content": {"role": "model", "parts": [part]}, "index": 0}],
+               "usageMetadata": {"promptTokenCount": 21, "totalTokenCount": 21},
+               "modelVersion": model, "responseId": f"gem-{answer.ident}"} for part in parts]
+    last = pieces[-1]
+    last["candidates"][0]["finishReason"] = "STOP"
+    last["usageMetadata"] = dict(usage) if usage else {
+        "promptTokenCount": 21, "candidatesTokenCount": len(words) + (3 if answer.tool else 0),
+        "thoughtsTokenCount": 4, "cachedContentTokenCount": 5, "totalTokenCount": 25 + len(words) + (3 if answer.tool else 0)}
+    return pieces
+
+
+def gemini_response(pieces: list[dict]) -> dict:
+    """The pieces of a stream as one answer: their parts, the last one's usage and reason."""
+    whole = copy.deepcopy(pieces[-1])
+    whole["candidates"][0]["content"]["parts"] = [p["candidates"][0]["content"]["parts"][0] for p in pieces]
+    return whole
+
+
+# --- AWS Bedrock (as Claude Code 2.1.332 in Bedrock mode and boto3 use it: tests/corpus/bedrock-*.jsonl) ---
+
+BEDROCK_OPERATION = re.compile(r"/model/([^/]+)/(invoke|invoke-with-response-stream|converse|converse-stream)")
+BEDROCK_CONTROL = ("/inference-profiles", "/foundation-models")
+
+
+def bedrock_events(answer: Answer, model: str, usage: dict | None = None) -> list[bytes]:
+    """invoke-with-response-stream: the Anthropic events, each in a ``chunk`` frame; the last
+    one carries Bedrock's invocation metrics."""
+    events = [json.loads(raw.split(b"data: ", 1)[1]) for raw in anthropic_events(answer.words, model, answer.tool,
+                                                                                answer.ident, usage)]
+    events[-1]["amazon-bedrock-invocationMetrics"] = {"inputTokenCount": 12, "outputTokenCount": len(answer.words),
+                                                      "invocationLatency": 5, "firstByteLatency": 2}
+    return [fakebedrock.chunk(e) for e in events]
+
+
+def converse_usage(answer: Answer) -> dict:
+    return {"inputTokens": 12, "outputTokens": len(answer.words), "totalTokens": 12 + len(answer.words)}
+
+
+def converse_answer(answer: Answer, usage: dict | None = None) -> dict:
+    content = [{"text": answer.text}]
+    if answer.tool:
+        content.append({"toolUse": {"toolUseId": f"tooluse_{answer.ident}", "name": answer.tool[0],
+                                    "input": answer.tool[1]}})
+    return {"output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": "tool_use" if answer.tool else "end_turn",
+            "usage": usage or converse_usage(answer), "metrics": {"latencyMs": 5}}
+
+
+def converse_events(answer: Answer, usage: dict | None = None) -> list[bytes]:
+    events = [("messageStart", {"role": "assistant"})]
+    events += [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}}) for w in answer.words]
+    events.append(("contentBlockStop", {"contentBlockIndex": 0}))
+    if answer.tool:
+        start = {"toolUse": {"toolUseId": f"tooluse_{answer.ident}", "name": answer.tool[0]}}
+        events += [("contentBlockStart", {"contentBlockIndex": 1, "start": start}),
+                   ("contentBlockDelta", {"contentBlockIndex": 1,
+                                          "delta": {"toolUse": {"input": json.dumps(answer.tool[1])}}}),
+                   ("contentBlockStop", {"contentBlockIndex": 1})]
+    events += [("messageStop", {"stopReason": "tool_use" if answer.tool else "end_turn"}),
+               ("metadata", {"usage": usage or converse_usage(answer), "metrics": {"latencyMs": 5}})]
+    return [fakebedrock.converse_event(kind, doc) for kind, doc in events]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FakeProvider/1.0"
@@ -380,6 +503,15 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/download":
             return self._download(int(parse_qs(urlsplit(self.path).query)["size"][0]))
 
+        bedrock = BEDROCK_OPERATION.fullmatch(path)
+        if (bedrock or path.startswith(BEDROCK_CONTROL)) and fake.aws_region:
+            refused = fakebedrock.check_signature(self.command, f"127.0.0.1:{fake.port}", self.path,
+                                                  list(self.headers.items()), body, fake.aws_region, fake.aws_token)
+            if refused:
+                with fake.lock:
+                    fake.refused.append((self.path, refused))
+                kind, message = refused.split(": ", 1)
+                return self._send_json(403, {"message": message}, {"x-amzn-errortype": kind})
         status = int(self._opt("status", "200"))
         if status != 200:
             return self._error(status, path)
@@ -398,6 +530,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/messages/count_tokens"):
             return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
         usage = json.loads(self._opt("usage")) if self._opt("usage") else None
+        if bedrock:
+            return self._bedrock(path, unquote(bedrock.group(1)), bedrock.group(2), answer, usage)
+        if path.startswith(BEDROCK_CONTROL):
+            return self._send_json(200, {"inferenceProfileSummaries": []})
+        gemini = GEMINI_METHOD.fullmatch(path)
+        if gemini:
+            return self._gemini(path, gemini.group(1), gemini.group(2), answer, request, usage)
         if path.endswith("/messages"):
             self._sent(path, model, usage or (anthropic_stream_usage(words, usage) if stream else ANTHROPIC_USAGE))
             if stream:
@@ -445,8 +584,47 @@ class _Handler(BaseHTTPRequestHandler):
             data += self.rfile.read(size)
             self.rfile.readline()
 
+    def _bedrock(self, path: str, model: str, operation: str, answer: Answer, usage: dict | None):
+        metrics = {"x-amzn-requestid": f"req-{answer.ident}", "x-amzn-bedrock-invocation-latency": "5"}
+        if operation.startswith("converse"):
+            usage = usage or converse_usage(answer)
+            self._sent(path, model, usage)
+            if operation == "converse":
+                return self._send_json(200, converse_answer(answer, usage), metrics)
+            frames = converse_events(answer, usage)
+        else:
+            self._sent(path, model, usage or (anthropic_stream_usage(answer.words, usage) if operation != "invoke"
+                                              else ANTHROPIC_USAGE))
+            if operation == "invoke":
+                return self._send_json(200, anthropic_answer(answer, model, usage), metrics)
+            frames = bedrock_events(answer, model, usage)
+        cut = self._opt("bedrock-exception")  # an error frame after the first event: ThrottlingException…
+        if cut:
+            frames = frames[:1] + [fakebedrock.exception(cut, f"fake {cut}")]
+        return self._stream(frames, "application/vnd.amazon.eventstream", metrics)
+
+    def _gemini(self, path: str, model: str, method: str, answer: Answer, request: dict, usage: dict | None):
+        if method == "countTokens":
+            return self._send_json(200, {"totalTokens": max(1, len(json.dumps(request)) // 4)})
+        pieces = gemini_pieces(answer, model, request, usage)
+        self._sent(path, model, pieces[-1]["usageMetadata"])
+        if method == "generateContent":
+            return self._send_json(200, gemini_response(pieces))
+        pieces = [json.dumps(p).encode() for p in pieces]
+        if "alt=sse" in self.path:  # SSE, each event ending in a blank line of CRLFs as Google's do
+            return self._stream([b"data: " + p + b"\r\n\r\n" for p in pieces])
+        # One JSON array, its elements sent as they are made.
+        return self._stream([b"[" + pieces[0]] + [b"\n,\r\n" + p for p in pieces[1:]] + [b"\n]"],
+                            "application/json; charset=UTF-8")
+
     def _error(self, status: int, path: str):
-        if path.endswith("/messages"):
+        if BEDROCK_OPERATION.fullmatch(path) or path.startswith(BEDROCK_CONTROL):
+            kind = {429: "ThrottlingException", 400: "ValidationException"}.get(status, "InternalServerException")
+            return self._send_json(status, {"message": f"fake {status}"}, {"x-amzn-errortype": kind})
+        if GEMINI_METHOD.fullmatch(path):
+            names = {429: "RESOURCE_EXHAUSTED", 400: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
+            doc = {"error": {"code": status, "message": f"fake {status}", "status": names.get(status, "INTERNAL")}}
+        elif path.endswith("/messages"):
             kind = {429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
             doc = {"type": "error", "error": {"type": kind, "message": f"fake {status}"}}
         else:
@@ -477,10 +655,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _stream(self, events: list[bytes]):
+    def _stream(self, events: list[bytes], content_type: str = "text/event-stream; charset=utf-8",
+                extra: dict | None = None):
         delay = float(self._opt("delay-ms", "0")) / 1000
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Type", content_type)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         encoder = StreamEncoder(self._opt("encoding")) if self._opt("encoding") else None

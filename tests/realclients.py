@@ -1,4 +1,4 @@
-"""The real Claude Code and Codex CLIs as clients of the proxy, and recordings of what they send.
+"""The real Claude Code, Codex and Gemini CLIs as clients of the proxy, and recordings of what they send.
 
 ``scripts/test`` installs the CLIs pinned in ``tests/npm/package.json`` (and its lock file) into
 a cache that survives between runs (``$LLM_PROXY_TEST_CACHE``, default
@@ -9,7 +9,9 @@ nothing but ``lo``: :func:`unavailable` says why not otherwise.
 
 Each client gets a temporary ``HOME`` (and ``CODEX_HOME``), a project directory, a fake key, and
 the proxy as its base URL with a fake provider behind it. The fake provider is steered through
-the prompt (``fake-reply:`` / ``fake-tool:`` lines, see tests/fakeprovider.py).
+the prompt (``fake-reply:`` / ``fake-tool:`` lines, see tests/fakeprovider.py). Claude Code in
+Bedrock mode sends its calls unsigned; the proxy (started with :data:`PROXY_ENV`) signs them
+with made-up AWS credentials, and the fake checks each signature (tests/fakebedrock.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import fakebedrock
+
 from llmproxy.common.masking import mask_headers, mask_query
 
 PACKAGES = Path(__file__).parent / "npm" / "package.json"
@@ -35,6 +39,14 @@ BIN = NPM / "node_modules" / ".bin"
 CLIENT_TIMEOUT = 120  # seconds for one CLI run; a turn against the fake takes a few
 ANTHROPIC_KEY = "sk-ant-api03-" + "R3alCl1ent" * 8 + "abcd"
 OPENAI_KEY = "sk-proj-" + "R3alCl1ent" * 8 + "wxyz"
+GEMINI_KEY = "AIzaSy" + "R3alCl1ent" * 3 + "gemk"
+AWS_REGION = "us-east-1"
+# The proxy of the real-client tests: it signs Bedrock calls with the fake's test credentials,
+# and nothing of the machine's own AWS configuration takes part.
+PROXY_ENV = {"LLM_PROXY_BEDROCK_REGION": AWS_REGION, "AWS_ACCESS_KEY_ID": fakebedrock.ACCESS_KEY,
+             "AWS_SECRET_ACCESS_KEY": fakebedrock.SECRET_KEY, "AWS_SESSION_TOKEN": fakebedrock.SESSION_TOKEN,
+             "AWS_CONFIG_FILE": "/nonexistent/aws-config", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+             "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def _jwt(claims: dict) -> str:
@@ -48,7 +60,7 @@ CHATGPT_ACCOUNT = "acct-r3al-cl1ent"
 CHATGPT_TOKEN = _jwt({"exp": 4102444800, "iat": 1764300000, "email": "dev@example.com",
                       "https://api.openai.com/auth": {"chatgpt_account_id": CHATGPT_ACCOUNT,
                                                       "chatgpt_plan_type": "plus", "chatgpt_user_id": "user-1"}})
-SECRETS = (ANTHROPIC_KEY, OPENAI_KEY, CHATGPT_TOKEN)
+SECRETS = (ANTHROPIC_KEY, OPENAI_KEY, CHATGPT_TOKEN, GEMINI_KEY, fakebedrock.SECRET_KEY, fakebedrock.SESSION_TOKEN)
 
 
 def interfaces() -> list[str]:
@@ -62,7 +74,8 @@ def unavailable() -> str | None:
     if interfaces() != ["lo"]:
         return (f"not in a loopback-only network namespace (interfaces: {', '.join(interfaces())}); "
                 "./scripts/test runs the suite in one when it is root and unshare works")
-    missing = [name for name in ("claude", "codex") if not (NPM / ".installed").exists() or not (BIN / name).exists()]
+    missing = [name for name in ("claude", "codex", "gemini")
+               if not (NPM / ".installed").exists() or not (BIN / name).exists()]
     if missing:
         return (f"{', '.join(missing)} not installed in {BIN} (./scripts/test installs "
                 f"{PACKAGES.relative_to(PACKAGES.parent.parent.parent)} with npm; see its output)")
@@ -125,7 +138,8 @@ class Client:
                    LLM_PROXY_ENV_FILE=str(self.home / "no-such.env"))
         out = subprocess.run([str(Path(sys.executable).with_name("llm-proxy")), "env", *args], env=env,
                              capture_output=True, text=True, timeout=30, check=True).stdout
-        return re.sub(r"/(api\.anthropic\.com|api\.openai\.com)\b", f"/{self.upstream}", out)
+        return re.sub(r"/(api\.anthropic\.com|api\.openai\.com|generativelanguage\.googleapis\.com)\b",
+                      f"/{self.upstream}", out)
 
     def run(self, name: str, *args: str, env: dict[str, str] | None = None) -> Run:
         argv = [str(BIN / name), *args]
@@ -141,9 +155,37 @@ class Client:
         return self.run("claude", *args, env={"ANTHROPIC_BASE_URL": base_url,
                                               "ANTHROPIC_API_KEY": ANTHROPIC_KEY}).check()
 
+    def claude_bedrock(self, *args: str) -> Run:
+        """Claude Code in Bedrock mode, unsigned (``CLAUDE_CODE_SKIP_BEDROCK_AUTH``): the proxy signs."""
+        base_url = f"{self.proxy_url}/bedrock/{self.upstream}"  # docs/clients.rst: /bedrock/<region>
+        return self.run("claude", *args, env={"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
+                                              "ANTHROPIC_BEDROCK_BASE_URL": base_url, "AWS_REGION": AWS_REGION}).check()
+
     def claude_session_ids(self) -> list[str]:
         """Claude Code's own session ids: its transcripts, ``~/.claude/projects/*/<id>.jsonl``."""
         return sorted(p.stem for p in (self.home / ".claude" / "projects").glob("*/*.jsonl"))
+
+    # Gemini CLI ------------------------------------------------------------------------------
+
+    def gemini(self, *args: str) -> Run:
+        """``gemini --skip-trust ARGS`` with an API key, the proxy as ``GOOGLE_GEMINI_BASE_URL``.
+
+        Headless it needs the auth type chosen in its settings; usage statistics off keeps it
+        from its telemetry host, one attempt from minutes of retries when a test goes wrong."""
+        settings = self.home / ".gemini" / "settings.json"
+        if not settings.exists():
+            settings.parent.mkdir(parents=True, exist_ok=True)
+            settings.write_text(json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}},
+                                            "privacy": {"usageStatisticsEnabled": False},
+                                            "general": {"maxAttempts": 1}}))
+        base_url, = re.findall(r"^export GOOGLE_GEMINI_BASE_URL=(\S+)$", self.setup(), re.MULTILINE)
+        return self.run("gemini", "--skip-trust", *args,
+                        env={"GOOGLE_GEMINI_BASE_URL": base_url, "GEMINI_API_KEY": GEMINI_KEY}).check()
+
+    def gemini_session_ids(self) -> list[str]:
+        """Gemini CLI's own sessions: ``~/.gemini/tmp/<project>/chats/session-<time>-<id>.jsonl``
+        (a resumed session may get a file of a later time, with the same id)."""
+        return sorted({p.stem.rsplit("-", 1)[1] for p in (self.home / ".gemini" / "tmp").glob("*/chats/session-*.json*")})
 
     # Codex -----------------------------------------------------------------------------------
 
@@ -269,7 +311,38 @@ def codex_chatgpt(client: Client) -> Session:
     return Session(runs, ["chatgpt-answer-1", "chatgpt-answer-2"], client.codex_session_ids())
 
 
+def gemini_turns(client: Client, turns: int = 3) -> Session:
+    """``gemini -p`` then ``gemini --resume latest -p`` until ``turns`` prompts were answered."""
+    expected = [f"gemini-answer-{n}" for n in range(1, turns + 1)]
+    runs = [client.gemini("-o", "json", "-p", f"First question.\nfake-reply: {expected[0]}")]
+    runs += [client.gemini("--resume", "latest", "-o", "json", "-p", f"Question {n}.\nfake-reply: {expected[n - 1]}")
+             for n in range(2, turns + 1)]
+    return Session(runs, expected, client.gemini_session_ids())
+
+
+def gemini_tools(client: Client) -> Session:
+    """A Gemini CLI tool loop: the fake asks for ``read_file`` (the CLI runs it without asking),
+    then, resumed, for nothing more."""
+    notes = client.project / "notes.txt"
+    notes.write_text(f"{MARKER}\n")
+    read = json.dumps({"file_path": str(notes)})
+    runs = [client.gemini("-o", "json", "-p", f"What do the notes say?\nfake-tool: read_file {read}"),
+            client.gemini("--resume", "latest", "-o", "json", "-p", "Thanks.\nfake-reply: gemini-done")]
+    return Session(runs, [MARKER, "gemini-done"], client.gemini_session_ids())
+
+
+def bedrock_claude(client: Client) -> Session:
+    """Claude Code in Bedrock mode: a ``Read`` tool call, then ``--continue`` with a plain answer."""
+    notes = client.project / "notes.txt"
+    notes.write_text(f"{MARKER}\n")
+    read = json.dumps({"file_path": str(notes)})
+    runs = [client.claude_bedrock("-p", f"What do the notes say?\nfake-tool: Read {read}"),
+            client.claude_bedrock("-p", "--continue", "And now?\nfake-reply: bedrock-answer-2")]
+    return Session(runs, [MARKER, "bedrock-answer-2"], client.claude_session_ids())
+
+
 # What tests/corpus/record.py records (plain HTTP); test_real_clients.py runs these and CHATGPT.
 SCENARIOS = {"claude-4-turns": claude_turns, "claude-tool-loop": claude_tools, "claude-resume": claude_resume,
-             "codex-3-turns": codex_turns, "codex-tool-loop": codex_tools}
+             "codex-3-turns": codex_turns, "codex-tool-loop": codex_tools,
+             "gemini-3-turns": gemini_turns, "gemini-tool-loop": gemini_tools, "bedrock-claude-tool-loop": bedrock_claude}
 CHATGPT = {"codex-chatgpt": codex_chatgpt}

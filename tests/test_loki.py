@@ -1,4 +1,5 @@
-"""Loki export end to end: real gunicorn (2 workers), the fake provider, fakeloki."""
+"""Loki export end to end: real gunicorn (2 workers), the fake provider, and a real Grafana Loki
+for what Loki stores and answers; fakeloki where Loki must fail on cue or each push is watched."""
 
 import concurrent.futures
 import json
@@ -11,6 +12,7 @@ import pytest
 import requests
 from fakeloki import FakeLoki
 from proxyproc import http_get, jsonl_lines, wait_until
+from realloki import loki_entries, own_machine
 
 from llmproxy import __version__
 
@@ -48,8 +50,9 @@ def file_lines(log_dir):
     return [line for path in log_dir.glob("*/*/*.jsonl") for line in jsonl_lines(path)]
 
 
-def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, loki):
-    server = start_proxy(loki_env(loki))
+def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, real_loki):
+    machine = own_machine("within-10s")
+    server = start_proxy(loki_env(real_loki, LLM_PROXY_MACHINE_ID=machine))
     session = f"cc-{uuid.uuid4()}"
     started = time.monotonic()
     for stream in (False, True, False):
@@ -59,9 +62,7 @@ def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, l
     query = (f'{{app="llm-proxy"}} |= "{ours}" | json session="_meta.session" | session="{ours}"')
 
     def found():
-        doc = requests.get(f"{loki.url}/loki/api/v1/query_range",
-                           params={"query": query, "limit": 1000, "direction": "forward"}).json()
-        values = sorted((int(v[0]), v[1]) for s in doc["data"]["result"] for v in s["values"])
+        values = real_loki.lines(query)
         return [line for _, line in values] if len(values) == 7 else None
 
     lines = wait_until(found, timeout=10, interval=0.1, message="session in Loki")
@@ -74,18 +75,35 @@ def test_a_session_is_queryable_in_loki_within_10s(start_proxy, fake_provider, l
     assert [d["seq"] for d in docs if d["type"] == "request"] == [1, 2, 3]
     position = {(d["type"], d.get("seq")): i for i, d in enumerate(docs)}
     assert all(position[("request", n)] < position[("response", n)] for n in (1, 2, 3))
-    labels = {frozenset(e[0].items()) for e in loki.entries()}
+    entries = real_loki.entries(f'{{app="llm-proxy", machine="{machine}"}}')
+    labels = {frozenset(e[0].items()) for e in entries}
     assert {dict(l)["log_type"] for l in labels} == {"session_start", "request", "response"}
     for label_set in labels:
         label_set = dict(label_set)
         assert {k: v for k, v in label_set.items() if k not in ("log_type", "service_name")} == {
-            "app": "llm-proxy", "provider": "anthropic", "environment": "test", "machine": "tester@ci"}
+            "app": "llm-proxy", "provider": "anthropic", "environment": "test", "machine": machine}
     # Timestamps are the entries' own.
-    for labels_, ts, line in loki.entries():
+    for _, ts, line, _ in entries:
         meta_ts = json.loads(line)["_meta"]["ts"]
         assert time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 10**9)) == meta_ts[:19]
         assert f"{ts % 10**9:09d}" == meta_ts[20:29]
     assert "wxyz" in lines[1] and "k" * 80 not in "".join(lines)
+
+
+def test_many_sessions_from_both_workers_are_all_in_loki_once(start_proxy, fake_provider, real_loki):
+    """A real Loki takes both workers' pushes into the same streams (each worker's entries in its
+    own order, interleaved in time with the other's) and holds each line once."""
+    machine = own_machine("both-workers")
+    server = start_proxy(loki_env(real_loki, LLM_PROXY_THREADS="16", LLM_PROXY_MACHINE_ID=machine))
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: call(server, fake_provider, f"both-{i % 20}", stream=i % 3 == 0), range(600)))
+    lines = wait_until(lambda: (found := file_lines(server.log_dir)) and len(found) == 20 + 2 * 600 and found,
+                       timeout=10, message="every line written")
+    ours = f'{{app="llm-proxy", machine="{machine}"}}'
+    assert real_loki.wait_for_count(ours, loki_entries(lines), timeout=30) == len(lines)
+    assert sorted(line for _, line in real_loki.lines(ours)) == sorted(lines)
+    assert wait_until(lambda: (h := health(server)[1])["entries_sent"] == len(lines) and h, timeout=5)[
+        "entries_failed"] == 0
 
 
 def test_2000_requests_across_both_workers_arrive_exactly_once(start_proxy, fake_provider, loki):

@@ -1,26 +1,23 @@
-"""scripts/loki-session against the real proxy and fakeloki: a whole session back, byte for byte."""
+"""scripts/loki-session against the real proxy and a real Grafana Loki: a whole session back,
+byte for byte."""
 
+import io
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
-from fakeloki import FakeLoki
 from fakeprovider import WORDS
-from proxyproc import wait_until
+from proxyproc import free_port, wait_until
+from realloki import loki_entries
 
+from llmproxy.loki.client import LokiClient
 from llmproxy.record import logtree
 
 SCRIPT = str(Path(__file__).resolve().parent.parent / "scripts" / "loki-session")
-
-
-@pytest.fixture
-def loki():
-    fake = FakeLoki().start()
-    yield fake
-    fake.down()
 
 
 def run(env, *args):
@@ -28,11 +25,12 @@ def run(env, *args):
 
 
 @pytest.fixture
-def session(start_proxy, fake_provider, loki):
+def session(start_proxy, fake_provider, real_loki):
     """A Claude Code session of four calls (one streamed, one with a 600 KB request body shipped
     to Loki in parts), and the environment that points the script at the same Loki."""
-    server = start_proxy({"LLM_PROXY_LOKI_ENABLED": "true", "LLM_PROXY_LOKI_URL": loki.url,
-                          "LLM_PROXY_LOKI_BATCH_WAIT": "100ms"})
+    machine = f"loki-session-{uuid.uuid4().hex[:8]}"
+    server = start_proxy({"LLM_PROXY_LOKI_ENABLED": "true", "LLM_PROXY_LOKI_URL": real_loki.url,
+                          "LLM_PROXY_LOKI_BATCH_WAIT": "100ms", "LLM_PROXY_MACHINE_ID": machine})
     client_id = f"cc-{uuid.uuid4()}"
     messages = []
     for i, (stream, text) in enumerate([(False, "first question"), (True, "stream me an answer"),
@@ -52,9 +50,11 @@ def session(start_proxy, fake_provider, loki):
     # the last response is logged once its last byte is on the wire
     lines = wait_until(lambda: (ls := logtree.read_session(files).decode().splitlines()) and len(ls) == 9 and ls,
                        10, message="9 lines in the session file")
-    wait_until(lambda: loki.count() > len(lines), 20, message="all entries (and parts) in fakeloki")
+    stored = loki_entries(lines)
+    assert stored > len(lines)  # the big request went in parts
+    real_loki.wait_for_count(f'{{app="llm-proxy", machine="{machine}"}}', stored, timeout=20)
     env = {**server.env, "LLM_PROXY_ENV_FILE": "/nonexistent"}
-    return {"id": files.session, "client": client_id, "lines": lines, "env": env, "loki": loki}
+    return {"id": files.session, "client": client_id, "lines": lines, "env": env, "stored": stored}
 
 
 def test_a_session_comes_back_byte_for_byte_in_order(session):
@@ -63,15 +63,22 @@ def test_a_session_comes_back_byte_for_byte_in_order(session):
     assert out.stdout.splitlines() == session["lines"]
 
 
-def test_paging_past_the_per_query_line_limit(session):
-    loki = session["loki"]
-    stored = loki.count()
-    out = run(session["env"], session["id"], "--page-size", "3")
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == session["lines"]
-    pages = [q for q in loki.queries if q["limit"] == "3"]
-    assert len(pages) >= stored / 3 and all(q["direction"] == "forward" for q in pages)
-    starts = [int(q["start"]) for q in pages]
+def test_paging_past_the_per_query_line_limit(session, monkeypatch):
+    from llmproxy.loki.session import main
+
+    pages = []
+    query_range = LokiClient.query_range
+
+    def recorded(self, query, start_ns, end_ns, limit=5000, direction="forward"):
+        pages.append((start_ns, limit, direction))
+        return query_range(self, query, start_ns, end_ns, limit, direction)
+
+    monkeypatch.setattr(LokiClient, "query_range", recorded)
+    out = io.StringIO()
+    assert main([session["id"], "--page-size", "3"], out=out, environ=session["env"]) == 0
+    assert out.getvalue().splitlines() == session["lines"]
+    assert len(pages) >= session["stored"] / 3 and {p[1:] for p in pages} == {(3, "forward")}
+    starts = [p[0] for p in pages]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
 
 
@@ -102,8 +109,7 @@ def test_transcript_shows_turns_joined_deltas_and_tokens(session):
 def test_exit_codes(session, tmp_path):
     missing = run(session["env"], "20200101-000000-deadbeef")
     assert missing.returncode == 1 and "no entries of 20200101-000000-deadbeef" in missing.stderr
-    session["loki"].down()
-    down = run(session["env"], session["id"])
+    down = run({**session["env"], "LLM_PROXY_LOKI_URL": f"http://127.0.0.1:{free_port()}"}, session["id"])
     assert down.returncode == 3 and "cannot query" in down.stderr
     bad = run({**session["env"], "LLM_PROXY_LOKI_URL": "ftp://x"}, session["id"])
     assert bad.returncode == 2 and "LLM_PROXY_LOKI_URL" in bad.stderr
@@ -195,3 +201,29 @@ def test_a_bad_option_is_one_line_and_exit_2(tmp_path, capsys, args, message):
            "LLM_PROXY_LOKI_URL": "http://127.0.0.1:9"}
     assert main(["20261128-101500-aaaaaaaa", *args], environ=env) == 2
     assert capsys.readouterr().err == f"loki-session: {message}\n"
+
+
+def test_a_page_over_lokis_answer_limit_is_asked_again_with_fewer_lines():
+    """Loki's querier sends its answer in one gRPC message of at most 4 MiB: a page of long lines
+    fails (after Loki's own retries) and is asked again smaller. Here a Loki that will not say
+    beforehand how big the lines are (no metric queries), so the first page is too large."""
+    from fakeloki import FakeLoki
+
+    from llmproxy.loki.client import AnswerTooLarge
+    from llmproxy.settings import LokiSettings
+
+    loki = FakeLoki().start()
+    try:
+        now = time.time_ns()
+        lines = [json.dumps({"type": "request", "n": i, "body": "b" * 200_000}) for i in range(30)]
+        for start in range(0, 30, 10):
+            requests.post(f"{loki.url}/loki/api/v1/push", json={"streams": [{"stream": {"app": "llm-proxy"},
+                          "values": [[str(now + i), lines[i]] for i in range(start, start + 10)]}]}).raise_for_status()
+        client = LokiClient(LokiSettings(enabled=True, url=loki.url))
+        with pytest.raises(AnswerTooLarge):
+            client.query_range('{app="llm-proxy"}', now, now + 100)
+        assert [line for _, line in client.query_all('{app="llm-proxy"}', now, now + 100)] == lines
+        limits = [int(q["limit"]) for q in loki.queries]
+        assert limits[:2] == [5000, 5000] and max(limits[2:]) * 262144 < 4 * 1024 * 1024
+    finally:
+        loki.down()

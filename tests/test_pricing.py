@@ -27,6 +27,9 @@ from llmproxy.providers.summary import Counts
 ANTHROPIC = ("anthropic", "/v1/messages")
 CHAT = ("openai", "/v1/chat/completions")
 RESPONSES = ("openai", "/v1/responses")
+GEMINI = ("gemini", "/v1beta/models/gemini-2.5-flash:generateContent")
+BEDROCK = ("bedrock", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke")
+CONVERSE = ("bedrock", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/converse")
 
 ANTHROPIC_USAGE = {"input_tokens": 7, "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 48000,
                    "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
@@ -50,6 +53,15 @@ RESPONSES_USAGE = {"input_tokens": 10472, "input_tokens_details": {"cached_token
     (RESPONSES, RESPONSES_USAGE, Counts(input=488, output=213, cache_read=9984)),  # reasoning is output
     (RESPONSES, {"input_tokens": None}, None),
     (RESPONSES, {"input_tokens": 3, "input_tokens_details": "odd"}, Counts(input=3)),
+    # Gemini: promptTokenCount counts the cached part too; a tool's prompt is input, thinking output
+    (GEMINI, {"promptTokenCount": 5000, "cachedContentTokenCount": 4096, "toolUsePromptTokenCount": 10,
+              "candidatesTokenCount": 40, "thoughtsTokenCount": 100}, Counts(input=914, output=140, cache_read=4096)),
+    (GEMINI, {"promptTokenCount": 9}, Counts(input=9)),
+    (GEMINI, {"totalTokenCount": 9}, None),
+    (BEDROCK, ANTHROPIC_USAGE, Counts(input=7, output=321, cache_write=2000, cache_read=48000, cache_write_1h=500,
+                                      web_searches=2)),  # invoke: Anthropic's usage
+    (CONVERSE, {"inputTokens": 10, "outputTokens": 3, "cacheReadInputTokens": 4, "cacheWriteInputTokens": 1},
+     Counts(input=10, output=3, cache_write=1, cache_read=4)),  # Converse's input is the uncached part
 ])
 def test_token_counts_share_names_across_apis(route, usage, expected):
     counts = providers.token_counts(providers.api_for(*route), usage)
@@ -147,6 +159,9 @@ def test_pricing_never_reaches_the_network(monkeypatch):
     ("codex_exec/0.171.0 (Debian 12.0.0; x86_64) dumb (codex_exec; 0.171.0)", "codex"),
     ("codex_cli_rs/0.46.0 (Ubuntu 22.4.0; x86_64) xterm-256color", "codex"),
     ("GeminiCLI/0.1.5 (linux; x64)", "gemini-cli"),
+    ("GeminiCLI-tui/0.61.0/gemini-3.1-pro-preview (linux; x64; terminal)", "gemini-cli"),  # tests/corpus/gemini-*
+    ("google-genai-sdk/3.6.1 gl-python/3.11.7", "google-genai-python"),
+    ("Boto3/1.44.18 md/Botocore#1.44.18 ua/2.1 os/linux#6.18 lang/python#3.11.7 Botocore/1.44.18", "boto3"),
     ("Anthropic/Python 0.75.0", "anthropic-sdk-python"),
     ("AsyncOpenAI/Python 2.8.1", "openai-sdk-python"),
     ("OpenAI/JS 5.1.0", "openai-sdk-js"),

@@ -13,13 +13,15 @@ from llmproxy.common.errors import (
     BadRoute,
     ProxyError,
     RequestRejected,
+    UpstreamCredentialsMissing,
     UnknownProvider,
     UpstreamNotAllowed,
     UpstreamTimeout,
     UpstreamUnreachable,
     WebSocketUnsupported,
 )
-from llmproxy.providers import anthropic, openai_chat, openai_responses
+from llmproxy.providers import anthropic, bedrock, gemini, openai_chat, openai_responses
+from llmproxy.providers.framing import FramingError, JsonArray
 
 PACKAGE = Path(providers.__file__).parents[1]
 REQUIRED = ("PREFIX", "NAMES", "HOSTS", "LOGGED", "AGENT_HEADERS", "WANTED", "SPELLING", "handles",
@@ -96,6 +98,8 @@ def test_the_api_vocabulary_check_finds_what_it_looks_for():
     ("openai", "/v1/threads/t1/runs", openai_chat),
     ("openai", "/v1/responses", openai_responses),
     ("chatgpt", "/backend-api/codex/responses", openai_responses),
+    ("gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent", gemini),
+    ("bedrock", "/model/us.anthropic.claude-opus-5-5/invoke-with-response-stream", bedrock),
     ("nosuch", "/v1/messages", None),
 ])
 def test_each_exchange_is_answered_by_its_api(provider, path, api):
@@ -106,30 +110,44 @@ def test_each_exchange_is_answered_by_its_api(provider, path, api):
     ("/v1/messages", True), ("/v1/messages/count_tokens", False), ("/v1/chat/completions", True),
     ("/v1/completions", True), ("/v1/responses", True), ("/backend-api/codex/responses", True),
     ("/v1/threads/t/messages", True), ("/v1/models", False), ("/backend-api/codex/models", False),
+    ("/v1beta/models/gemini-2.5-pro:generateContent", True), ("/v1/models/g:streamGenerateContent", True),
+    ("/v1beta/tunedModels/t1:generateContent", True), ("/v1beta/models/g:countTokens", False),
+    ("/v1beta/models", False), ("/model/anthropic.claude-3-v1%3A0/invoke", True),
+    ("/model/m/invoke-with-response-stream", True), ("/model/m/converse", True), ("/model/m/converse-stream", True),
+    ("/model/m/count-tokens", False), ("/inference-profiles", False),
 ])
 def test_logged_paths(path, logged):
     assert providers.logged(path) is logged
 
 
-@pytest.mark.parametrize("error, anthropic_type, openai_type", [
-    (BadRoute("m"), "invalid_request_error", "invalid_request_error"),
-    (UnknownProvider("m"), "invalid_request_error", "invalid_request_error"),
-    (UpstreamNotAllowed("m"), "permission_error", "invalid_request_error"),
-    (UpstreamUnreachable("m"), "api_error", "server_error"),
-    (UpstreamTimeout("m"), "timeout_error", "server_error"),
-    (RequestRejected(405, "m"), "invalid_request_error", "invalid_request_error"),
-    (WebSocketUnsupported("m"), "api_error", "server_error"),
-    (ProxyError("m"), "api_error", "server_error"),
+@pytest.mark.parametrize("error, anthropic_type, openai_type, gemini_status, bedrock_type", [
+    (BadRoute("m"), "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT", "ValidationException"),
+    (UnknownProvider("m"), "invalid_request_error", "invalid_request_error", "INVALID_ARGUMENT", "ValidationException"),
+    (UpstreamNotAllowed("m"), "permission_error", "invalid_request_error", "PERMISSION_DENIED", "AccessDeniedException"),
+    (UpstreamUnreachable("m"), "api_error", "server_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (UpstreamCredentialsMissing("m"), "api_error", "server_error", "UNAVAILABLE", "ServiceUnavailableException"),
+    (UpstreamTimeout("m"), "timeout_error", "server_error", "DEADLINE_EXCEEDED", "ServiceUnavailableException"),
+    (RequestRejected(405, "m"), "invalid_request_error", "invalid_request_error", "UNIMPLEMENTED", "ValidationException"),
+    (RequestRejected(429, "m"), "invalid_request_error", "invalid_request_error", "RESOURCE_EXHAUSTED",
+     "ThrottlingException"),
+    (WebSocketUnsupported("m"), "api_error", "server_error", "UNIMPLEMENTED", "ServiceUnavailableException"),
+    (ProxyError("m"), "api_error", "server_error", "INTERNAL", "ServiceUnavailableException"),
 ])
-def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai_type):
+def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai_type, gemini_status, bedrock_type):
     assert json.loads(providers.error_body("anthropic", error)) == {
         "type": "error", "error": {"type": anthropic_type, "message": "m"}}
     for name in ("openai", "chatgpt"):
         assert json.loads(providers.error_body(name, error)) == {
             "error": {"message": "m", "type": openai_type, "code": error.code}}
-    # A provider no API knows: one body that every SDK reads.
     assert json.loads(providers.error_body("gemini", error)) == {
-        "type": "error", "error": {"type": anthropic_type, "message": "m", "code": error.code}}
+        "error": {"code": error.status, "message": "m", "status": gemini_status}}
+    assert json.loads(providers.error_body("bedrock", error)) == {"message": "m"}
+    assert providers.error_headers("bedrock", error) == [("x-amzn-errortype", bedrock_type)]
+    assert providers.error_headers("anthropic", error) == providers.error_headers(None, error) == []
+    # A provider no API knows: one body that every SDK reads (the first API's fields win).
+    assert json.loads(providers.error_body("mistral", error)) == {
+        "type": "error", "message": "m",
+        "error": {"type": anthropic_type, "message": "m", "code": error.code, "status": gemini_status}}
 
 
 @pytest.mark.parametrize("prefix, host, path, authorization, expected", [
@@ -139,6 +157,13 @@ def test_the_proxys_errors_in_each_providers_shape(error, anthropic_type, openai
     ("openai", "api.openai.com", "/v1/responses", "Bearer sk-proj-a.b.c", None),
     ("openai", "127.0.0.1", "/v1/responses", "Bearer aaa.bbb.ccc", None),
     ("anthropic", "api.openai.com", "/v1/responses", "Bearer aaa.bbb.ccc", None),
+    # Bedrock: a region names the runtime's endpoint there, or the control plane's for its paths.
+    ("bedrock", "eu-west-3", "/model/m/invoke", None, ("bedrock", "bedrock-runtime.eu-west-3.amazonaws.com", "/model/m/invoke")),
+    ("bedrock", "us-gov-west-1", "/inference-profiles", None,
+     ("bedrock", "bedrock.us-gov-west-1.amazonaws.com", "/inference-profiles")),
+    ("bedrock", "bedrock-runtime.us-east-1.amazonaws.com", "/model/m/invoke", None, None),
+    ("bedrock", "127.0.0.1", "/model/m/invoke", None, None),
+    ("gemini", "us-east-1", "/v1beta/models", None, None),
 ])
 def test_a_chatgpt_sign_in_goes_to_the_chatgpt_backend(prefix, host, path, authorization, expected):
     assert providers.rewrite(prefix, host, path, authorization) == expected
@@ -151,6 +176,16 @@ def test_a_chatgpt_sign_in_goes_to_the_chatgpt_backend(prefix, host, path, autho
     ("openai", "/v1/responses", {"input": [1], "previous_response_id": "resp_1"}, []),  # history on the server
     ("openai", "/v1/responses", {"input": "just text"}, []),
     ("anthropic", "/v1/messages", "not a dict", []),
+    ("bedrock", "/model/m/invoke", {"messages": [{"role": "user"}]}, [{"role": "user"}]),
+    # Gemini: one turn per role, the thinking left out, and what Gemini CLI respells between calls.
+    ("gemini", "/v1beta/models/g:generateContent", {"contents": [
+        {"role": "user", "parts": [{"text": "ctx"}]}, {"role": "user", "parts": [{"text": "q"}]},
+        {"role": "model", "parts": [{"text": "hm", "thought": True}, {"text": "a"},
+                                    {"functionCall": {"id": "c1", "name": "f", "args": {}}, "thoughtSignature": "s"}]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "c1", "name": "f", "response": {}}}] * 2}]},
+     [{"role": "user", "parts": [{"text": "ctx"}, {"text": "q"}]},
+      {"role": "model", "parts": [{"text": "a"}, {"functionCall": {"name": "f", "args": {}}}]},
+      {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {}}}]}]),
 ])
 def test_conversation_history(provider, path, body, expected):
     assert providers.conversation(provider, path, body) == expected
@@ -182,6 +217,12 @@ def test_only_the_responses_api_names_answers_a_later_request_continues():
     ("openai", "/v1/chat/completions", {"prompt_tokens": 9, "completion_tokens": 3}, (9, 3)),
     ("openai", "/v1/responses", {"input_tokens": 20, "output_tokens": 5, "input_tokens_details": {"cached_tokens": 4}},
      (20, 5)),
+    ("gemini", "/v1beta/models/g:generateContent", {"promptTokenCount": 30, "cachedContentTokenCount": 10,
+                                                     "candidatesTokenCount": 7, "thoughtsTokenCount": 5}, (30, 12)),
+    ("gemini", "/v1beta/models/g:generateContent", {"promptTokenCount": 30}, (30, 0)),
+    ("bedrock", "/model/m/invoke", {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 7}, (15, 7)),
+    ("bedrock", "/model/m/converse", {"inputTokens": 10, "cacheReadInputTokens": 4, "cacheWriteInputTokens": 1,
+                                      "outputTokens": 3}, (15, 3)),
 ])
 def test_tokens_in_and_out_of_each_apis_usage(provider, path, usage, expected):
     assert providers.tokens(providers.api_for(provider, path), usage) == expected
@@ -221,10 +262,45 @@ def _sse(*events):
     ("/v1/responses", {"body": json.dumps({"output": [
         {"type": "reasoning"}, {"type": "message", "content": [{"type": "output_text", "text": "T"}]},
         {"type": "function_call", "name": "f", "arguments": "{}"}]})}, ["T"], [("f", "{}")]),
+    ("/v1beta/models/g:streamGenerateContent", _sse(
+        {"candidates": [{"content": {"parts": [{"text": "Hmm", "thought": True}]}}]},
+        {"candidates": [{"content": {"parts": [{"text": "Rea"}]}}]},
+        {"candidates": [{"content": {"parts": [{"text": "ding."}, {"functionCall": {"name": "read_file",
+                                                                                   "args": {"p": 1}}}]}}]},
+        {"candidates": [{"content": {"parts": [{"functionCall": {"name": "ls"}}]}, "finishReason": "STOP"}]}),
+     ["Reading."], [("read_file", '{"p": 1}'), ("ls", "{}")]),
+    ("/v1/models/g:generateContent", {"body": json.dumps({"candidates": [{"content": {"parts": [
+        {"text": "A"}, {"functionCall": {"name": "f", "args": {}}}]}}]})}, ["A"], [("f", "{}")]),
+    ("/model/m/invoke-with-response-stream", {"chunks": [{"raw": json.dumps(e)} for e in (
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "message_stop", "amazon-bedrock-invocationMetrics": {"inputTokenCount": 1}})]}, ["Hi"], []),
+    ("/model/m/converse-stream", {"chunks": [{"raw": json.dumps(e)} for e in (
+        {"messageStart": {"role": "assistant"}},
+        {"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Think"}}}},
+        {"contentBlockDelta": {"contentBlockIndex": 1, "delta": {"text": "Ok"}}},
+        {"contentBlockStart": {"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "t", "name": "f"}}}},
+        {"contentBlockDelta": {"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{}"}}}},
+        {"messageStop": {"stopReason": "tool_use"}})]}, ["Ok"], [("f", "{}")]),
+    ("/model/m/converse", {"body": (Path(__file__).parent / "answers" / "bedrock-converse.json").read_text()},
+     ["I'll check the weather."], [("get_weather", '{"city": "Paris"}')]),
 ])
 def test_what_each_api_answer_said(path, response, text, tools):
     said = providers.said(providers.api_of_entry(None, path), response)
     assert (said.text, said.tools) == (text, tools)
+
+
+@pytest.mark.parametrize("path, response, thinking", [
+    ("/v1beta/models/g:streamGenerateContent", _sse({"candidates": [{"content": {"parts": [
+        {"text": "Weigh", "thought": True}]}}]}, {"candidates": [{"content": {"parts": [
+            {"text": "ing.", "thought": True}, {"text": "Answer"}]}}]}), ["Weighing."]),
+    ("/model/m/converse", {"body": (Path(__file__).parent / "answers" / "bedrock-converse.json").read_text()},
+     ["The user asks for the weather."]),
+    ("/v1/messages", _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}),
+     []),
+])
+def test_the_thinking_an_answer_showed(path, response, thinking):
+    said = providers.said(providers.api_of_entry(None, path), response)
+    assert [p.text for p in said.parts if p.kind == "thinking"] == thinking
 
 
 @pytest.mark.parametrize("path, body, expected", [
@@ -241,6 +317,22 @@ def test_what_each_api_answer_said(path, response, text, tools):
                                  {"role": "user", "content": [{"type": "input_text", "text": "next"}]}]},
      [("tool", [("result", "c1", "README")]), ("user", [("text", "", "next")])]),
     ("/v1/responses", {"input": "just text"}, [("user", [("text", "", "just text")])]),
+    ("/v1beta/models/g:streamGenerateContent", {"contents": [
+        {"role": "user", "parts": [{"text": "q"}]},
+        {"role": "model", "parts": [{"text": "t", "thought": True}, {"functionCall": {"name": "read_file", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "read_file", "response": {"output": "x"}}},
+                                   {"text": "next"}, {"inlineData": {"mimeType": "image/png"}}]}]},
+     [("user", [("result", "read_file", '{"output": "x"}'), ("text", "", "next"), ("block", "inlineData", "")])]),
+    ("/model/m/invoke", {"anthropic_version": "bedrock-2023-05-31", "messages": [
+        {"role": "assistant", "content": "a"}, {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "out"}]}]},
+     [("user", [("result", "t1", "out")])]),
+    ("/model/m/converse", {"messages": [
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "f", "input": {}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "content": [{"text": "out"}, {"json": {"a": 1}}]}},
+                                     {"text": "more"}, {"image": {}}]}]},
+     [("user", [("result", "t1", [("text", "", "out"), ("text", "", '{"a": 1}')]), ("text", "", "more"),
+                ("block", "image", "")])]),
 ])
 def test_what_each_api_request_adds_to_the_conversation(path, body, expected):
     def flat(part):
@@ -330,6 +422,13 @@ def test_thinking_is_read_where_each_api_shows_it(path, response, parts):
         {"role": "developer", "content": [{"type": "input_text", "text": "Perms"}]},
         {"role": "user", "content": [{"type": "input_text", "text": "q"}]}]}, "Inst\n\nPerms"),
     ("/v1/responses", {"input": "q"}, ""),
+    ("/v1beta/models/g:generateContent", {"systemInstruction": {"parts": [{"text": "You are Gemini CLI."},
+                                                                          {"text": "Be safe."}]}},
+     "You are Gemini CLI.\n\nBe safe."),
+    ("/model/m/invoke", {"anthropic_version": "bedrock-2023-05-31", "system": "Claude Code.", "messages": []},
+     "Claude Code."),
+    ("/model/m/converse", {"system": [{"text": "S1"}, {"cachePoint": {}}, {"text": "S2"}],
+                           "messages": [{"role": "user", "content": [{"text": "q"}]}]}, "S1\n\nS2"),
 ])
 def test_the_instructions_a_request_carries(path, body, expected):
     assert providers.system(providers.api_of_entry(None, path), body) == expected
@@ -343,7 +442,36 @@ def test_the_instructions_a_request_carries(path, body, expected):
     ("/v1/responses", {"input": [{"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "x"},
                                  {"type": "custom_tool_call_output", "call_id": "c2", "output": "Done"}]},
      [("c2", False)]),
+    ("/v1beta/models/g:generateContent", {"contents": [  # as Gemini CLI sends them: ids on its calls
+        {"role": "model", "parts": [{"functionCall": {"id": "read_file_1", "name": "read_file", "args": {}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"id": "read_file_1", "name": "read_file",
+                                                         "response": {"error": "no such file"}}}]}]},
+     [("read_file_1", True)]),
+    ("/model/m/converse", {"messages": [
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "tu1", "name": "f", "input": {}}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "tu1", "status": "error",
+                                                     "content": [{"text": "boom"}]}}]}]}, [("tu1", True)]),
 ])
 def test_a_tool_result_names_the_call_it_answers(path, body, expected):
     turn = providers.turn(providers.api_of_entry(None, path), body)
     assert [(p.ref, p.failed) for _, parts in turn for p in parts if p.kind == "result"] == expected
+
+
+@pytest.mark.parametrize("data, elements", [
+    (b'[{"a": "x\\\\\\"]}{"}, {"b": [1, {"c": "\\\\"}]}]', [{"a": 'x\\"]}{'}, {"b": [1, {"c": "\\"}]}]),
+    (b'[\n{"t": "\xc3\xa9"}\n,\r\n{"t": []}\n]', [{"t": "é"}, {"t": []}]),
+    (b'{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}', [{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}]),
+    (b"[]", []),
+])
+def test_a_json_array_stream_splits_into_its_elements_wherever_it_is_cut(data, elements):
+    for cut in range(1, len(data)):
+        framer = JsonArray()
+        got = framer.feed(data[:cut]) + framer.feed(data[cut:])
+        assert [json.loads(e) for e in got] == elements and framer.rest() == b"", cut
+
+
+def test_a_json_array_stream_cut_short_leaves_its_unfinished_element():
+    framer = JsonArray()
+    assert framer.feed(b'[{"a": 1}, {"b": "x') == [b'{"a": 1}'] and framer.rest() == b'{"b": "x'
+    with pytest.raises(FramingError):
+        JsonArray().feed(b'[{"a": 1}]]}')

@@ -182,8 +182,14 @@ def test_upstream_breaking_off_cuts_the_client_stream_too(proxy, fake_provider):
 
 @pytest.mark.parametrize("raw_uri, status, provider_shape", [
     ("/nope", 400, "both"),
-    ("/gemini/generativelanguage.googleapis.com/v1/models", 400, "both"),
+    ("/mistral/api.mistral.ai/v1/models", 400, "both"),
     ("/anthropic/bad_host!/v1/messages", 400, "anthropic"),
+    ("/gemini/bad_host!/v1beta/models/m:generateContent", 400, "gemini"),
+    ("/gemini/metadata.internal/v1beta/models/m:generateContent", 403, "gemini"),
+    ("/gemini/127.0.0.1:1/v1beta/models/m:streamGenerateContent?alt=sse", 502, "gemini"),
+    ("/bedrock/bad_host!/model/m/invoke", 400, "bedrock"),
+    ("/bedrock/metadata.internal/model/m/invoke", 403, "bedrock"),
+    ("/bedrock/127.0.0.1:1/model/m/invoke-with-response-stream", 502, "bedrock"),  # no AWS credentials here
     ("/anthropic/metadata.internal/v1/messages", 403, "anthropic"),
     ("/openai/10.0.0.1/v1/chat/completions", 403, "openai"),
     ("/anthropic/127.0.0.1:1/v1/messages", 502, "anthropic"),
@@ -194,12 +200,20 @@ def test_proxy_errors_are_in_the_providers_shape(proxy, raw_uri, status, provide
     assert resp.status_code == status
     assert resp.headers["Content-Type"] == "application/json"
     doc = resp.json()
+    if provider_shape == "gemini":  # google.rpc.Status, as the genai SDKs read it
+        assert set(doc["error"]) == {"code", "message", "status"} and doc["error"]["code"] == status
+        assert doc["error"]["status"] == {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 502: "UNAVAILABLE"}[status]
+    if provider_shape == "bedrock":  # the AWS SDKs read the type from the header, the message from the body
+        assert list(doc) == ["message"] and doc["message"]
+        assert resp.headers["x-amzn-errortype"] == {400: "ValidationException", 403: "AccessDeniedException",
+                                                    502: "ServiceUnavailableException"}[status]
     if provider_shape in ("anthropic", "both"):
         assert doc["type"] == "error" and doc["error"]["type"] and doc["error"]["message"]
     if provider_shape in ("openai", "both"):
         assert doc["error"]["message"] and doc["error"]["type"] and doc["error"]["code"]
+    message = doc["message"] if provider_shape == "bedrock" else doc["error"]["message"]
     if status == 400:
-        assert "/{provider}/{upstream}/{path}" in doc["error"]["message"]
+        assert "/{provider}/{upstream}/{path}" in message
 
 
 def raw_answer(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from fakeloki import FakeLoki
 from proxyproc import wait_until
 
 from llmproxy.loki.backfill import main as backfill_main
@@ -46,8 +45,9 @@ def snapshot(log_dir) -> dict[str, bytes]:
     return {f.session: logtree.read_session(f) for f in logtree.sessions(log_dir)}
 
 
-def test_prune_compresses_old_files_readably_and_skips_one_still_written(start_proxy, fake_provider):
-    server = start_proxy()
+def test_prune_compresses_old_files_readably_and_skips_one_still_written(start_proxy, fake_provider, real_loki):
+    machine = f"prune-{os.getpid()}-{time.time_ns()}"
+    server = start_proxy({"LLM_PROXY_MACHINE_ID": machine})
     for i in range(6):
         call(server, fake_provider, f"s-{i % 3}", "words " * 2000 * (i + 1))
     # each response is logged once its last byte is sent: wait for all 3 × (start + 2 × 2) lines
@@ -86,17 +86,13 @@ def test_prune_compresses_old_files_readably_and_skips_one_still_written(start_p
     assert again.plain is None and logtree.read_session(again) == grown
 
     # loki-backfill reads the compressed files: every line reaches Loki byte for byte.
-    loki = FakeLoki().start()
-    try:
-        out = io.StringIO()
-        code = backfill_main(["--log-dir", str(server.log_dir)], out=out,
-                             environ={"LLM_PROXY_LOKI_URL": loki.url, "LLM_PROXY_ENV_FILE": "/nonexistent",
-                                      "LLM_PROXY_LOG_DIR": str(server.log_dir)})
-        assert code == 0, out.getvalue()
-        lines = [ln for data in snapshot(server.log_dir).values() for ln in data.decode().splitlines()]
-        assert sorted(loki.lines()) == sorted(lines)
-    finally:
-        loki.down()
+    out = io.StringIO()
+    code = backfill_main(["--log-dir", str(server.log_dir)], out=out,
+                         environ={"LLM_PROXY_LOKI_URL": real_loki.url, "LLM_PROXY_ENV_FILE": "/nonexistent",
+                                  "LLM_PROXY_LOG_DIR": str(server.log_dir)})
+    assert code == 0, out.getvalue()
+    lines = [ln for data in snapshot(server.log_dir).values() for ln in data.decode().splitlines()]
+    assert sorted(line for _, line in real_loki.lines(f'{{app="llm-proxy", machine="{machine}"}}')) == sorted(lines)
 
 
 def test_retention_deletes_only_what_is_no_longer_needed(tmp_path):

@@ -60,7 +60,7 @@ def test_chatgpt_rewrite_keeps_the_query_and_other_paths():
     ("/", BadRoute, "malformed proxy path"),
     ("/anthropic", BadRoute, "malformed proxy path"),
     ("/anthropic/", BadRoute, "malformed proxy path"),
-    ("/gemini/api.google.com/v1/x", UnknownProvider, "providers: anthropic, openai"),
+    ("/mistral/api.mistral.ai/v1/x", UnknownProvider, "providers: anthropic, openai, gemini, bedrock"),
     ("/anthropic/bad_host!/v1/messages", BadRoute, "malformed upstream"),
     ("/anthropic/host:99999/v1/messages", BadRoute, "malformed upstream"),
     ("/anthropic/169.254.169.254/latest/meta-data", UpstreamNotAllowed, "not allowed"),
@@ -79,6 +79,12 @@ def test_bad_routes_are_refused(raw_uri, error, text):
     ("badexample.com", ("*.example.com",), False),
     ("anything.at.all", ("*",), True),
     ("API.ANTHROPIC.COM", ("api.anthropic.com",), True),
+    # a "*" label: any one label there (Bedrock in every region), never more, never none
+    ("bedrock-runtime.eu-west-3.amazonaws.com", ("bedrock-runtime.*.amazonaws.com",), True),
+    ("bedrock-runtime.a.b.amazonaws.com", ("bedrock-runtime.*.amazonaws.com",), False),
+    ("bedrock-runtime..amazonaws.com", ("bedrock-runtime.*.amazonaws.com",), False),
+    ("bedrock-runtime.us-east-1.amazonaws.com.evil.com", ("bedrock-runtime.*.amazonaws.com",), False),
+    ("s3.us-east-1.amazonaws.com", ("bedrock-runtime.*.amazonaws.com", "bedrock.*.amazonaws.com"), False),
 ])
 def test_allow_list_matching(host, allowed, ok):
     assert host_allowed(host, allowed) is ok

@@ -148,6 +148,8 @@ BAD_INPUT = [
      "LLM_PROXY_UPSTREAM_READ_TIMEOUT='0' is not valid: a duration greater than zero"),
     ({"LLM_PROXY_ALLOWED_UPSTREAMS": "https://api.openai.com/"},
      "LLM_PROXY_ALLOWED_UPSTREAMS='https://api.openai.com/' is not valid: comma-separated host names"),
+    ({"LLM_PROXY_BEDROCK_REGION": "Virginia"},
+     "LLM_PROXY_BEDROCK_REGION='Virginia' is not valid: an AWS region such as us-east-1"),
 ]
 
 
@@ -208,6 +210,7 @@ def test_env_prints_export_lines_that_eval_in_a_shell(tmp_path):
     assert result.stdout.splitlines() == [
         "export ANTHROPIC_BASE_URL=http://127.0.0.1:8765/anthropic/api.anthropic.com",
         "export OPENAI_BASE_URL=http://127.0.0.1:8765/openai/api.openai.com/v1",
+        "export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:8765/gemini/generativelanguage.googleapis.com",
         "# Codex CLI: llm-proxy env --codex (it ignores OPENAI_BASE_URL)",
     ]
     line = f'eval "$({LLM_PROXY} env --force)"; echo "$ANTHROPIC_BASE_URL $OPENAI_BASE_URL"'
@@ -227,3 +230,45 @@ def test_env_codex_prints_config_toml_for_both_ways_of_signing_in(tmp_path):
         "name": "OpenAI through llm-proxy", "base_url": url, "env_key": "OPENAI_API_KEY", "wire_api": "responses"}}}
     chosen = tomllib.loads(result.stdout.replace('# model_provider = "llm-proxy"', 'model_provider = "llm-proxy"'))
     assert chosen["model_provider"] == "llm-proxy"
+
+
+def _no_aws(tmp_path, **more):
+    """An environment where botocore's credential chain finds nothing (no keys, no files, no
+    instance metadata), plus ``more``."""
+    env = {k: "" for k in os.environ if k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "no-config"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"), AWS_EC2_METADATA_DISABLED="true",
+               LLM_PROXY_LOG_DIR=str(tmp_path / "logs"), LLM_PROXY_PORT="1")
+    return {**env, **more}
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config"])
+@pytest.mark.parametrize("bedrock, message", [
+    ({"LLM_PROXY_BEDROCK_REGION": "eu-west-1"},
+     "llm-proxy: the proxy has no AWS credentials to sign Bedrock calls with: none found in the AWS credential chain"),
+    ({"LLM_PROXY_BEDROCK_PROFILE": "team"},
+     "llm-proxy: the AWS profile 'team' is not in ~/.aws/config or ~/.aws/credentials"),
+])
+def test_bedrock_configured_without_credentials_stops_startup(tmp_path, command, bedrock, message):
+    result = _run([command], _no_aws(tmp_path, **bedrock), tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_bedrock_credentials_from_a_profile_pass_the_check_and_never_show(tmp_path):
+    secret = "R3alCl1entProfileSecret0000000000000000"
+    (tmp_path / "credentials").write_text(f"[team]\naws_access_key_id = AKIAR3ALCL1ENTPROF01\n"
+                                          f"aws_secret_access_key = {secret}\n")
+    env = _no_aws(tmp_path, AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"),
+                  LLM_PROXY_BEDROCK_PROFILE="team", LLM_PROXY_BEDROCK_REGION="eu-west-1")
+    result = _run(["check-config"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.startswith("LLM_PROXY_"))
+    assert (lines["LLM_PROXY_BEDROCK_REGION"], lines["LLM_PROXY_BEDROCK_PROFILE"]) == ("eu-west-1", "team")
+    assert secret not in result.stdout + result.stderr and "AKIA" not in result.stdout + result.stderr
+
+
+def test_bedrock_not_configured_needs_no_credentials_at_startup(tmp_path):
+    result = _run(["check-config"], _no_aws(tmp_path), tmp_path)
+    assert result.returncode == 0, result.stderr

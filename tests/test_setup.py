@@ -422,7 +422,7 @@ def test_uninstall_dry_run_changes_nothing_and_says_where_the_logs_stay(tmp_path
     code, out, err = uninstall(home, FakeSystemctl(), "--dry-run")
     assert code == 0
     assert out.splitlines()[0] == "would run systemctl --user disable --now llm-proxy.service"
-    assert out.splitlines()[-1] == f"the session logs stay: {home.path / '.llm-provider-logs'} (2.0 KiB in 1 files)"
+    assert out.splitlines()[-1] == f"the session logs stay: {home.path / '.llm-provider-logs'} (2.0 KiB in 1 file)"
     assert snapshot(tmp_path) == before
     assert uninstall(home, FakeSystemctl())[0] == 0
     assert (logs / "s.jsonl").exists()

@@ -55,7 +55,7 @@ def test_env_and_status_of_a_running_proxy_then_a_stopped_one(start_proxy, fake_
     assert lines[0].startswith(f"llm-proxy 0.1.0 is running: pid {server.proc.pid}, {server.url}, up ")
     rows = dict(re.fullmatch(r"  (\S.*?) {2,}(.*)", line).groups() for line in lines[1:])
     assert rows["today"].startswith("1 sessions, 1 calls, ")
-    assert rows["Loki export"] == "Loki export disabled"
+    assert rows["Loki export"] == "disabled"
     assert rows["session logs"].startswith(f"{server.log_dir} (")
 
     server.stop()
@@ -72,7 +72,8 @@ def test_the_presence_file_names_the_master_and_outlives_kill_9_without_counting
     here = presence.read(file)
     assert here is not None and here.pid == server.proc.pid and here.base_url == server.url
     assert here.variables == {"ANTHROPIC_BASE_URL": f"{server.url}/anthropic/api.anthropic.com",
-                              "OPENAI_BASE_URL": f"{server.url}/openai/api.openai.com/v1"}
+                              "OPENAI_BASE_URL": f"{server.url}/openai/api.openai.com/v1",
+                              "GOOGLE_GEMINI_BASE_URL": f"{server.url}/gemini/generativelanguage.googleapis.com"}
     workers = server.worker_pids()
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(10)

@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import fakebedrock
 import pytest
 from proxyproc import jsonl_lines, wait_until
 
@@ -27,6 +28,14 @@ CHAT = ("openai", "/v1/chat/completions")
 COMPLETIONS = ("openai", "/v1/completions")
 RESPONSES = ("openai", "/v1/responses")
 CHATGPT = ("chatgpt", "/backend-api/codex/responses")
+GEMINI = ("gemini", "/v1beta/models/gemini-2.5-pro:generateContent")
+GEMINI_STREAM = ("gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent")
+BEDROCK_INVOKE = ("bedrock", "/model/anthropic.claude-opus-4-1-20250805-v1:0/invoke")
+BEDROCK_STREAM = ("bedrock", "/model/us.anthropic.claude-opus-4-1-20250805-v1:0/invoke-with-response-stream")
+BEDROCK_CONVERSE = ("bedrock", "/model/anthropic.claude-sonnet-4-5-20250929-v1:0/converse")
+GEMINI_USAGE = {"promptTokenCount": 3110, "candidatesTokenCount": 24, "totalTokenCount": 3229,
+                "cachedContentTokenCount": 2030, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 3110}],
+                "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 2030}], "thoughtsTokenCount": 95}
 
 RESP_USAGE = {"input_tokens": 10472, "input_tokens_details": {"cached_tokens": 9984}, "output_tokens": 213,
               "output_tokens_details": {"reasoning_tokens": 128}, "total_tokens": 10685}
@@ -37,17 +46,18 @@ CHAT_USAGE = {"prompt_tokens": 82, "completion_tokens": 17, "total_tokens": 99,
 STREAM_START_USAGE = {"input_tokens": 3, "cache_creation_input_tokens": 2104, "cache_read_input_tokens": 15870,
                       "cache_creation": {"ephemeral_5m_input_tokens": 2104, "ephemeral_1h_input_tokens": 0},
                       "service_tier": "standard"}
+# The summaries of anthropic-tool-use.json and .sse, the same from the Anthropic API and Bedrock.
+TOOL_USE_JSON = {"model": "claude-sonnet-4-5-20250929", "stop_reason": "tool_use", "tool_calls": ["get_weather"],
+                 "usage": {"input_tokens": 472, "cache_creation_input_tokens": 1024, "cache_read_input_tokens": 20480,
+                           "cache_creation": {"ephemeral_5m_input_tokens": 1024, "ephemeral_1h_input_tokens": 0},
+                           "output_tokens": 91, "service_tier": "standard"}}
+TOOL_USE_SSE = {"model": "claude-opus-4-1-20250805", "stop_reason": "tool_use", "tool_calls": ["Read", "Grep"],
+                "usage": {**STREAM_START_USAGE, "output_tokens": 142}}
 
 CASES = [
-    ("anthropic-tool-use.json", ANTHROPIC, {
-        "model": "claude-sonnet-4-5-20250929", "stop_reason": "tool_use", "tool_calls": ["get_weather"],
-        "usage": {"input_tokens": 472, "cache_creation_input_tokens": 1024, "cache_read_input_tokens": 20480,
-                  "cache_creation": {"ephemeral_5m_input_tokens": 1024, "ephemeral_1h_input_tokens": 0},
-                  "output_tokens": 91, "service_tier": "standard"}}),
+    ("anthropic-tool-use.json", ANTHROPIC, TOOL_USE_JSON),
     # message_start's input side, message_delta's final output_tokens
-    ("anthropic-tool-use.sse", ANTHROPIC, {
-        "model": "claude-opus-4-1-20250805", "stop_reason": "tool_use", "tool_calls": ["Read", "Grep"],
-        "usage": {**STREAM_START_USAGE, "output_tokens": 142}}),
+    ("anthropic-tool-use.sse", ANTHROPIC, TOOL_USE_SSE),
     # cut before message_delta: the input side is billed, and kept
     ("anthropic-cut.sse", ANTHROPIC, {
         "model": "claude-opus-4-1-20250805", "usage": {**STREAM_START_USAGE, "output_tokens": 1}}),
@@ -87,29 +97,59 @@ CASES = [
         "usage": {"input_tokens": 31, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 16,
                   "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 47}}),
     ("responses-failed.sse", RESPONSES, {"model": "gpt-5-codex", "stop_reason": "failed"}),
+    # Gemini: every piece a whole response of its own parts, the last one with finishReason and the usage
+    ("gemini-function-call.sse", GEMINI_STREAM, {
+        "model": "gemini-2.5-pro", "stop_reason": "STOP", "tool_calls": ["read_file"], "usage": GEMINI_USAGE}),
+    ("gemini-function-call.stream.json", GEMINI_STREAM, {  # the same without alt=sse: one JSON array
+        "model": "gemini-2.5-pro", "stop_reason": "STOP", "tool_calls": ["read_file"], "usage": GEMINI_USAGE}),
+    ("gemini-thinking.json", GEMINI, {
+        "model": "gemini-2.5-flash", "stop_reason": "MAX_TOKENS",
+        "usage": {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 121, "thoughtsTokenCount": 100}}),
+    ("gemini-error.json", GEMINI, {}),
+    # Bedrock's invoke speaks Anthropic's Messages API: its stream, framed in AWS's event stream;
+    # the model is the path's (the request's), not the name in Anthropic's answer
+    ("anthropic-tool-use.json", BEDROCK_INVOKE, {k: v for k, v in TOOL_USE_JSON.items() if k != "model"}),
+    ("anthropic-tool-use.sse", BEDROCK_STREAM, {k: v for k, v in TOOL_USE_SSE.items() if k != "model"}),
+    ("bedrock-converse.json", BEDROCK_CONVERSE, {
+        "stop_reason": "tool_use", "tool_calls": ["get_weather"],
+        "usage": {"inputTokens": 412, "outputTokens": 87, "totalTokens": 2547, "cacheReadInputTokens": 2048,
+                  "cacheWriteInputTokens": 0}}),
 ]
 
 
-def chunks_of(name: str) -> list[bytes] | None:
-    """A recorded stream as the proxy cuts it: SSE through the Exchange's own event splitter,
-    a WebSocket session one message per line; None for a JSON body."""
+def _split(data: bytes, sse: bool, framer=None) -> list[bytes]:
+    """Through the Exchange's own event splitter (SSE, or the API's framer), as it may arrive:
+    split anywhere."""
+    exchange = Exchange(route=None, method="POST", path="/", request_headers=[], request_body=b"")
+    exchange.got_headers(200, [], sse=sse, framer=framer)
+    for i in range(0, len(data), 700):
+        exchange.got_data(data[i:i + 700])
+    exchange.finish()
+    assert exchange.decoded_body() is None  # nothing left unsplit
+    return [c.raw for c in exchange.chunks]
+
+
+def chunks_of(name: str, route: tuple[str, str]) -> list[bytes] | None:
+    """A recorded stream as the proxy cuts it: SSE through the Exchange's own event splitter
+    (for Bedrock, its events first framed as AWS's event stream), a stream in an API's own
+    framing through its framer, a WebSocket session one message per line; None for a JSON body."""
     data = (ANSWERS / name).read_bytes()
     if name.endswith(".ws.jsonl"):
         return [line for line in data.splitlines() if line]
+    if name.endswith(".sse") and route[0] == "bedrock":
+        events = [json.loads(raw.split(b"data: ", 1)[1]) for raw in _split(data, sse=True) if b"data: " in raw]
+        framer = providers.framer(*route, 200, "application/vnd.amazon.eventstream")
+        return _split(b"".join(fakebedrock.chunk(e) for e in events), sse=False, framer=framer)
     if name.endswith(".sse"):
-        exchange = Exchange(route=None, method="POST", path="/", request_headers=[], request_body=b"")
-        exchange.got_headers(200, [], sse=True)
-        for i in range(0, len(data), 700):  # as it may arrive: split anywhere
-            exchange.got_data(data[i:i + 700])
-        exchange.finish()
-        return [c.raw for c in exchange.chunks]
-    return None
+        return _split(data, sse=True)
+    framer = providers.framer(*route, 200, "application/json")
+    return _split(data, sse=False, framer=framer) if framer else None
 
 
 @pytest.mark.parametrize("name, route, expected", CASES, ids=[f"{c[0]}-{c[1][0]}" for c in CASES])
 def test_answer_summary(name, route, expected):
     api = providers.api_for(*route)
-    chunks = chunks_of(name)
+    chunks = chunks_of(name, route)
     if chunks is None:
         got = providers.response_summary(api, (ANSWERS / name).read_text())
     else:
@@ -142,32 +182,54 @@ def test_answer_summary(name, route, expected):
     (ANTHROPIC, {"model": 42, "messages": "nope", "tools": {"a": 1}}, {"stream": False, "tools_count": 0}),
     (CHATGPT, {"type": "response.create", "model": "gpt-5-codex", "input": []},  # a WebSocket message
      {"model": "gpt-5-codex", "stream": True, "tools_count": 0, "messages_count": 0}),
+    # Gemini and Bedrock: the model and whether it streams are the path's word
+    (GEMINI_STREAM, {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                     "tools": [{"functionDeclarations": [{"name": "a"}, {"name": "b"}]}, {"googleSearch": {}}]},
+     {"model": "gemini-2.5-pro", "stream": True, "tools_count": 3, "messages_count": 1}),
+    (("gemini", "/v1beta/tunedModels/my%2Dtune:generateContent"), {"contents": []},
+     {"model": "my-tune", "stream": False, "tools_count": 0, "messages_count": 0}),
+    (BEDROCK_STREAM, {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 9, "tools": [{"name": "Read"}],
+                      "messages": [{"role": "user", "content": "hi"}]},
+     {"model": "us.anthropic.claude-opus-4-1-20250805-v1:0", "stream": True, "tools_count": 1, "messages_count": 1}),
+    (("bedrock", "/model/anthropic.claude-opus-4-1-20250805-v1%3A0/converse-stream"),
+     {"messages": [{"role": "user", "content": [{"text": "hi"}]}], "toolConfig": {"tools": [{"toolSpec": {}}]}},
+     {"model": "anthropic.claude-opus-4-1-20250805-v1:0", "stream": True, "tools_count": 1, "messages_count": 1}),
 ])
 def test_request_summary(route, body, expected):
-    assert providers.request_summary(providers.api_for(*route), body) == expected
+    assert providers.request_summary(providers.api_for(*route), body, route[1]) == expected
 
 
 def test_requests_the_real_clients_sent_are_summarised():
-    """The requests real Claude Code and Codex sent (tests/corpus/) each yield their model,
-    stream flag and counts."""
-    records = [json.loads(line) for path in sorted((Path(__file__).parent / "corpus").glob("*.jsonl"))
+    """The requests real Claude Code (also on Bedrock), Codex and Gemini CLI sent (tests/corpus/)
+    each yield their model, stream flag and counts."""
+    apis = {"claude": "anthropic", "codex": "openai", "gemini": "gemini", "bedrock": "bedrock"}
+    records = [(apis[path.stem.split("-")[0]], json.loads(line))
+               for path in sorted((Path(__file__).parent / "corpus").glob("*.jsonl"))
                for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if r["method"] == "POST"]  # not Claude Code's HEAD / probes
-    assert {r["path"].split("?")[0] for r in records} == {"/v1/messages", "/v1/responses"}
-    for record in records:
-        body, path = record["body"], record["path"]
-        provider = "anthropic" if path.startswith("/v1/messages") else "openai"
-        got = providers.request_summary(providers.api_for(provider, path.split("?")[0]), body)
-        items = body.get("messages", body.get("input"))
-        assert got == {"model": body["model"], "stream": body.get("stream") is True,
-                       "tools_count": len(body.get("tools", [])), "messages_count": len(items)}, path
+    records = [(api, r) for api, r in records if r["method"] == "POST"]  # not the probes and model lists
+    assert {api for api, _ in records} == set(apis.values())
+    for provider, record in records:
+        body, path = record["body"], record["path"].split("?")[0]
+        got = providers.request_summary(providers.api_for(provider, path), body, path)
+        if provider == "gemini":
+            model, stream = path.rsplit("/", 1)[1].split(":")
+            tools = sum(len(t["functionDeclarations"]) for t in body.get("tools", []))
+            assert got == {"model": model, "stream": stream == "streamGenerateContent", "tools_count": tools,
+                           "messages_count": len(body["contents"])}, path
+        elif provider == "bedrock":
+            assert got == {"model": path.split("/")[2], "stream": path.endswith("-stream"),
+                           "tools_count": len(body["tools"]), "messages_count": len(body["messages"])}, path
+        else:
+            items = body.get("messages", body.get("input"))
+            assert got == {"model": body["model"], "stream": body.get("stream") is True,
+                           "tools_count": len(body.get("tools", [])), "messages_count": len(items)}, path
 
 
 @pytest.mark.parametrize("body", [
     b"", b"not json", b"{", b"[1,2]", b'{"model": ["x"], "usage": [1], "content": "text", "choices": {}}',
     b'{"content": [null, 1, {"type": "tool_use"}], "usage": {"input_tokens": null}}',
 ])
-@pytest.mark.parametrize("route", [ANTHROPIC, CHAT, RESPONSES])
+@pytest.mark.parametrize("route", [ANTHROPIC, CHAT, RESPONSES, GEMINI, BEDROCK_INVOKE, BEDROCK_CONVERSE])
 def test_odd_answers_give_what_they_can_and_never_raise(route, body):
     api = providers.api_for(*route)
     assert providers.response_summary(api, body) == {}
@@ -186,7 +248,7 @@ def test_a_long_stream_costs_little_to_summarise():
     (Measured, not asserted as a speed: the figure goes to the report.)"""
     delta = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
              b'"delta":{"type":"text_delta","text":"word "}}\n\n')
-    raws = chunks_of("anthropic-tool-use.sse")
+    raws = chunks_of("anthropic-tool-use.sse", ANTHROPIC)
     long = raws[:3] + [delta] * 5000 + raws[3:]
     api = providers.api_for(*ANTHROPIC)
     started = time.perf_counter()

@@ -3,7 +3,7 @@ from the files, which stay the truth."""
 
 from __future__ import annotations
 
-VERSION = 1
+VERSION = 2
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -15,18 +15,21 @@ CREATE TABLE IF NOT EXISTS files (
     seen TEXT NOT NULL, mark TEXT NOT NULL, skipped INTEGER NOT NULL DEFAULT 0, problem TEXT);
 
 -- One row per call: its request's columns, then its response's (``answered``). Times are Unix
--- seconds (``ts``: the request); ``day`` its UTC day; cost in USD (NULL: no price known).
+-- seconds (``ts``: the request; ``answered_ts``: its answer's entry, the time Loki has it at);
+-- ``day`` and ``answered_day`` their UTC days; cost in USD (NULL: no price known). The usage
+-- reports date a call by its answer, as Loki does, so that both ways agree.
 CREATE TABLE IF NOT EXISTS calls (
     session TEXT NOT NULL, seq INTEGER NOT NULL,
     ts REAL, day TEXT, machine TEXT, provider TEXT, upstream TEXT, path TEXT, client TEXT, model TEXT,
     thread TEXT, agent TEXT, request_bytes INTEGER,
-    answered INTEGER NOT NULL DEFAULT 0, status INTEGER, stop_reason TEXT,
+    answered INTEGER NOT NULL DEFAULT 0, answered_ts REAL, answered_day TEXT, status INTEGER, stop_reason TEXT,
     input INTEGER, output INTEGER, cache_write INTEGER, cache_read INTEGER,
     cost REAL, cost_input REAL, cost_output REAL, cost_cache_write REAL, cost_cache_read REAL, cost_source TEXT,
     ttfb_ms REAL, total_ms REAL, response_bytes INTEGER, tool_calls INTEGER,
     incomplete INTEGER NOT NULL DEFAULT 0, error TEXT,
     PRIMARY KEY (session, seq));
 CREATE INDEX IF NOT EXISTS calls_by_day ON calls (day);
+CREATE INDEX IF NOT EXISTS calls_by_answered_day ON calls (coalesce(answered_day, day));
 
 -- A session's sums over its calls (``calls``, ``errors``: answered ones; ``started``, ``last``:
 -- its first and last request), and what its session_start said.
@@ -40,7 +43,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_last ON sessions (last);
 
 REQUEST_COLUMNS = ("ts", "day", "machine", "provider", "upstream", "path", "client", "model", "thread", "agent",
                    "request_bytes")
-RESPONSE_COLUMNS = ("status", "stop_reason", "model", "client", "input", "output", "cache_write", "cache_read",
+RESPONSE_COLUMNS = ("answered_ts", "answered_day", "status", "stop_reason", "model", "client", "input", "output", "cache_write", "cache_read",
                     "cost", "cost_input", "cost_output", "cost_cache_write", "cost_cache_read", "cost_source",
                     "ttfb_ms", "total_ms", "response_bytes", "tool_calls", "incomplete", "error")
 

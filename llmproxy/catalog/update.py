@@ -314,8 +314,10 @@ class _SessionReader:
         timing = doc.get("timing") if isinstance(doc.get("timing"), dict) else {}
         tools = doc.get("tool_calls")
         error = doc.get("error")
+        answered = info.get("ts")
         self.db.execute(schema.RESPONSE_UPSERT, (
-            self.files.session, seq, integer(doc.get("status")), text(doc.get("stop_reason")), model,
+            self.files.session, seq, unix(answered), answered[:10] if isinstance(answered, str) else None,
+            integer(doc.get("status")), text(doc.get("stop_reason")), model,
             text(doc.get("client")) or client, *(integer(counts.get(k)) for k in ("input", "output", "cache_write",
                                                                                  "cache_read")),
             *(number(cost.get(k)) for k in ("total", "input", "output", "cache_write", "cache_read")),

@@ -1,4 +1,5 @@
-"""``llm-proxy check-config``: validate the configuration and print the effective values."""
+"""``llm-proxy check-config``: validate the configuration (AWS credentials too, when Bedrock is
+configured) and print the effective values."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    settings = load_settings_or_exit()
+    settings = load_settings_or_exit(credentials=True)
     rows = describe(settings)
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -32,5 +32,5 @@ def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
         print(note)
     if log_dir is not None and log_dir.is_dir():
         size, files = tree_size(log_dir)
-        print(f"the session logs stay: {log_dir} ({human_bytes(size)} in {files} files)")
+        print(f"the session logs stay: {log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})")
     return code

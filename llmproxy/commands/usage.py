@@ -1,5 +1,6 @@
 """``llm-proxy usage [daily|monthly|session|model|machine|client]``: calls, tokens and cost from
-this machine's logs (docs/usage.rst)."""
+this machine's logs, or with ``--loki`` from every machine that ships to the Loki in
+``LLM_PROXY_LOKI_URL`` (docs/usage.rst)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 
 from llmproxy.settings import load_settings_or_exit
-from llmproxy.usage import KINDS, Filters, local, render
+from llmproxy.usage import KINDS, Filters, Report, local, render
 
 HELP = "calls, tokens and cost by day, month, session, model, machine or client (docs/usage.rst)"
 _DAYS_AGO = re.compile(r"(\d+)d")
@@ -45,20 +46,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--machine", help="calls of this machine only")
     parser.add_argument("--breakdown", action="store_true", help="each row's models below it")
     parser.add_argument("--json", action="store_true", help="the report as JSON")
+    parser.add_argument("--loki", action="store_true",
+                        help="every machine's calls, asked of the Loki in LLM_PROXY_LOKI_URL (default --since 30d)")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     settings = load_settings_or_exit(create_dirs=False)
     filters = Filters(args.since, args.until, args.provider, args.model, args.machine)
-    if not settings.log_dir.is_dir():
+    if args.loki:
+        report = from_loki(settings, KINDS[args.report], filters)
+        if isinstance(report, int):
+            return report
+    elif not settings.log_dir.is_dir():
         print(f"llm-proxy usage: {settings.log_dir} does not exist: no calls were logged there "
               f"(LLM_PROXY_LOG_DIR)", file=sys.stderr)
         return 1
-    try:
-        report = local.report(settings.log_dir, KINDS[args.report], filters)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"llm-proxy usage: cannot read the logs in {settings.log_dir}: {exc}", file=sys.stderr)
-        return 1
+    else:
+        try:
+            report = local.report(settings.log_dir, KINDS[args.report], filters)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"llm-proxy usage: cannot read the logs in {settings.log_dir}: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         text = json.dumps(render.as_json(report, args.breakdown), indent=2)
     else:
@@ -69,3 +77,22 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     except BrokenPipeError:  # | head
         sys.stderr.close()
     return 0
+
+
+def from_loki(settings, kind, filters: Filters) -> Report | int:
+    """The report asked of Loki, or the exit status: 2 without a Loki URL, 3 when Loki did not
+    answer or refused."""
+    from llmproxy.loki.client import LokiClient
+    from llmproxy.usage import loki
+
+    if not settings.loki.url:
+        print("llm-proxy usage: --loki needs LLM_PROXY_LOKI_URL", file=sys.stderr)
+        return 2
+    client = LokiClient(settings.loki)
+    try:
+        return loki.report(client, settings.loki.environment, kind, filters)
+    except (RuntimeError, ValueError) as exc:
+        print(f"llm-proxy usage: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        client.close()

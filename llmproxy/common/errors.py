@@ -38,6 +38,14 @@ class UpstreamUnreachable(ProxyError):
     code = "upstream_unreachable"
 
 
+class UpstreamCredentialsMissing(ProxyError):
+    """The proxy signs this API's calls itself (Bedrock's SigV4) and has no credentials (or no
+    region) to sign this one with."""
+
+    status = 502
+    code = "upstream_credentials_missing"
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
     code = "upstream_timeout"

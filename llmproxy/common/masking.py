@@ -10,9 +10,11 @@ import re
 
 SECRET_HEADERS = frozenset({
     "x-api-key", "authorization", "proxy-authorization", "api-key", "x-goog-api-key",
+    "x-amz-security-token",  # AWS temporary credentials: as secret as the key they go with
     "cookie", "set-cookie",
 })
-SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token"})
+SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key", "apikey", "access_token", "token",
+                                 "x-amz-security-token", "x-amz-signature", "x-amz-credential"})  # presigned URLs
 
 _KNOWN_PREFIX = re.compile(r"(sk-ant-|sk-proj-|sk-svcacct-|sk-admin-|sk-|glc_|xai-|gsk_|AIza|eyJ|ghp_|github_pat_)")
 _SCHEME = re.compile(r"(Bearer|Basic|Token|Digest)(\s+)(.*)", re.IGNORECASE | re.DOTALL)
@@ -86,6 +88,7 @@ def mask_query(path: str) -> str:
 _SECRET_IN_TEXT = re.compile(
     r"(?:(?<=Bearer )|(?<=Basic )|(?<=Token ))[^\s'\"]+"
     r"|(?:sk-|glc_|xai-|gsk_|AIza|ghp_|github_pat_)[A-Za-z0-9_\-]{8,}"
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}"  # an AWS access key id
     r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*",
     re.IGNORECASE)
 _QUERY_SECRET_IN_TEXT = re.compile(

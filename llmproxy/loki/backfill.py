@@ -2,7 +2,8 @@
 
 Same labels, same timestamps, same splitting of long lines, same push code. Loki 3 shards busy
 streams, so an exact resend can be stored twice; the backfill therefore first asks Loki what it
-holds for each session and pushes only what is missing. Entries Loki can no longer take into
+holds for each session and pushes only what is missing, in time order across sessions (Loki
+refuses an entry an hour behind its stream's newest). Entries Loki can no longer take into
 their stream (too far behind its newest entry, or too old) are reported; ``--extra-label K=V``
 pushes them into a stream of their own.
 """
@@ -10,16 +11,20 @@ pushes them into a stream of their own.
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import json
 import sys
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from llmproxy import providers
 from llmproxy.loki import LokiEntry, LokiExporter
-from llmproxy.loki.labels import LabelMaker
+from llmproxy.loki.labels import APP_LABEL, LabelMaker
+from llmproxy.loki.session import EARLY_NS, OUR_ID, session_start_ns
 from llmproxy.loki.split import split_entry
 from llmproxy.record import logtree
 from llmproxy.record.entries import entry_metadata
@@ -44,12 +49,13 @@ class SessionReport:
     errors: list[str] = field(default_factory=list)
     extra_pushed: int = 0
     undelivered: int = 0     # Loki did not answer: run again later
+    failure: str | None = None  # the session could not be read, or Loki not asked
     excluded: int = 0        # parts left out (on their way to Loki by another path)
     pushed_bytes: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.undelivered and len(self.refused) == self.extra_pushed
+        return not self.failure and not self.undelivered and len(self.refused) == self.extra_pushed
 
 
 def session_files(log_dir: Path, session: str | None, since: str | None, until: str | None,
@@ -85,9 +91,11 @@ def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
     return entries
 
 
-class Backfill:
-    """Pushes what Loki lacks of a session (the tool, and :mod:`llmproxy.loki.recovery`)."""
+# Which entries of a session to push (the recovery: those a dead worker held), all when None.
+Select = Callable[[SessionFiles, LokiEntry], bool]
 
+
+class Backfill:
     def __init__(self, loki: LokiSettings, labels: LabelMaker, check: bool = True,
                  extra_label: tuple[str, str] | None = None):
         self.exporter = LokiExporter(replace(loki, spool_dir=None))
@@ -96,61 +104,127 @@ class Backfill:
         self.extra_label = extra_label
 
     def held(self, session: str, parts: list[LokiEntry]) -> set[tuple[int, str]]:
-        """(ts, line) of this session's entries Loki holds, paging through the time range."""
+        """(ts, line) of this session's entries Loki holds in the streams of this environment (an
+        entry is there only if it is in the stream it would be pushed to)."""
         start, end = min(p.ts_ns for p in parts), max(p.ts_ns for p in parts) + 1
-        query = f'{{app="llm-proxy"}} |= "{session}"'
-        found: set[tuple[int, str]] = set()
-        while start < end:
-            page = self.exporter.client.query_range(query, start, end, limit=5000, direction="forward")
-            found.update((ts, line) for _, ts, line in page)
-            if len(page) < 5000:
-                break
-            last = max(ts for _, ts, _ in page)
-            start = last if last > start else start + 1
-        return found
+        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= "{session}"'
+        return set(self.exporter.client.query_all(query, start, end))
 
-    def run_session(self, files: SessionFiles, select: Callable[[LokiEntry], bool] | None = None,
-                    exclude: frozenset[tuple[int, bytes]] | set = frozenset()) -> SessionReport:
-        """Push the session's entries Loki lacks: all, or those ``select`` picks; (ts, line)
-        pairs in ``exclude`` are not pushed (they are on their way by another path)."""
+    def run(self, sessions: Iterable[SessionFiles], select: Select | None = None,
+            exclude: frozenset[tuple[int, bytes]] | set = frozenset()) -> Iterator[SessionReport]:
+        """Push what Loki lacks of these sessions, and say per session what became of it (in the
+        sessions' order of start; a session with refused entries last, with ``extra_label``).
+        Only the entries ``select`` picks, if given; no part whose ``(ts, line)`` is in
+        ``exclude`` (it is on its way to Loki by another path: a spool file).
+
+        Loki takes an entry into its stream only up to an hour behind the stream's newest, and
+        sessions that ran at the same time share streams (a machine's, a provider's): the
+        entries of all sessions go in time order, merged as the sessions are read in order of
+        their start (an entry is pushed once no session still to come can hold an older one)."""
+        waiting: list[tuple[int, int, LokiEntry, _Pending]] = []   # a heap, by time
+        order = itertools.count()
+        open_: deque[_Pending] = deque()
+        refused: list[_Pending] = []
+        for files in sorted(sessions, key=lambda f: f.session):  # our ids begin with their start
+            try:
+                pending = self._prepare(files, select, exclude)
+            except (RuntimeError, ValueError, OSError) as exc:
+                yield SessionReport(files.session, failure=str(exc))
+                continue
+            if OUR_ID.fullmatch(files.session):  # no session to come has an entry older than this
+                self._flush(waiting, below=session_start_ns(files.session) - EARLY_NS)
+            for part in pending.missing:
+                heapq.heappush(waiting, (part.ts_ns, next(order), part, pending))
+            open_.append(pending)
+            yield from self._finished(open_, refused)
+        self._flush(waiting, below=None)
+        yield from self._finished(open_, refused)
+        yield from self._extra(refused)
+
+    def _prepare(self, files: SessionFiles, select: Select | None = None,
+                 exclude: frozenset[tuple[int, bytes]] | set = frozenset()) -> "_Pending":
+        """A session's entries as Loki parts, and those Loki does not hold yet."""
         report = SessionReport(files.session)
         entries = read_entries(files, self.labels)
         if select is not None:
-            entries = [e for e in entries if select(e)]
+            entries = [e for e in entries if select(files, e)]
         report.read = len(entries)
-        if not entries:
-            return report
         parts = [p for e in entries for p in split_entry(e, self.exporter.settings.max_line_bytes)]
         if exclude:
             kept = [p for p in parts if (p.ts_ns, p.line) not in exclude]
             report.excluded, parts = len(parts) - len(kept), kept
-            if not parts:
-                return report
         missing = parts
-        if self.check:
+        if self.check and parts:
             held = self.held(files.session, parts)
             missing = [p for p in parts if (p.ts_ns, p.line.decode()) not in held]
             report.present = len(parts) - len(missing)
-        if not missing:
-            return report
-        outcome = self.exporter.send_entries(missing)
-        report.pushed = outcome.sent
-        report.errors = outcome.errors
-        if outcome.undelivered:
-            report.undelivered = len(outcome.undelivered)
-            return report
-        if outcome.failed and self.check:
-            held = self.held(files.session, parts)
-            report.refused = [p for p in missing if (p.ts_ns, p.line.decode()) not in held]
-            report.pushed = len(missing) - len(report.refused)
+        return _Pending(report, parts, missing, left=len(missing))
+
+    def _flush(self, waiting: list, below: int | None) -> None:
+        """Push the waiting entries older than ``below`` (all with None), oldest first."""
+        due = []
+        while waiting and (below is None or waiting[0][0] < below):
+            _, _, part, pending = heapq.heappop(waiting)
+            due.append((part, pending))
+        if not due:
+            return
+        outcome = self.exporter.send_entries(part for part, _ in due)
+        lost = {id(part) for part in outcome.undelivered}
+        for part, pending in due:
+            pending.left -= 1
+            pending.undelivered += id(part) in lost
+            pending.troubled |= bool(outcome.failed)
+            for error in outcome.errors[:3]:
+                if error not in pending.report.errors:
+                    pending.report.errors.append(error)
+
+    def _finished(self, open_: "deque[_Pending]", refused: list["_Pending"]) -> Iterator[SessionReport]:
+        """The reports of the first sessions whose entries have all been pushed."""
+        while open_ and open_[0].left == 0:
+            pending = open_.popleft()
+            report = pending.report
+            report.undelivered = pending.undelivered
+            report.pushed = len(pending.missing) - pending.undelivered
+            if pending.missing:  # the line bytes pushed, for the metrics (parts of a session are alike)
+                report.pushed_bytes = sum(p.size for p in pending.missing) * report.pushed // len(pending.missing)
+            if pending.troubled and not pending.undelivered:
+                held = self.held(report.session, pending.parts)
+                report.refused = [p for p in pending.missing if (p.ts_ns, p.line.decode()) not in held]
+                report.pushed -= len(report.refused)
             if report.refused and self.extra_label:
-                own_stream = [replace(p, labels=p.labels + (self.extra_label,)) for p in report.refused]
-                extra = self.exporter.send_entries(own_stream)
-                report.extra_pushed = extra.sent
-                report.errors += extra.errors
-        refused = {(p.ts_ns, p.line) for p in report.refused}
-        report.pushed_bytes = sum(p.size for p in missing if (p.ts_ns, p.line) not in refused)
-        return report
+                refused.append(pending)
+            else:
+                yield report
+
+    def _extra(self, refused: list["_Pending"]) -> Iterator[SessionReport]:
+        """Entries Loki refused for their stream, into a stream with the extra label: all of them
+        in time order (that stream, too, takes nothing an hour behind its newest)."""
+        if not refused:
+            return
+        own_stream = sorted((replace(p, labels=p.labels + (self.extra_label,)) for pending in refused
+                             for p in pending.report.refused), key=lambda p: p.ts_ns)
+        outcome = self.exporter.send_entries(own_stream)
+        for pending in refused:
+            report = pending.report
+            report.errors += outcome.errors[:3]
+            if outcome.sent == len(own_stream):
+                report.extra_pushed = len(report.refused)
+            else:
+                held = self.held(report.session, pending.parts)
+                report.extra_pushed = sum((p.ts_ns, p.line.decode()) in held for p in report.refused)
+            yield report
+
+
+@dataclass
+class _Pending:
+    """A session on its way: its parts, those Loki lacked, and what became of them so far."""
+
+    report: SessionReport
+    parts: list[LokiEntry]
+    missing: list[LokiEntry]
+    left: int                 # missing parts not pushed yet
+    undelivered: int = 0
+    troubled: bool = False    # a push that carried some of them was refused in part
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -172,7 +246,8 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
     parser.add_argument("--extra-label", type=_label, metavar="K=V",
                         help="push entries Loki refuses for their stream into a stream with this extra label")
     parser.add_argument("--no-check", action="store_true",
-                        help="do not ask Loki what it holds first; rely on its deduplication")
+                        help="do not ask Loki what it holds first: push everything again (log queries "
+                             "show a resent entry once, metric queries may count it twice)")
     args = parser.parse_args(argv)
 
     try:
@@ -188,11 +263,9 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
                         check=not args.no_check, extra_label=args.extra_label)
     total = SessionReport("total")
     failed_sessions = 0
-    for files in session_files(log_dir, args.session, args.since, args.until, args.upstream):
-        try:
-            report = backfill.run_session(files)
-        except (RuntimeError, ValueError, OSError) as exc:
-            print(f"{files.session}: error: {exc}", file=out)
+    for report in backfill.run(session_files(log_dir, args.session, args.since, args.until, args.upstream)):
+        if report.failure:
+            print(f"{report.session}: error: {report.failure}", file=out)
             failed_sessions += 1
             continue
         status = "ok" if report.ok else "FAILED"

@@ -35,7 +35,7 @@ from llmproxy.common.ratelimit import RateLimitedLog
 from llmproxy.loki.backfill import Backfill
 from llmproxy.loki.client import QueryRefused
 from llmproxy.loki.exporter import LokiExporter
-from llmproxy.loki.labels import LabelMaker
+from llmproxy.loki.labels import APP_LABEL, LabelMaker
 from llmproxy.loki.ledger import claim, dead_ledgers, read_ledger
 from llmproxy.record import logtree
 
@@ -53,7 +53,6 @@ class Recovered:
     entries: int = 0       # named by its ledger and not settled
     sessions: int = 0
     pushed: int = 0        # pushed now (parts of split entries counted one by one, as Loki sees them)
-    pushed_bytes: int = 0
     present: int = 0       # parts Loki held already
     spooled: int = 0       # parts in its spool files
     refused: int = 0       # parts Loki refused
@@ -146,50 +145,59 @@ class Recovery:
             self.before_reading()
             wanted: dict[str, set[int]] = defaultdict(set)
             for ts, session_path in unsettled.entries:
-                wanted[session_path].add(ts)
+                wanted[Path(session_path).name.removesuffix(logtree.PLAIN)].add(ts)
             result.sessions = len(wanted)
             spool = self.exporter.spool
             spooled = spool.entries_of(pid) if spool is not None else set()
-            for session_path, stamps in wanted.items():
-                if not self._recover_session(session_path, stamps, spooled, result):
-                    return None
+            if not self._push(wanted, spooled, result):
+                return None
         path.unlink(missing_ok=True)
         if result.entries:
             log.warning(result.describe())
         return result
 
-    def _recover_session(self, session_path: str, stamps: set[int], spooled: set, result: Recovered) -> bool:
-        files = logtree.find_session(self.log_dir, Path(session_path).name.removesuffix(logtree.PLAIN))
-        if files is None:
-            result.unwritten += len(stamps)
+    def _push(self, wanted: dict[str, set[int]], spooled: set, result: Recovered) -> bool:
+        """Push what Loki lacks of the wanted entries (session id → timestamps), as the backfill
+        does: in time order across the sessions. False when Loki did not answer: try again."""
+        found = {}
+        for session in wanted:
+            files = logtree.find_session(self.log_dir, session)
+            if files is None:  # never written (a full disk), or a new session taken back
+                result.unwritten += len(wanted[session])
+            else:
+                found[session] = files
+        if not found:
             return True
         backfill = self._backfill or Backfill(self.exporter.settings, self.labels)
         self._backfill = backfill
+        waiting = False
         try:
-            try:
-                report = backfill.run_session(files, lambda e: e.ts_ns in stamps, spooled)
-            except QueryRefused:
-                backfill.check = False
-                result.unasked = True
-                try:
-                    report = backfill.run_session(files, lambda e: e.ts_ns in stamps, spooled)
-                finally:
-                    backfill.check = True
+            result.unasked = not self._can_ask(backfill)
+            backfill.check = not result.unasked
+            for report in backfill.run(found.values(), lambda files, e: e.ts_ns in wanted[files.session], spooled):
+                if report.failure or report.undelivered:
+                    self._warn.log("Loki recovery of worker %d's entries waits: %s", result.pid,
+                                   report.failure or "; ".join(report.errors[:1]) or "Loki did not take them")
+                    waiting = True
+                if report.pushed:  # counted at once: what must wait does not undo these
+                    self.exporter.stats.add(entries_sent=report.pushed, entries_recovered=report.pushed)
+                    if self.exporter.metrics is not None:
+                        self.exporter.metrics.recovered(report.pushed, report.pushed_bytes)
+                result.unwritten += len(wanted[report.session]) - report.read
+                result.pushed += report.pushed
+                result.present += report.present
+                result.spooled += report.excluded
+                result.refused += len(report.refused)
         except (RuntimeError, ValueError, OSError) as exc:
             self._warn.log("Loki recovery of worker %d's entries waits: %s", result.pid, exc)
             return False
-        if report.undelivered:
-            self._warn.log("Loki recovery of worker %d's entries waits: %s", result.pid,
-                           "; ".join(report.errors[:1]) or "Loki did not take them")
+        return not waiting
+
+    def _can_ask(self, backfill: Backfill) -> bool:
+        """Whether Loki answers queries (a token that may only push is refused them)."""
+        now = time.time_ns()
+        try:
+            backfill.exporter.client.query_range(f'{{app="{APP_LABEL}"}}', now - 10**9, now, limit=1)
+        except QueryRefused:
             return False
-        if report.pushed:  # counted at once: a later session that must wait does not undo these
-            self.exporter.stats.add(entries_sent=report.pushed, entries_recovered=report.pushed)
-            if self.exporter.metrics is not None:
-                self.exporter.metrics.recovered(report.pushed, report.pushed_bytes)
-        result.unwritten += len(stamps) - report.read
-        result.pushed += report.pushed
-        result.pushed_bytes += report.pushed_bytes
-        result.present += report.present
-        result.spooled += report.excluded
-        result.refused += len(report.refused)
         return True

@@ -2,7 +2,8 @@
 
 From Loki: ``query_range`` forward in time, paged past Loki's per-query line limit (a page that
 comes back full continues from its last timestamp; what was already seen is skipped, as are
-the duplicates Loki 3's stream sharding can return). Lines shipped in parts (longer than
+the duplicates Loki 3's stream sharding can return) and its answer size limit (4 MiB by default:
+a page of long lines is asked again with fewer lines). Lines shipped in parts (longer than
 Loki's ``max_line_size``) are joined back byte for byte. Output: the session file's lines in
 timestamp order (the file's, but where calls overlapped), or with ``--transcript`` the
 conversation as text.
@@ -12,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from llmproxy.loki.client import LokiClient
+from llmproxy.loki.client import PAGE, LokiClient
 from llmproxy.loki.split import join_parts
 from llmproxy.record import logtree
 from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import SettingsError, load_settings
 
 OUR_ID = SESSION_ID
-PAGE = 5000                      # Loki's default max_entries_limit_per_query
 MAX_RANGE_NS = 30 * 86400 * 10**9  # within Loki's default max_query_length (721h)
 EARLY_NS = 5 * 60 * 10**9        # a session's first entry can precede its id's second by a little
 
@@ -38,25 +37,6 @@ def session_start_ns(session: str) -> int:
 
 def _quoted(text: str) -> str:
     return json.dumps(text)
-
-
-def fetch_lines(client: LokiClient, query: str, start_ns: int, end_ns: int, page: int = PAGE) -> list[tuple[int, str]]:
-    """(ts, line) of everything the query matches in [start, end), oldest first, each once."""
-    seen: set[tuple[int, str]] = set()
-    rows: list[tuple[int, str]] = []
-    while start_ns < end_ns:
-        got = client.query_range(query, start_ns, end_ns, limit=page, direction="forward")
-        new = [(ts, line) for _, ts, line in got if (ts, line) not in seen]
-        seen.update(new)
-        rows.extend(new)
-        if len(got) < page:
-            break
-        last = max(ts for _, ts, _ in got)
-        # Next page from the last timestamp (inclusive: more entries may share it); a page full
-        # of one single nanosecond cannot move on otherwise.
-        start_ns = last if new and last > start_ns else last + 1
-    rows.sort(key=lambda r: r[0])
-    return rows
 
 
 def join_split(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -90,7 +70,7 @@ def sessions_of_client(client: LokiClient, client_id: str, start_ns: int, end_ns
     query = (f'{{app="llm-proxy", log_type="session_start"}} |= {_quoted(client_id)} '
              f'| json client="client_session_id", session="_meta.session" | client={_quoted(client_id)}')
     found = []
-    for _, line in fetch_lines(client, query, start_ns, end_ns, page):
+    for _, line in client.query_all(query, start_ns, end_ns, page):
         session = json.loads(line).get("_meta", {}).get("session")
         if session and session not in found:
             found.append(session)
@@ -103,7 +83,7 @@ def from_loki(client: LokiClient, session: str, start_ns: int | None, end_ns: in
     end = min(end_ns, start + MAX_RANGE_NS)
     query = (f'{{app="llm-proxy"}} |= {_quoted(session)} | json session="_meta.session" '
              f'| session={_quoted(session)}')
-    return [line for _, line in join_split(fetch_lines(client, query, start, end, page))]
+    return [line for _, line in join_split(client.query_all(query, start, end, page))]
 
 
 def from_files(log_dir: Path, session: str) -> list[str]:

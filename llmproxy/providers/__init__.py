@@ -5,21 +5,26 @@ Each module answers every question the proxy has about its API:
 - routing: ``PREFIX`` (the ``/{provider}/…`` path segment that reaches it), ``NAMES`` (the
   provider labels its exchanges get), ``HOSTS`` (its default upstreams and their label),
   ``LOGGED`` (the paths whose exchanges are logged), and optionally ``rewrite`` (a call that goes
-  elsewhere: the ChatGPT backend);
+  elsewhere: the ChatGPT backend, a Bedrock region's endpoint);
+- the upstream call, optionally: ``signer`` (an API whose calls the proxy signs with credentials
+  of its own, Bedrock's SigV4: a per-worker :class:`Signer` built from the settings) and
+  ``framer`` (a streamed answer that is not SSE: how it splits into events for the log, see
+  :mod:`~llmproxy.providers.framing`);
 - sessions: ``client_session_id`` (where its clients name their session), ``AGENT_HEADERS``
   (sub-agents), ``conversation`` (the message history a request carries), ``SPELLING`` (how its
   messages canonicalise for their identity), and optionally ``response_id`` (an answer a later
   request may continue);
-- errors: ``error_document`` (the proxy's own errors in the provider's shape);
+- errors: ``error_document`` (the proxy's own errors in the provider's shape) and optionally
+  ``error_headers`` (headers its clients read the error from);
 - summaries: ``request_summary``, ``response_summary`` (a JSON answer) and ``add_event`` with
-  ``WANTED`` (the events of an SSE stream or WebSocket session worth parsing);
+  ``WANTED`` (the events of a stream or WebSocket session worth parsing); optionally
+  ``path_summary`` (an API whose path names the model and whether the answer streams);
 - usage and cost: ``token_counts`` (an answer's usage as :class:`Counts`, under names every API
   shares) and ``PRICED_AS`` (the price list of its calls when the upstream is not one the price
   data knows: a genai-prices provider id);
 - transcripts (``loki-session --transcript``, the explorer): ``turn`` (what a request adds to the
   conversation), ``system`` (the instructions it carries), ``said`` (a JSON answer's text,
-  thinking and tool calls, in order) and ``said_events`` (a stream's).
-
+  thinking and tool calls, in order) and ``said_events`` (a stream's);
 - clients: optionally ``CLIENT_ENV`` (the environment variables that point its clients at the
   proxy, and the path under the proxy each names).
 
@@ -37,10 +42,12 @@ from __future__ import annotations
 import json
 import re
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from llmproxy.common.clientids import valid
-from llmproxy.providers import anthropic, openai_chat, openai_responses
+from llmproxy.common.hosts import host_matches
+from llmproxy.providers import anthropic, bedrock, gemini, openai_chat, openai_responses
+from llmproxy.providers.framing import Framer
 from llmproxy.providers.spelling import Spelling, merged
 from llmproxy.providers.summary import Counts, Summary
 from llmproxy.providers.transcribe import Part, Said
@@ -49,15 +56,27 @@ if TYPE_CHECKING:
     from llmproxy.common.errors import ProxyError
 
 # First match wins: Responses before Chat, whose module also takes the rest of OpenAI's paths.
-APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat)
+APIS: tuple[ModuleType, ...] = (anthropic, openai_responses, openai_chat, gemini, bedrock)
 PREFIXES: tuple[str, ...] = tuple(dict.fromkeys(api.PREFIX for api in APIS))
 # Every API's message spellings at once: what a conversation's identity reads messages with.
 SPELLING: Spelling = merged(api.SPELLING for api in APIS)
 
-__all__ = ["APIS", "PREFIXES", "SPELLING", "Counts", "Part", "Said", "Summary", "agent_name", "api_for",
-           "api_of_entry", "client_environment", "client_session_id", "codex_base_url", "conversation", "error_body",
-           "logged", "provider_for_host", "request_summary", "response_id", "response_summary", "rewrite", "said",
-           "stream_summary", "system", "token_counts", "tokens", "turn"]
+__all__ = ["APIS", "PREFIXES", "SPELLING", "Counts", "Framer", "Part", "Said", "Signer", "Summary", "agent_name",
+           "api_for", "api_of_entry", "client_environment", "client_session_id", "codex_base_url", "conversation",
+           "credential_problems", "error_body", "error_headers", "framer", "logged", "provider_for_host",
+           "request_summary", "response_id", "response_summary", "rewrite", "said", "signers", "stream_summary",
+           "system", "token_counts", "tokens", "turn"]
+
+
+class Signer(Protocol):
+    """Signs the calls of one API with credentials the proxy holds (a module's ``signer``)."""
+
+    def sign(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+        """The headers to send upstream instead of ``headers``. Raises a :class:`ProxyError`
+        (``UpstreamCredentialsMissing``) when it has no credentials."""
+
+    def problem(self) -> str | None:
+        """Why calls cannot be signed, when the API is configured and cannot; else None."""
 
 
 def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tuple[str, str, str] | None:
@@ -68,6 +87,25 @@ def rewrite(prefix: str, host: str, path: str, authorization: str | None) -> tup
             if changed:
                 return changed
     return None
+
+
+def signers(settings: Any) -> dict[str, Signer]:
+    """The signers of the APIs whose calls the proxy signs, by provider label; built once per
+    worker (each module reads its own settings; nothing is looked up before a call needs it)."""
+    return {name: signer for api in APIS if hasattr(api, "signer")
+            for signer in [api.signer(settings)] for name in api.NAMES}
+
+
+def credential_problems(settings: Any) -> list[str]:
+    """Start-up: why an API that is configured cannot sign its calls (no credentials found)."""
+    problems = (api.signer(settings).problem() for api in APIS if hasattr(api, "signer"))
+    return [problem for problem in problems if problem]
+
+
+def framer(provider: str, path: str, status: int, content_type: str) -> Framer | None:
+    """How a streamed answer that is not SSE splits into events, or None (a body as it is)."""
+    api = api_for(provider, path)
+    return api.framer(path, status, content_type) if api is not None and hasattr(api, "framer") else None
 
 
 def client_environment(base_url: str) -> dict[str, str]:
@@ -89,7 +127,7 @@ def logged(path: str) -> bool:
 
 def provider_for_host(host: str) -> str | None:
     """The provider label of a default upstream host (for log trees that do not say)."""
-    return next((api.HOSTS[host] for api in APIS if host in api.HOSTS), None)
+    return next((label for api in APIS for pattern, label in api.HOSTS.items() if host_matches(pattern, host)), None)
 
 
 def _lowered(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -138,6 +176,12 @@ def error_body(name: str | None, error: "ProxyError") -> bytes:
     return json.dumps(doc).encode()
 
 
+def error_headers(name: str | None, error: "ProxyError") -> list[tuple[str, str]]:
+    """Headers the proxy's own error carries for the API of ``name`` (Bedrock's error type)."""
+    api = next((api for api in APIS if name in (api.PREFIX, *api.NAMES)), None)
+    return api.error_headers(error.status, error.code) if api is not None and hasattr(api, "error_headers") else []
+
+
 def api_for(provider: str, path: str) -> ModuleType | None:
     """The module of the API an exchange speaks, or None for a provider no module knows."""
     for api in APIS:
@@ -155,13 +199,17 @@ def _json(data: bytes | str) -> Any:
         return None
 
 
-def request_summary(api: ModuleType | None, body: Any) -> dict:
+def request_summary(api: ModuleType | None, body: Any, path: str = "") -> dict:
     """``model``, ``stream``, ``tools_count``, ``messages_count`` of a parsed request body (what is
-    there); empty when the body is not a JSON object. Never raises."""
+    there, and what its path says); empty when the body is not a JSON object. Never raises."""
     if api is None or not isinstance(body, dict):
         return {}
     try:
-        return api.request_summary(body)
+        summary = api.request_summary(body)
+        if hasattr(api, "path_summary"):  # the path's word wins, and its model comes first
+            said = api.path_summary(path)
+            summary = {**said, **{k: v for k, v in summary.items() if k not in said}}
+        return summary
     except Exception:  # a body of an unexpected shape is logged without a summary
         return {}
 

@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmproxy.providers import Framer
+from llmproxy.providers.framing import FramingError
 from llmproxy.proxy import decoding
 from llmproxy.proxy.decoding import Decoded
 from llmproxy.proxy.routing import Route
@@ -23,8 +25,9 @@ def now_ns() -> int:
 
 @dataclass
 class Chunk:
-    """One SSE event or WebSocket message as it arrived: wall-clock ns, ms since the previous
-    event, the raw text (a binary WebSocket message: its bytes, ``binary`` set)."""
+    """One SSE event, WebSocket message or event of another framing (the API's ``framer``) as it
+    arrived: wall-clock ns, ms since the previous event, the raw text (a binary WebSocket
+    message: its bytes, ``binary`` set)."""
 
     ts_ns: int
     delta_ms: float
@@ -54,8 +57,8 @@ class Exchange:
     # the answer
     status: int | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytearray | None = None       # non-SSE answer body as received (still content-encoded)
-    chunks: list[Chunk] | None = None   # SSE events, decoded
+    body: bytearray | None = None       # non-stream answer body as received (still content-encoded)
+    chunks: list[Chunk] | None = None   # stream events (SSE or the API's framing), decoded
     size: int = 0
     ttfb_ms: float | None = None
     total_ms: float | None = None
@@ -73,6 +76,7 @@ class Exchange:
     _pieces: list[tuple[float, int, bytes]] | None = field(default=None, repr=False)
     _encoded: bool = field(default=False, repr=False)
     _decoded: Decoded | None = field(default=None, repr=False)
+    _framer: Framer | None = field(default=None, repr=False)  # a stream that is not SSE
     _sent: float = 0.0
 
     def sending(self) -> None:
@@ -80,7 +84,10 @@ class Exchange:
         self._sent = time.perf_counter()
         self.proxy_ms = _ms(self._sent - self.started)
 
-    def got_headers(self, status: int, headers: list[tuple[str, str]], sse: bool) -> None:
+    def got_headers(self, status: int, headers: list[tuple[str, str]], sse: bool,
+                    framer: Framer | None = None) -> None:
+        """The answer's head is in: a stream (``sse``, or events a ``framer`` splits) is logged
+        as chunks, anything else as its body."""
         self.status = status
         self.response_headers = headers
         now = time.perf_counter()
@@ -88,7 +95,8 @@ class Exchange:
         if self._sent:
             self.upstream_ms = _ms(now - self._sent)
         self._last_event = time.perf_counter()
-        if sse:
+        if sse or framer is not None:
+            self._framer = framer
             self.chunks = []
             self._pieces = []
             self._encoded = bool(decoding.codings(self.response_header("content-encoding")))
@@ -109,6 +117,10 @@ class Exchange:
             self.body += data
 
     def _take_events(self, data: bytes, at: float, at_ns: int) -> None:
+        if self._framer is not None:
+            for event in self._framer.feed(data):
+                self._add_chunk(event, at, at_ns)
+            return
         buf = self._sse_buffer
         buf += data
         if b"\r" not in buf:  # the usual spelling: one split instead of a search per event
@@ -133,9 +145,18 @@ class Exchange:
         pieces, self._pieces = self._pieces, None
         if self._encoded:
             self._decode_stream(pieces)
-        else:
-            for at, at_ns, data in pieces:
+            return
+        for i, (at, at_ns, data) in enumerate(pieces):
+            try:
                 self._take_events(data, at, at_ns)
+            except FramingError as exc:
+                self._keep_undecoded(pieces[i:], str(exc))
+                return
+
+    def _keep_undecoded(self, pieces: list[tuple[float, int, bytes]], error: str) -> None:
+        """What of a stream did not decode or split is kept as the body, as it came, with why."""
+        self._decoded = Decoded(b"".join(p for _, _, p in pieces), error=error)
+        self._framer = None
 
     def _decode_stream(self, pieces: list[tuple[float, int, bytes]]) -> None:
         """Replay an encoded stream's pieces through the decoder, with their arrival times. What
@@ -143,13 +164,13 @@ class Exchange:
         try:
             decoder = decoding.StreamDecoder(self.response_header("content-encoding"))
         except decoding.DecodeError as exc:
-            self._decoded = Decoded(b"".join(p for _, _, p in pieces), error=str(exc))
+            self._keep_undecoded(pieces, str(exc))
             return
         for i, (at, at_ns, data) in enumerate(pieces):
             try:
                 self._take_events(decoder.feed(data), at, at_ns)
-            except decoding.DecodeError as exc:
-                self._decoded = Decoded(b"".join(p for _, _, p in pieces[i:]), error=str(exc))
+            except (decoding.DecodeError, FramingError) as exc:
+                self._keep_undecoded(pieces[i:], str(exc))
                 return
             if decoder.truncated:
                 self.stream_truncated = True
@@ -176,8 +197,9 @@ class Exchange:
         (``error`` says why)."""
         if self._pieces is not None:
             self._split_stream()
-        if self.chunks is not None and self._sse_buffer:
-            self._add_chunk(bytes(self._sse_buffer), time.perf_counter(), now_ns())
+        rest = self._framer.rest() if self._framer is not None else bytes(self._sse_buffer)
+        if self.chunks is not None and rest:
+            self._add_chunk(rest, time.perf_counter(), now_ns())
             self._sse_buffer.clear()
         self.total_ms = _ms((time.perf_counter() if at is None else at) - self.started)
         if error:

@@ -8,6 +8,7 @@ from urllib.parse import unquote
 
 from llmproxy import providers
 from llmproxy.common.errors import BadRoute, UnknownProvider, UpstreamNotAllowed
+from llmproxy.common.hosts import host_matches
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 USAGE = ("use /{provider}/{upstream}/{path}, e.g. /anthropic/api.anthropic.com/v1/messages or "
@@ -41,12 +42,7 @@ def split_target(raw_uri: str) -> tuple[str, str, str, str]:
 
 def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     host = host.lower()
-    for entry in allowed:
-        if entry == "*" or entry == host:
-            return True
-        if entry.startswith("*.") and host.endswith(entry[1:]):
-            return True
-    return False
+    return any(host_matches(entry, host) for entry in allowed)
 
 
 def resolve(raw_uri: str, authorization: str | None, allowed: tuple[str, ...]) -> Route:

@@ -18,7 +18,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from llmproxy.common.errors import ProxyError, rejected
 from llmproxy.common.ratelimit import RateLimitedLog
-from llmproxy.providers import error_body
+from llmproxy import providers
 from llmproxy.proxy import forwarding, websocket
 from llmproxy.proxy.capture import Exchange, ExchangeLogger
 from llmproxy.proxy.routing import resolve
@@ -42,6 +42,7 @@ class WorkerState(Protocol):
     """What the view uses of the worker's runtime (:class:`llmproxy.server.runtime.Runtime`)."""
 
     upstream: requests.Session
+    signers: dict[str, providers.Signer]  # by provider label: the APIs whose calls the proxy signs
     logger: ExchangeLogger
     ws_log: Any       # llmproxy.record.websocket_log.MessageLog: .conversation(...) gives a tap
     relays: websocket.RelayHub
@@ -62,8 +63,8 @@ def register(app: Flask, settings: Settings, runtime: WorkerState) -> None:
     @app.errorhandler(ProxyError)
     def proxy_error(error: ProxyError):
         provider = getattr(request, "proxy_provider", None)
-        return RelayedResponse(error_body(provider, error), status=error.status,
-                               content_type="application/json")
+        return RelayedResponse(providers.error_body(provider, error), status=error.status,
+                               headers=providers.error_headers(provider, error), content_type="application/json")
 
     @app.errorhandler(HTTPException)
     def routing_error(error: HTTPException):
@@ -75,8 +76,8 @@ def register(app: Flask, settings: Settings, runtime: WorkerState) -> None:
         status = error.code or 400
         message = f"{request.method} {path.split('?')[0]}: {error.description}"
         refusal = rejected(status, message)
-        response = RelayedResponse(error_body(provider, refusal), status=refusal.status,
-                                   content_type="application/json")
+        response = RelayedResponse(providers.error_body(provider, refusal), status=refusal.status,
+                                   headers=providers.error_headers(provider, refusal), content_type="application/json")
         for name, value in error.get_headers():
             if name.lower() == "allow":
                 response.headers[name] = value
@@ -107,9 +108,12 @@ def register(app: Flask, settings: Settings, runtime: WorkerState) -> None:
             exchange.request_body = b""  # logged; the upstream call below holds its own reference
         if exchange is not None:
             exchange.sending()
+        signer = runtime.signers.get(route.provider)
         try:
+            # Signed here, after the log took the client's headers: no signature is ever logged.
+            sent = signer.sign(request.method, route.url, headers, body) if signer is not None else headers
             upstream = forwarding.open_upstream(
-                runtime.upstream, request.method, route.url, headers, body,
+                runtime.upstream, request.method, route.url, sent, body,
                 settings.upstream_connect_timeout, settings.upstream_read_timeout)
         except ProxyError as error:
             log.warning("%s %s: %s", request.method, route.url.split("?")[0], error.message)
@@ -120,8 +124,10 @@ def register(app: Flask, settings: Settings, runtime: WorkerState) -> None:
 
         resp_headers = forwarding.response_headers(upstream)
         if exchange is not None:
-            sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-            exchange.got_headers(upstream.status_code, resp_headers, sse)
+            content_type = upstream.headers.get("content-type", "")
+            sse = content_type.startswith("text/event-stream")
+            framer = None if sse else providers.framer(route.provider, route.path, upstream.status_code, content_type)
+            exchange.got_headers(upstream.status_code, resp_headers, sse, framer)
         # Werkzeug ignores call_on_close with direct_passthrough; the server closes this iterator
         # after the last byte is on the wire, so logging never delays the client.
         on_close = [upstream.close]

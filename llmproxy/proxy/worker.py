@@ -24,7 +24,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from llmproxy.common.errors import rejected
 from llmproxy.common.masking import mask_text
-from llmproxy.providers import error_body
+from llmproxy.providers import error_body, error_headers
 
 # How long a request thread waits on its kept-alive connection for the next request. A client
 # that reuses its connection under load sends it within a few milliseconds of reading the
@@ -73,9 +73,11 @@ class ProxyWorker(ThreadWorker):
         request = req or getattr(exc, "req", None)  # an invalid header names its request
         path = getattr(request, "path", None)
         provider = path.lstrip("/").split("/", 1)[0] if isinstance(path, str) else None
-        body = error_body(provider, rejected(status, message))
+        error = rejected(status, message)
+        body = error_body(provider, error)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in error_headers(provider, error))
         head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n")
+                f"{extra}Content-Length: {len(body)}\r\n\r\n")
         try:
             util.write_nonblock(client, head.encode("latin-1") + body)
         except Exception:  # as gunicorn: the client may be gone

@@ -169,8 +169,11 @@ class EntryBuilder:
             timing["upstream_ms"] = exchange.upstream_ms
         if exchange.proxy_ms is not None:
             timing["proxy_ms"] = exchange.proxy_ms
+        # The answer's model, else the one asked for (an error answer names none): what the call
+        # is filed and priced under, in the line as in the structured metadata.
         model = summary.get("model") or exchange.request_summary.get("model")
-        fields: dict = {"seq": assignment.seq, "status": exchange.status, **summary,
+        fields: dict = {"seq": assignment.seq, "status": exchange.status, **({"model": model} if model else {}),
+                        **summary,
                         **cost_fields(api, summary.get("usage"), model, assignment.upstream, exchange.started_ns),
                         "client": client_of(exchange.request_headers),
                         "headers": mask_headers(exchange.response_headers), "timing": timing,

@@ -139,7 +139,8 @@ class SessionLog:
         agent = providers.agent_name(exchange.request_headers)
         hashes = message_hashes(providers.conversation(route.provider, route.path, body)) if client_id else []
 
-        exchange.request_summary = providers.request_summary(providers.api_for(route.provider, route.path), body)
+        exchange.request_summary = providers.request_summary(providers.api_for(route.provider, route.path), body,
+                                                             route.path)
         fields = self.builder.request_fields(exchange, decoded)
 
         staged: list[Staged] = []

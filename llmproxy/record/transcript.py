@@ -2,7 +2,8 @@
 
 Each request re-sends the conversation so far; a turn shows only what is new in it: the
 messages after the last assistant message (the user's words, tool results). The answer shows
-the assistant's text with streamed deltas joined, its tool calls, and the tokens of the turn.
+the thinking the model showed, the assistant's text with streamed deltas joined, its tool calls,
+and the tokens of the turn.
 Each API module reads its own requests and answers (``turn``, ``said``, ``tokens`` in
 llmproxy/providers/); the model and usage are the response entry's summary fields. An exchange
 no module reads is shown as its size.
@@ -24,6 +25,7 @@ WIDTH = 2000  # longest text shown of one block; the JSONL has the rest
 class Answer:
     text: list[str] = field(default_factory=list)
     tools: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments)
+    thinking: list[str] = field(default_factory=list)  # what the model showed of its reasoning
     tokens_in: int | None = None
     tokens_out: int | None = None
     model: str | None = None
@@ -59,7 +61,9 @@ def answer_of(api: ModuleType | None, response: dict) -> Answer:
     said = providers.said(api, response)
     tokens_in, tokens_out = providers.tokens(api, response.get("usage"))
     model = response.get("model")
-    return Answer(said.text, said.tools, tokens_in, tokens_out, model if isinstance(model, str) else None)
+    thinking = [p.text for p in said.parts if p.kind == "thinking" and p.text]
+    return Answer(said.text, said.tools, thinking, tokens_in, tokens_out,
+                  model if isinstance(model, str) else None)
 
 
 def render(lines: list[str]) -> str:
@@ -97,6 +101,8 @@ def render(lines: list[str]) -> str:
                     out.append(f"{role}: {text}")
         elif kind == "response":
             answer = answer_of(apis.get(doc.get("seq")), doc)
+            for text in answer.thinking:
+                out.append(f"assistant (thinking): {_short(text)}")
             for text in answer.text:
                 out.append(f"assistant: {_short(text)}")
             for name, arguments in answer.tools:

@@ -22,7 +22,7 @@ from llmproxy.server.runtime import Runtime, describe_destinations, prepare_run_
 from llmproxy.server.saturation import Saturation, pool_queue
 from llmproxy.settings import load_settings_or_exit
 
-_settings = load_settings_or_exit()
+_settings = load_settings_or_exit(credentials=True)
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:

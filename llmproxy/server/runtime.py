@@ -13,7 +13,7 @@ import shutil
 import sqlite3
 from urllib.parse import urlsplit
 
-from llmproxy import __version__
+from llmproxy import __version__, providers
 from llmproxy.loki import LokiExporter
 from llmproxy.loki.labels import LabelMaker
 from llmproxy.loki.ledger import Ledger
@@ -44,6 +44,7 @@ class Runtime:
     def __init__(self, settings: Settings, logger: ExchangeLogger | None = None):
         self.settings = settings
         self.upstream = forwarding.new_session(settings.threads)
+        self.signers = providers.signers(settings)  # the APIs whose calls the proxy signs (Bedrock)
         self.file_health = FileHealth(shared=shared_file("file-logging"))
         self.sessions = SessionStore(settings.log_dir / "sessions.db")
         self.file_logger = FileLogger(settings.log_dir)

@@ -93,7 +93,7 @@ def posix(presence_file: Path, proc: bool = True) -> str:
         f"      fi; }} < {file}",
         "fi",
         'if [ -z "$_llm_proxy_up" ] && [ -n "${_LLM_PROXY_SET-}" ]; then',
-        '    case $_LLM_PROXY_SET in *[!A-Za-z0-9_\ ]*) ;; *) eval "unset $_LLM_PROXY_SET _LLM_PROXY_SET" ;; esac',
+        r'    case $_LLM_PROXY_SET in *[!A-Za-z0-9_\ ]*) ;; *) eval "unset $_LLM_PROXY_SET _LLM_PROXY_SET" ;; esac',
         "fi",
         "unset _llm_proxy_pid _llm_proxy_fd _llm_proxy_rest _llm_proxy_var _llm_proxy_up",
         END,

@@ -171,14 +171,15 @@ def gather(installation: Installation, settings: Settings) -> Report:
 
     if settings.log_dir.is_dir():
         size, files = tree_size(settings.log_dir)
-        rows.append(("session logs", f"{settings.log_dir} ({human_bytes(size)} in {files} files)"))
+        rows.append(("session logs", f"{settings.log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})"))
     else:
         rows.append(("session logs", f"{settings.log_dir} (none yet)"))
     rows.append(("today", today(settings.log_dir).line()))
 
     if health:
         answer = probe.get_json(base, "/health/loki")
-        rows.append(("Loki export", verdict(answer[1], None, None, None, None)[1] if answer else "no answer"))
+        said = verdict(answer[1], None, None, None, None)[1] if answer else "no answer"
+        rows.append(("Loki export", said.removeprefix("Loki export ")))   # the row names it already
     else:
         rows.append(("Loki export", "-"))
 

@@ -9,8 +9,11 @@ from llmproxy import pricing
 from llmproxy.catalog import Catalog
 from llmproxy.usage.report import Filters, Kind, Record, Report, build
 
+# A call's day and time are its answer's (when it has one), as in Loki: the two ways agree.
+DAY = "coalesce(answered_day, day)"
+WHEN = "coalesce(answered_ts, ts)"
 # The SQL of each report's key, over the catalog's calls table.
-KEYS = {"day": "day", "month": "substr(day, 1, 7)", "session": "session", "model": "coalesce(model, '')",
+KEYS = {"day": DAY, "month": f"substr({DAY}, 1, 7)", "session": "session", "model": "coalesce(model, '')",
         "machine": "coalesce(machine, '')", "client": "coalesce(client, '')"}
 
 
@@ -18,10 +21,10 @@ def where(filters: Filters) -> tuple[str, list]:
     """The SQL condition of the filters (answered calls only) and its arguments."""
     clauses, args = ["answered"], []
     if filters.since:
-        clauses.append("day >= ?")
+        clauses.append(f"{DAY} >= ?")
         args.append(filters.since.isoformat())
     if filters.until:
-        clauses.append("day <= ?")
+        clauses.append(f"{DAY} <= ?")
         args.append(filters.until.isoformat())
     if filters.provider:
         clauses.append("provider = ?")
@@ -41,7 +44,7 @@ def records(db: sqlite3.Connection, kind: Kind, filters: Filters) -> list[Record
     rows = db.execute(
         f"SELECT {KEYS[kind.key]} AS key, coalesce(model, '') AS model, count(*), coalesce(sum(input), 0), "
         f"coalesce(sum(output), 0), coalesce(sum(cache_write), 0), coalesce(sum(cache_read), 0), "
-        f"coalesce(sum(cost), 0.0), sum(cost IS NULL AND input IS NOT NULL), max(ts) "
+        f"coalesce(sum(cost), 0.0), sum(cost IS NULL AND input IS NOT NULL), max({WHEN}) "
         f"FROM calls WHERE {condition} GROUP BY 1, 2", args)
     return [Record(*row) for row in rows]
 

@@ -102,7 +102,8 @@ def table(report: Report, width: int = 80, breakdown: bool = False) -> str:
         return GAP.join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
     head = [line(cells) for cells in headings if any(cells)]
-    lines = [_title(report), "", *head, rule, *map(line, body), rule, line(total)]
+    lines = [*textwrap.wrap(_title(report), width, subsequent_indent="  "), "", *head, rule, *map(line, body),
+             rule, line(total)]
     notes = [wrapped for note in _notes(report) for wrapped in (textwrap.wrap(note, width, subsequent_indent="  ")
                                                                or [""])]
     return "\n".join(lines + notes)

@@ -24,6 +24,7 @@ from proxyproc import ProxyServer  # noqa: E402
 
 def record(name: str, proxy: ProxyServer, workdir: Path) -> str:
     fake = FakeProvider().start()
+    fake.aws_region, fake.aws_token = realclients.AWS_REGION, realclients.fakebedrock.SESSION_TOKEN
     try:
         session = realclients.SCENARIOS[name](realclients.Client(workdir / name, proxy.url, fake.upstream))
         lines = realclients.recording(fake.received)
@@ -47,7 +48,7 @@ def main(names: list[str]) -> int:
         print(reason, file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="llm-proxy-record-") as tmp, \
-            ProxyServer(Path(tmp) / "proxy") as proxy, ThreadPoolExecutor(len(names)) as pool:
+            ProxyServer(Path(tmp) / "proxy", env=realclients.PROXY_ENV) as proxy, ThreadPoolExecutor(len(names)) as pool:
         for line in pool.map(lambda name: record(name, proxy, Path(tmp)), names):
             print(line)
     print(f"versions: {realclients.versions()}")
