@@ -39,7 +39,8 @@ class Intent:
     inode: int
     session: str
     seq: int
-    new: bool           # the transaction creates the session: the file is its alone
+    new: bool           # the transaction creates the session: the file is its alone (noted
+                        # before the file is made: no offset, no identity)
     request_id: str
 
     def encode(self) -> bytes:
@@ -87,12 +88,12 @@ def undo(log_dir: str, intent: Intent) -> int:
     except FileNotFoundError:
         return 0
     try:
-        if (status.st_dev, status.st_ino) != (intent.device, intent.inode):
-            return 0  # set aside by prune meanwhile: nothing to take back from the new file
         if intent.new:  # nobody but the dead writer knew the session
             lines = os.pread(fd, status.st_size, 0).count(b"\n")
             os.unlink(path)
             return lines
+        if (status.st_dev, status.st_ino) != (intent.device, intent.inode):
+            return 0  # set aside by prune meanwhile: nothing to take back from the new file
         if status.st_size <= intent.offset:
             return 0
         *lines, torn = os.pread(fd, status.st_size - intent.offset, intent.offset).split(b"\n")

@@ -151,12 +151,14 @@ class SessionLog:
             lines = self.writer.stage(self.builder.request_entries(exchange, assignment, fields))
             staged.append(lines)
 
-            def before(offset: int, device: int, inode: int) -> None:
+            def note(offset: int = 0, device: int = 0, inode: int = 0) -> None:
                 self.store.intend(Intent(lines.entries[0].path, offset, device, inode, assignment.session,
                                          assignment.seq, assignment.started_session, exchange.request_id))
                 crash_point("request_noted")
 
-            self.health.wrote(self.writer.append(lines, before))
+            if assignment.started_session:  # noted before the file exists: even an empty one goes
+                note()
+            self.health.wrote(self.writer.append(lines, None if assignment.started_session else note))
             crash_point("request_written")
 
         try:
