@@ -233,7 +233,7 @@ def test_start_with_loki_unreachable_serves_and_reports_failing(start_proxy, fak
 def test_loki_disabled_is_said_at_start_and_by_health(start_proxy):
     server = start_proxy()
     assert health(server) == (200, {"status": "disabled", "entries_sent": 0, "entries_failed": 0,
-                                    "entries_dropped": 0, "batches_sent": 0, "queue_depth": 0,
+                                    "entries_dropped": 0, "batches_sent": 0, "entries_recovered": 0, "queue_depth": 0,
                                     "last_error": None, "last_error_time": None, "last_success_time": None,
                                     "failing_since": None, "workers": 0, "spooled_entries": 0, "spool_bytes": 0,
                                     "structured_metadata": "off"})
