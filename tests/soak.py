@@ -311,8 +311,8 @@ def run(workdir: Path, duration: float = 120.0, clients: int = 8, loki_url: str 
     try:
         server.start()
         started_ns, started = time.time_ns(), time.monotonic()
-        say(f"soak: {duration:g}s, {clients} clients, proxy {server.url}, Loki {loki.query_url} "
-            f"(environment={environment}), logs {server.log_dir}")
+        say(f"soak: {duration:g}s, {clients} clients, proxy {server.url}\n"
+            f"  Loki {loki.query_url} (environment={environment})\n  logs {server.log_dir}")
         sampler = Sampler(server, started)
 
         def client(n: int) -> None:
@@ -421,26 +421,27 @@ def _drained(server: ProxyServer, timeout: float = 180.0) -> None:
 
 def describe(report: Report) -> list[str]:
     """The figures, for an 80-column terminal."""
-    def mem(figures: dict) -> str:
-        return (f"worker RSS max {figures.get('worker_rss_mib', '-')} MiB, all workers "
-                f"{figures.get('workers_rss_mib', '-')} MiB, master {figures.get('master_rss_mib', '-')} MiB, "
-                f"fds worker {figures.get('worker_fds', '-')} / master {figures.get('master_fds', '-')}")
-
-    lines = [f"calls {report.calls} ({report.failed} failed and retried, {report.abandoned} streams abandoned), "
+    lines = [f"soak: {report.duration:g}s, {report.clients} clients: {report.calls} calls in "
              f"{report.conversations} conversations",
-             f"faults: " + "; ".join(f"{t:g}s {what}" for t, what in report.faults),
-             f"sessions: {report.session_files} files, {report.file_lines} lines, "
-             + ("all whole" if not report.session_problems else f"{len(report.session_problems)} PROBLEMS")]
-    lines += [f"  {p}" for p in report.session_problems[:10]]
-    complete = (f"complete {report.loki_complete_after:g}s after the load" if report.loki_complete_after is not None
-                else "INCOMPLETE")
-    lines += [f"Loki: {report.loki_expected} entries expected, {report.loki_missing} missing, "
-              f"{report.loki_duplicates} duplicates, {report.loki_unexpected} not in the files; {complete}",
-              f"Loki export: {report.recovered} entries recovered from killed workers, {report.dropped} dropped",
-              f"memory before the faults: {mem(report.warm)}",
-              f"memory at the end:        {mem(report.end)}",
-              f"memory peak:              {mem(report.peak)}",
-              "OK" if report.ok else "FAILED"]
+             f"  {report.failed} attempts failed (a killed worker) and were retried; "
+             f"{report.abandoned} streams abandoned",
+             "faults:"]
+    lines += [f"  {t:7.1f}s  {what}" for t, what in report.faults]
+    lines.append(f"sessions: {report.session_files} files, {report.file_lines} lines, "
+                 + ("all whole" if not report.session_problems else f"{len(report.session_problems)} PROBLEMS:"))
+    lines += [f"  {p}"[:80] for p in report.session_problems[:10]]
+    complete = (f"all there {report.loki_complete_after:g}s after the load"
+                if report.loki_complete_after is not None else "INCOMPLETE")
+    lines += [f"Loki: {report.loki_expected} entries expected: {report.loki_missing} missing, "
+              f"{report.loki_duplicates} twice,",
+              f"  {report.loki_unexpected} not in the files; {complete}",
+              f"  {report.recovered} recovered from killed workers, {report.dropped} dropped",
+              f"{'RSS MiB, fds':19}{'worker':>8}{'workers':>9}{'master':>8}{'fds':>6}{'master':>8}"]
+    for name, figures in (("before the faults", report.warm), ("at the end", report.end), ("peak", report.peak)):
+        lines.append(f"  {name:17}" + "".join(f"{figures.get(key, '-'):>{width}}" for key, width in (
+            ("worker_rss_mib", 8), ("workers_rss_mib", 9), ("master_rss_mib", 8), ("worker_fds", 6),
+            ("master_fds", 8))))
+    lines.append("OK" if report.ok else "FAILED")
     return lines
 
 
