@@ -302,3 +302,24 @@ def test_chunked_uploads_and_websocket_bytes_are_counted(start_proxy, fake_provi
             (len(client.sent), len(client.received)) else None
 
     wait_until(both, 10, interval=0.1, message="WebSocket bytes both ways")
+
+
+def test_a_metrics_file_being_created_does_not_fail_the_scrape(tmp_path):
+    """A worker creates its file empty, then sizes it; a scrape in between read an empty file and
+    answered 500 (seen once in a full run). Such a file holds no value yet: it is left out."""
+    import json as json_module
+
+    from prometheus_client.mmap_dict import MmapedDict
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from llmproxy.server.metrics import _WholeFiles
+
+    values = MmapedDict(str(tmp_path / "counter_101.db"))
+    values.write_value(json_module.dumps(["calls", "calls_total", {"provider": "anthropic"}, "calls"]), 3.0, 0.0)
+    values.close()
+    (tmp_path / "counter_102.db").write_bytes(b"")      # another worker's, not sized yet
+
+    with pytest.raises(Exception):
+        list(MultiProcessCollector(None, path=str(tmp_path)).collect())
+    families = list(_WholeFiles(str(tmp_path), MultiProcessCollector).collect())
+    assert [(s.name, s.value) for f in families for s in f.samples] == [("calls_total", 3.0)]

@@ -294,8 +294,30 @@ class Metrics:
         if not self._multiprocess_dir:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=self._multiprocess_dir)
+        registry.register(_WholeFiles(self._multiprocess_dir, multiprocess.MultiProcessCollector))
         return generate_latest(registry)
+
+
+class _WholeFiles:
+    """prometheus_client's MultiProcessCollector over the files that have their header.
+
+    A worker creates a metrics file empty and then sizes it; read in between, it has no 8-byte
+    header yet and the stock collector fails the whole scrape (``unpack_from requires a buffer of
+    at least 4 bytes``: a 500 on ``/metrics``). Such a file holds no value yet: leave it out."""
+
+    def __init__(self, path: str, collector: type):
+        self.path = path
+        self.merge = collector.merge
+
+    def collect(self):
+        files = []
+        for path in Path(self.path).glob("*.db"):
+            try:
+                if path.stat().st_size >= 8:
+                    files.append(str(path))
+            except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
+                pass
+        return self.merge(files, accumulate=True)
 
 
 
