@@ -56,6 +56,8 @@ class Browser:
     def shot(self, page, name: str) -> Path:
         SHOTS.mkdir(parents=True, exist_ok=True)
         path = SHOTS / f"{name}.png"
+        # A whole-page picture taken while scrolled down draws the sticky header in mid-page.
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(path), full_page=True)
         return path
 
