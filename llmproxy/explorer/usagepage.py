@@ -14,7 +14,6 @@ from datetime import date, datetime, timedelta
 from typing import Mapping
 from urllib.parse import urlencode
 
-from llmproxy import pricing
 from llmproxy.explorer import chart
 from llmproxy.explorer.formatting import compact, money
 from llmproxy.usage import KINDS, Filters, Report, build
@@ -64,14 +63,7 @@ class Ask:
 
 def report(db: sqlite3.Connection, ask: Ask) -> Report:
     """The report, from the catalog as it is (the indexer keeps it up to date)."""
-    kind = KINDS[ask.report]
-    out = build(kind, local.records(db, kind, ask.filters), ask.filters, pricing.source())
-    skipped = local.skipped_lines(db)
-    if skipped:
-        out.notes.append(f"{skipped} line{'s' if skipped != 1 else ''} of the logs skipped: not entries "
-                         "(corrupt, or cut short by a crash).")
-    out.notes += [f"Not read: {problem}" for problem in local.unreadable(db)]
-    return out
+    return local.from_catalog(db, KINDS[ask.report], ask.filters)
 
 
 def charts(db: sqlite3.Connection, ask: Ask) -> tuple[chart.Chart, chart.Chart]:

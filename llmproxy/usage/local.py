@@ -60,16 +60,25 @@ def unreadable(db: sqlite3.Connection) -> list[str]:
             db.execute("SELECT session, problem FROM files WHERE problem IS NOT NULL ORDER BY session")]
 
 
-def report(log_dir: Path, kind: Kind, filters: Filters, catalog: Catalog | None = None) -> Report:
-    """The report of this machine's logs: the catalog brought up to date first."""
-    catalog = catalog or Catalog(log_dir)
-    catalog.update()
-    db = catalog.db
+def from_catalog(db: sqlite3.Connection, kind: Kind, filters: Filters) -> Report:
+    """The report of the catalog as it is (the explorer's indexer keeps it up to date), with
+    notes on what could not be read."""
     out = build(kind, records(db, kind, filters), filters, pricing.source())
     skipped = skipped_lines(db)
     if skipped:
         out.notes.append(f"{skipped} line{'s' if skipped != 1 else ''} of the logs skipped: not entries "
                          f"(corrupt, or cut short by a crash).")
-    for problem in unreadable(db):
-        out.notes.append(f"Not read: {problem}")
+    out.notes += [f"Not read: {problem}" for problem in unreadable(db)]
     return out
+
+
+def report(log_dir: Path, kind: Kind, filters: Filters, catalog: Catalog | None = None) -> Report:
+    """The report of this machine's logs: the catalog brought up to date first."""
+    own = catalog is None
+    catalog = catalog or Catalog(log_dir)
+    try:
+        catalog.update()
+        return from_catalog(catalog.db, kind, filters)
+    finally:
+        if own:
+            catalog.close()
