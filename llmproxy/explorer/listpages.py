@@ -95,23 +95,25 @@ def register(app: Flask) -> None:
         text, page, order, hits, more = found
         return jsonify({"q": text, "page": page, "order": order, "more": more, "hits": [h.to_json() for h in hits]})
 
-    def usage_data():
-        ask = usagepage.Ask.of(request.args)
-        return _reading(lambda db: (ask, usagepage.report(db, ask), usagepage.charts(db, ask), usagepage.updated(db)))
-
     @app.get("/usage")
     def usage_page():
-        found = usage_data()
+        ask = usagepage.Ask.of(request.args)
+
+        def read(db):
+            report = usagepage.report(db, ask)
+            return report, usagepage.charts(db, ask, report), usagepage.updated(db)
+
+        found = _reading(read)
         if found is None:
             return _building()
-        ask, report, (cost, tokens), updated = found
+        report, (cost, tokens), updated = found
         return render_template("usage.html", ask=ask, report=report, cost_chart=cost, token_chart=tokens,
                                updated=updated, kinds=usagepage.KINDS)
 
     @app.get("/usage.json")
     def usage_json():
-        found = usage_data()
-        if found is None:
+        ask = usagepage.Ask.of(request.args)
+        report = _reading(lambda db: usagepage.report(db, ask))
+        if report is None:
             return _building()
-        ask, report, _, _ = found
         return jsonify(usagepage.as_data(report, ask))

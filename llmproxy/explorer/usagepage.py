@@ -66,20 +66,23 @@ def report(db: sqlite3.Connection, ask: Ask) -> Report:
     return local.from_catalog(db, KINDS[ask.report], ask.filters)
 
 
-def charts(db: sqlite3.Connection, ask: Ask) -> tuple[chart.Chart, chart.Chart]:
-    """Cost and tokens per day by model, over every day from the first to the last with calls."""
-    records = local.records(db, KINDS["daily"], ask.filters)
-    if not records:
+def charts(db: sqlite3.Connection, ask: Ask, shown: Report) -> tuple[chart.Chart, chart.Chart]:
+    """Cost and tokens per day by model, over every day from the first to the last with calls:
+    the daily report's rows (``shown`` itself when it is the daily report)."""
+    daily = shown if shown.kind.name == "daily" else \
+        build(KINDS["daily"], local.records(db, KINDS["daily"], ask.filters))
+    if not daily.rows:
         return chart.Chart(), chart.Chart()
-    first, last = (date.fromisoformat(d) for d in (min(r.key for r in records), max(r.key for r in records)))
+    first, last = date.fromisoformat(daily.rows[0].key), date.fromisoformat(daily.rows[-1].key)
     days = [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
     at = {d: i for i, d in enumerate(days)}
     cost: dict[str, list[float]] = {}
     tokens: dict[str, list[float]] = {}
-    for r in records:
-        name = r.model or "(no model)"
-        cost.setdefault(name, [0.0] * len(days))[at[r.key]] += r.cost
-        tokens.setdefault(name, [0.0] * len(days))[at[r.key]] += r.input + r.output + r.cache_write + r.cache_read
+    for row in daily.rows:
+        for model in row.models:
+            name = model.key or "(no model)"
+            cost.setdefault(name, [0.0] * len(days))[at[row.key]] += model.cost
+            tokens.setdefault(name, [0.0] * len(days))[at[row.key]] += model.tokens
     order = sorted(cost, key=lambda name: (-sum(cost[name]), -sum(tokens[name]), name))  # one colour per model
     return chart.stacked(days, cost, money, order), chart.stacked(days, tokens, compact, order)
 
