@@ -395,6 +395,27 @@ def test_a_call_logged_before_costs_were_recorded_is_priced_as_the_catalog_price
     assert call["client"] == "claude-code"
 
 
+
+def test_a_call_logged_with_tokens_and_no_price_is_priced_as_the_catalog_prices_it(client, log_dir):
+    """The price data lacked the model when the call was logged: the session page prices its
+    usage now, as the catalog (the sessions list, the usage page) does."""
+    from llmproxy.catalog import Catalog
+
+    f = SessionFile(log_dir).start()
+    seq = f.request(anthropic_body([{"role": "user", "content": "hi"}]))
+    usage = {"input_tokens": 1000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 500}
+    f.response(seq, body=json.dumps({"content": [{"type": "text", "text": "Hello"}], "usage": usage}),
+               tokens={"input": 1000, "output": 500, "cache_write": 0, "cache_read": 0})
+    f.written[-1]["usage"] = usage
+    f.file.write_text("\n".join(json.dumps(e) for e in f.written) + "\n")
+    call, = client.get(f"/session/{f.session}.json").json["calls"]
+    catalog = Catalog(log_dir, indexers=[])
+    catalog.update()
+    catalogued, = catalog.db.execute("SELECT cost FROM calls WHERE session = ?", (f.session,)).fetchone()
+    catalog.close()
+    assert catalogued > 0 and call["cost"] == pytest.approx(catalogued)
+
+
 # --- the pages over the catalog ---
 
 def catalogue(log_dir):

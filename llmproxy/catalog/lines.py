@@ -15,7 +15,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import ModuleType
 from typing import Any
+
+from llmproxy import pricing
 
 _HEAD = re.compile(rb'\{"type":"([a-z_]+)"(?:,"seq":(\d+))?[,}]')
 _HEADERS = b',"headers":'
@@ -115,3 +118,21 @@ def integer(value: Any) -> int | None:
 
 def number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def tokens_and_cost(doc: dict, api: ModuleType | None, model: str | None, upstream: str,
+                    when: float) -> tuple[dict, dict]:
+    """A response entry's ``tokens`` and ``cost`` (empty where unknown): its own, else worked
+    out from its ``usage`` as the proxy does (``when`` the request's time): an entry written
+    before they were recorded, or when the price data lacked the model."""
+    counts, cost = _recorded(doc, "tokens", "input", integer), _recorded(doc, "cost", "total", number)
+    if (counts is None or cost is None) and isinstance(doc.get("usage"), dict):
+        fresh_counts, fresh_cost = pricing.priced(api, doc["usage"], model, upstream, when)
+        counts = counts or (fresh_counts.fields() if fresh_counts else None)
+        cost = cost or (fresh_cost.fields() if fresh_cost else None)
+    return counts or {}, cost or {}
+
+
+def _recorded(doc: dict, name: str, part: str, kind) -> dict | None:
+    value = doc.get(name)
+    return value if isinstance(value, dict) and kind(value.get(part)) is not None else None

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
-from llmproxy import pricing, providers
+from llmproxy import providers
 from llmproxy.catalog import schema
-from llmproxy.catalog.lines import Entry, integer, kind_of, meta, number, parse, request_parts, text, unix
+from llmproxy.catalog.lines import (Entry, integer, kind_of, meta, number, parse, request_parts, text,
+                                    tokens_and_cost, unix)
 from llmproxy.providers.clients import client_of
 from llmproxy.record import logtree, tail
 
@@ -300,17 +301,9 @@ class _SessionReader:
         path, ts, request_model, client = self._request_of(seq)
         info = meta(doc)
         model = text(doc.get("model")) or request_model
-        counts, cost = _tokens(doc), _cost(doc)
-        if (counts is None or cost is None) and isinstance(doc.get("usage"), dict):
-            # written before entries had tokens and cost, or when the price data lacked the model
-            api = providers.api_of_entry(self._provider(), path or "")
-            upstream = text(info.get("host")) or self.files.upstream
-            fresh_counts, fresh_cost = pricing.priced(api, doc["usage"], model, upstream,
-                                                      ts or unix(info.get("ts")) or 0.0)
-            counts = counts or (fresh_counts.fields() if fresh_counts else None)
-            cost = cost or (fresh_cost.fields() if fresh_cost else None)
-        counts = counts or {}
-        cost = cost or {}
+        api = providers.api_of_entry(self._provider(), path or "")
+        counts, cost = tokens_and_cost(doc, api, model, text(info.get("host")) or self.files.upstream,
+                                       ts or unix(info.get("ts")) or 0.0)
         timing = doc.get("timing") if isinstance(doc.get("timing"), dict) else {}
         tools = doc.get("tool_calls")
         error = doc.get("error")
@@ -328,16 +321,6 @@ class _SessionReader:
     def finish(self) -> None:
         self._ensure_session()
         self.db.execute(schema.SESSION_SUMS, (self.files.session,))
-
-
-def _tokens(doc: dict) -> dict | None:
-    tokens = doc.get("tokens")
-    return tokens if isinstance(tokens, dict) and integer(tokens.get("input")) is not None else None
-
-
-def _cost(doc: dict) -> dict | None:
-    cost = doc.get("cost")
-    return cost if isinstance(cost, dict) and number(cost.get("total")) is not None else None
 
 
 @contextmanager

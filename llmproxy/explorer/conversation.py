@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from llmproxy import pricing, providers
-from llmproxy.explorer.formatting import parse_ts
+from llmproxy import providers
+from llmproxy.catalog.lines import integer, meta, number, text, tokens_and_cost, unix
 from llmproxy.explorer.reader import Line, SessionLines
 from llmproxy.providers import Part
 from llmproxy.providers.clients import client_name
@@ -142,23 +142,6 @@ def _body(entry: dict) -> Any:
         return None
 
 
-def tokens_and_cost(api: ModuleType | None, response: dict, upstream: str) -> tuple[dict[str, int], float | None]:
-    """The answer's tokens by kind and its cost: the entry's own ``tokens`` and ``cost``, or
-    (an entry written before they were) worked out from its usage as the proxy does."""
-    given = response.get("tokens")
-    if isinstance(given, dict):
-        cost = response.get("cost")
-        return ({k: v for k, v in given.items() if isinstance(v, int) and not isinstance(v, bool)},
-                _number(cost.get("total")) if isinstance(cost, dict) else None)
-    if not isinstance(response.get("usage"), dict):
-        return {}, None
-    meta = response.get("_meta") if isinstance(response.get("_meta"), dict) else {}
-    moment = parse_ts(meta.get("ts")) or datetime.now(timezone.utc)
-    model = response.get("model") if isinstance(response.get("model"), str) else None
-    counts, cost = pricing.priced(api, response["usage"], model, upstream, moment)
-    return (counts.fields() if counts is not None else {}), (cost.total if cost is not None else None)
-
-
 class Conversation:
     """The calls of one session, built from its lines in seq order, as far as they were read."""
 
@@ -211,11 +194,11 @@ class Conversation:
 
     def _request(self, line: Line) -> set[int]:
         entry = self.lines.entry(line) or {}
-        meta = entry.get("_meta") if isinstance(entry.get("_meta"), dict) else {}
+        info = meta(entry)
         path = str(entry.get("path", "")).split("?")[0]
-        call = Call(seq=line.seq, ts=str(meta.get("ts", "")), method=str(entry.get("method", "")), path=path,
-                    transport=str(entry.get("transport") or "http"), thread=meta.get("thread"),
-                    agent=meta.get("agent"), user_agent=_header(entry.get("headers"), "user-agent"),
+        call = Call(seq=line.seq, ts=str(info.get("ts", "")), method=str(entry.get("method", "")), path=path,
+                    transport=str(entry.get("transport") or "http"), thread=info.get("thread"),
+                    agent=info.get("agent"), user_agent=_header(entry.get("headers"), "user-agent"),
                     client=client_name(_header(entry.get("headers"), "user-agent")),
                     size_in=_number(entry.get("size")))
         fork, self._fork = self._fork, None
@@ -280,7 +263,11 @@ class Conversation:
         call.status = entry.get("status") if isinstance(entry.get("status"), int) else None
         call.model = entry.get("model") if isinstance(entry.get("model"), str) else None
         call.stop_reason = entry.get("stop_reason") if isinstance(entry.get("stop_reason"), str) else None
-        call.tokens, call.cost = tokens_and_cost(api, entry, self.lines.files.upstream)
+        info = meta(entry)
+        tokens, cost = tokens_and_cost(entry, api, call.model, text(info.get("host")) or self.lines.files.upstream,
+                                       unix(call.ts) or unix(info.get("ts")) or time.time())
+        call.tokens = {k: v for k, v in tokens.items() if integer(v) is not None}
+        call.cost = number(cost.get("total"))
         if isinstance(entry.get("client"), str):
             call.client = entry["client"]
         call.ttfb_ms, call.total_ms = _number(timing.get("ttfb_ms")), _number(timing.get("total_ms"))
