@@ -160,6 +160,26 @@ def test_a_half_written_line_waits_and_a_corrupt_one_is_counted(tmp_path):
     assert catalog.db.execute("SELECT skipped FROM files WHERE session = ?", (files.session,)).fetchone() == (2,)
 
 
+
+def test_a_call_whose_fields_come_in_another_order_is_catalogued(tmp_path):
+    """Another writer's lines: ``seq`` not right after ``type``. The line is parsed whole."""
+    day = tmp_path / "logs" / "api.anthropic.com" / "2026-12-01"
+    day.mkdir(parents=True)
+    session = "20261201-100000-0e0e0e0e"
+    meta = {"ts": "2026-12-01T10:00:00.000000000Z", "machine": "m", "host": "api.anthropic.com", "session": session}
+    request = {"type": "request", "method": "POST", "path": "/v1/messages", "seq": 1, "model": "claude-haiku-4-5",
+               "headers": {"user-agent": "curl/8.5.0"}, "body": "{}", "size": 2, "_meta": meta}
+    response = {"type": "response", "status": 200, "seq": 1, "model": "claude-haiku-4-5",
+                "usage": {"input_tokens": 1000, "output_tokens": 10}, "_meta": meta}
+    (day / f"{session}.jsonl").write_text("".join(json.dumps(d, separators=(",", ":")) + "\n" for d in (request, response)))
+    catalog = Catalog(tmp_path / "logs", indexers=[])
+    stats = catalog.update()
+    assert (stats.lines, stats.skipped) == (2, 0)
+    assert catalog.db.execute("SELECT seq, path, client, answered, input, cost > 0 FROM calls").fetchall() == \
+        [(1, "/v1/messages", "curl", 1, 1000, 1)]
+    catalog.close()
+
+
 def test_compressed_files_are_never_read_twice(tmp_path, monkeypatch):
     """Read as plain files, then compressed by prune: the new frames are stepped over by their
     headers. A part read in part before prune: its frame is decompressed once for the rest."""

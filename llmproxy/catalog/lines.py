@@ -57,9 +57,10 @@ def parse(line: bytes) -> dict | None:
 
 def kind_of(line: bytes) -> tuple[str, int | None, dict | None] | None:
     """(type, seq, the parsed line if it had to be parsed) of an entry line; None for a line
-    that is not an entry."""
+    that is not an entry. A request or response whose ``seq`` is not right after its ``type``
+    (another writer's order) is parsed whole to find it."""
     head = _HEAD.match(line)
-    if head and line.endswith(b"}"):
+    if head and line.endswith(b"}") and (head[2] or head[1] not in (b"request", b"response")):
         return head[1].decode(), int(head[2]) if head[2] else None, None
     doc = parse(line)
     if doc is None or not isinstance(doc.get("type"), str):
