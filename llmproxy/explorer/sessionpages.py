@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import time
+from operator import attrgetter
 from typing import Iterator
 
 from flask import Flask, Response, abort, current_app, jsonify, request, stream_with_context
@@ -161,7 +162,7 @@ def register(app: Flask) -> None:
                 return jsonify({"reload": True})
             conversation = Conversation.of(lines)
             conversation.update()
-            fresh = lines.lines[bisect.bisect_left([line.start for line in lines.lines], since):]
+            fresh = lines.lines[bisect.bisect_left(lines.lines, since, key=attrgetter("start")):]
             changed = set()
             for line in fresh:  # answered now; a tool result read earlier may now be under its call
                 call = conversation.calls.get(line.seq) if line.kind == "response" else None
