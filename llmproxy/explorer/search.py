@@ -176,11 +176,10 @@ def ready(db: sqlite3.Connection) -> bool:
 ORDERS = {"newest": f"{TABLE}.rowid DESC", "best": "rank"}
 
 
-def search(db: sqlite3.Connection, text: str, limit: int = 50, offset: int = 0, where: str = "",
-           params: tuple = (), order: str = "newest") -> list[Hit]:
+def search(db: sqlite3.Connection, text: str, limit: int = 50, offset: int = 0, order: str = "newest") -> list[Hit]:
     """The pieces that match ``text`` with snippets, newest first (FTS5 walks its index in that
     order and stops at ``limit``) or ``best`` first (every match ranked: slower for common
-    words). ``where`` narrows them by the catalog's ``calls`` columns (aliased ``c``)."""
+    words)."""
     query = fts_query(text)
     if not query:
         return []
@@ -190,8 +189,8 @@ def search(db: sqlite3.Connection, text: str, limit: int = 50, offset: int = 0, 
         f"AND asked.ref = p.ref AND asked.kind = 'call'), c.ts, c.model, c.client, c.upstream "
         f"FROM {TABLE} JOIN {PIECES} p ON p.id = {TABLE}.rowid "
         f"LEFT JOIN calls c ON c.session = p.session AND c.seq = p.seq "
-        f"WHERE {TABLE} MATCH ? {('AND ' + where) if where else ''} ORDER BY {ORDERS[order]} LIMIT ? OFFSET ?",
-        (MARK_START, MARK_END, query, *params, limit, offset)).fetchall()
+        f"WHERE {TABLE} MATCH ? ORDER BY {ORDERS[order]} LIMIT ? OFFSET ?",
+        (MARK_START, MARK_END, query, limit, offset)).fetchall()
     return [Hit(s, q, k, n or "", runs(snip), asked or q, ts, model, client, upstream)
             for s, q, k, n, snip, asked, ts, model, client, upstream in rows]
 
