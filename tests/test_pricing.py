@@ -140,6 +140,18 @@ def test_the_upstream_host_picks_the_price_list_before_the_api_does():
     assert price_list.model("gpt-5-codex", "127.0.0.1:8080", "openai")[0].id == "openai"
 
 
+
+def test_the_lookups_remembered_are_bounded():
+    """Model names come from the traffic: a client naming ever new ones does not grow a worker."""
+    price_list = prices.PriceList()
+    for n in range(prices.MODELS_KEPT + 10):
+        assert price_list.cost(Counts(input=10), f"no-such-model-{n}", "api.anthropic.com", "anthropic",
+                               datetime(2026, 11, 1, tzinfo=timezone.utc)) is None
+    assert len(price_list._models) <= prices.MODELS_KEPT
+    assert price_list.cost(Counts(input=1000), "claude-haiku-4-5", "api.anthropic.com", "anthropic",
+                           datetime(2026, 11, 1, tzinfo=timezone.utc)).total > 0
+
+
 def test_pricing_never_reaches_the_network(monkeypatch):
     """Only the bundled data: no connection is tried, genai-prices' updater never starts."""
     def refuse(*args):

@@ -27,6 +27,7 @@ from llmproxy.providers.summary import Counts
 
 MILLION = 1_000_000
 THOUSAND = 1_000
+MODELS_KEPT = 4096  # lookups remembered; model names come from the traffic, so the memory is bounded
 
 # The price keys the fast way prices, and those it may leave aside because a call of these APIs
 # never fills their unit (tool calls other than web searches, durations, characters, pages…).
@@ -112,6 +113,8 @@ class PriceList:
             found = snapshot.find_provider_model(model, provider, None, None)
         except LookupError:
             found = None
+        if len(self._models) >= MODELS_KEPT:
+            self._models.clear()  # a client naming ever new models: look the few real ones up again
         self._models[key] = found
         return found
 
