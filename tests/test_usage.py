@@ -238,3 +238,19 @@ def test_a_price_the_entry_already_has_is_kept(tmp_path):
     expected = sum(truth_cost(c) or 0 for c in tree.calls) - (extract_usage(
         {"model": doc["model"], "usage": doc["usage"]}, provider_id="anthropic").calc_price().total_price.__float__())
     assert report.total.cost == pytest.approx(expected + 123.0)
+
+
+def test_a_hostile_model_name_reaches_the_terminal_as_text(tmp_path):
+    """A model name is the traffic's: no escape sequence or reordering character of it is
+    printed to the terminal as such."""
+    tree = gentree.generate(tmp_path / "logs", long=0, short=2, days=1, seed=31)
+    path = next(tree.log_dir.glob("*/*/*.jsonl"))
+    lines = path.read_bytes().splitlines()
+    doc = json.loads(lines[-1])
+    assert doc["type"] == "response"
+    doc["model"] = "evil\x1b]0;owned\x07\x1b[2J\u202emodel"
+    path.write_bytes(b"\n".join(lines[:-1] + [json.dumps(doc).encode()]) + b"\n")
+    for args in (("model",), ("daily", "--breakdown")):
+        text = run_text(tree.log_dir, *args)
+        assert "evil␛]0;owned␇␛[2J" in text  # the breakdown cuts the name at its column's width
+        assert not any(c in text for c in "\x1b\x07\u202e"), text

@@ -12,6 +12,7 @@ import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from llmproxy.common.visible import visible
 from llmproxy.usage.report import Report, Row
 
 # (heading, the Row attribute it shows); the cost column comes last in every layout
@@ -67,10 +68,10 @@ def _label(text: str, width: int) -> str:
 def _lines(report: Report, layout: Layout, key_width: int, breakdown: bool) -> list[list[str]]:
     out = []
     for row in report.rows:
-        out.append([row.key or "(none)"] + _cells(row, layout))
+        out.append([visible(row.key or "(none)")] + _cells(row, layout))
         if breakdown:
             for model in row.models:
-                out.append(["  " + _label(model.key or "(no model)", key_width - 2)] + _cells(model, layout))
+                out.append(["  " + _label(visible(model.key or "(no model)"), key_width - 2)] + _cells(model, layout))
     return out
 
 
@@ -79,10 +80,11 @@ def table(report: Report, width: int = 80, breakdown: bool = False) -> str:
     put two-word headings on two lines."""
     heading = report.kind.key.capitalize()
     breakdown = breakdown and report.kind.key != "model"  # a model's breakdown is itself
-    keys = [r.key or "(none)" for r in report.rows] + ["Total", heading]
+    keys = [visible(r.key or "(none)") for r in report.rows] + ["Total", heading]
     key_width = max(map(len, keys))
     if breakdown:
-        key_width = max(key_width, min(28, max((len(m.key) + 2 for r in report.rows for m in r.models), default=0)))
+        key_width = max(key_width, min(28, max((len(visible(m.key)) + 2 for r in report.rows for m in r.models),
+                                               default=0)))
     for layout in LAYOUTS:
         names = [name for name, _ in layout.columns] + ["Cost (USD)"]
         if layout.number is whole:
@@ -102,10 +104,10 @@ def table(report: Report, width: int = 80, breakdown: bool = False) -> str:
         return GAP.join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
     head = [line(cells) for cells in headings if any(cells)]
-    lines = [*textwrap.wrap(_title(report), width, subsequent_indent="  "), "", *head, rule, *map(line, body),
+    lines = [*textwrap.wrap(visible(_title(report)), width, subsequent_indent="  "), "", *head, rule, *map(line, body),
              rule, line(total)]
-    notes = [wrapped for note in _notes(report) for wrapped in (textwrap.wrap(note, width, subsequent_indent="  ")
-                                                               or [""])]
+    notes = [wrapped for note in _notes(report) for wrapped in (textwrap.wrap(visible(note), width,
+                                                                              subsequent_indent="  ") or [""])]
     return "\n".join(lines + notes)
 
 
