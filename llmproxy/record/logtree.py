@@ -216,9 +216,15 @@ def first_line(files: SessionFiles) -> bytes:
 def find_session(log_dir: Path, session: str) -> SessionFiles | None:
     """The files of one session id (its day is in the id: ``YYYYMMDD-…``)."""
     day = f"{session[0:4]}-{session[4:6]}-{session[6:8]}"
-    for upstream, day_name, directory in day_dirs(log_dir):
-        if day_name == day:
-            for files in sessions_in(upstream, day_name, directory):
+    if not DAY.fullmatch(day):
+        return None
+    try:
+        hosts = sorted(p for p in log_dir.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return None
+    for host in hosts:  # that day's directory of each upstream, not every day of the tree
+        if (host / day).is_dir():
+            for files in sessions_in(host.name, day, host / day):
                 if files.session == session:
                     return files
     return None
