@@ -22,7 +22,7 @@ from llmproxy import providers
 from llmproxy.catalog.lines import integer, meta, number, text, tokens_and_cost, unix
 from llmproxy.explorer.reader import Line, SessionLines
 from llmproxy.providers import Part
-from llmproxy.providers.clients import client_name
+from llmproxy.providers.clients import client_name, client_of
 
 # Roles whose messages are the client's instructions (shown as the system prompt) and text
 # blocks that are client context (Claude Code's reminders): collapsed, not the user's words.
@@ -73,7 +73,6 @@ class Call:
     thread: str | None = None
     agent: str | None = None
     fork: dict | None = None           # from_seq, from_thread: where this branch left its thread
-    user_agent: str = ""
     client: str = ""
     system: Piece | None = None        # shown when it differs from the thread's previous one
     turn: list[tuple[str, list[Piece]]] = field(default_factory=list)
@@ -124,12 +123,8 @@ def _number(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _header(headers: Any, name: str) -> str:
-    if isinstance(headers, dict):
-        for key, value in headers.items():
-            if key.lower() == name and isinstance(value, str):
-                return value
-    return ""
+def _client(headers: Any) -> str:
+    return client_of(headers) if isinstance(headers, dict) else client_name(None)
 
 
 def _body(entry: dict) -> Any:
@@ -198,8 +193,7 @@ class Conversation:
         path = str(entry.get("path", "")).split("?")[0]
         call = Call(seq=line.seq, ts=str(info.get("ts", "")), method=str(entry.get("method", "")), path=path,
                     transport=str(entry.get("transport") or "http"), thread=info.get("thread"),
-                    agent=info.get("agent"), user_agent=_header(entry.get("headers"), "user-agent"),
-                    client=client_name(_header(entry.get("headers"), "user-agent")),
+                    agent=info.get("agent"), client=_client(entry.get("headers")),
                     size_in=_number(entry.get("size")))
         fork, self._fork = self._fork, None
         if fork is not None:
