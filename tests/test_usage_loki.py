@@ -245,3 +245,46 @@ def test_a_generated_week_backfilled_into_a_strict_loki_reports_as_its_catalog(s
         assert len(ours["rows"]) > 1 and ours["totals"]["unpriced_calls"] > 0
     finally:
         client.close()
+
+
+def test_a_loki_that_does_not_answer_fails_the_report_after_one_timeout():
+    """Loki takes the connection and says nothing: the report fails once the queries in flight
+    time out; the days not asked yet are not asked (each would wait its timeout too)."""
+    import socket
+    import threading
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    client = LokiClient(LokiSettings(url=f"http://127.0.0.1:{server.getsockname()[1]}", push_timeout=0.2))
+    failed: list[Exception] = []
+
+    def ask():
+        try:
+            loki.report(client, "silent", KINDS["daily"], Filters(date(2026, 11, 1), date(2026, 11, 30)),
+                        today=date(2026, 12, 1))
+        except RuntimeError as exc:
+            failed.append(exc)
+
+    started = time.monotonic()
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout=20)
+    try:
+        assert not asking.is_alive() and len(failed) == 1 and "cannot query" in str(failed[0])
+        # those in flight, and those the pool's threads took up as they failed
+        assert len(accepted) <= 2 * loki.PARALLEL and time.monotonic() - started < 10
+    finally:
+        client.close()
+        server.close()
+        for conn in accepted:
+            conn.close()

@@ -175,7 +175,8 @@ class LokiUsage:
                     numbers[metric.name] = numbers.get(metric.name, 0) + value
 
         calls, *rest = METRICS
-        with ThreadPoolExecutor(PARALLEL) as pool:
+        pool = ThreadPoolExecutor(PARALLEL)
+        try:
             counted = [pool.submit(self._ask, queries[calls.name], window)
                        for window in windows(kind, since, until, now_ns)]
             jobs = []
@@ -190,6 +191,8 @@ class LokiUsage:
             for _, metric, job in jobs:
                 for window, answer in job.result():
                     add(window, metric, answer)
+        finally:  # one failed query fails the report: the queries not yet asked are not
+            pool.shutdown(cancel_futures=True)
         # In (key, model) order, as the catalog's GROUP BY gives them: rows then add up their
         # costs in the same order.
         return [Record(key_, model, calls=round(n["calls"]),
