@@ -416,6 +416,18 @@ def test_a_call_logged_with_tokens_and_no_price_is_priced_as_the_catalog_prices_
     assert catalogued > 0 and call["cost"] == pytest.approx(catalogued)
 
 
+
+def test_a_response_line_cut_short_answers_no_call(client, log_dir):
+    """A line with a response's head but no end is no entry, to the session page as to the
+    catalog: the call still waits for its answer."""
+    f = SessionFile(log_dir).start()
+    f.request(anthropic_body([{"role": "user", "content": "hi"}]))
+    with open(f.file, "ab") as out:
+        out.write(b'{"type":"response","seq":1,"status":200\n')
+    call, = client.get(f"/session/{f.session}.json").json["calls"]
+    assert call["answered"] is False and call["status"] is None
+
+
 # --- the pages over the catalog ---
 
 def catalogue(log_dir):

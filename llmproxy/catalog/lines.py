@@ -55,14 +55,16 @@ def parse(line: bytes) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-def kind_of(line: bytes) -> tuple[str, int | None, dict | None] | None:
-    """(type, seq, the parsed line if it had to be parsed) of an entry line; None for a line
-    that is not an entry. A request or response whose ``seq`` is not right after its ``type``
-    (another writer's order) is parsed whole to find it."""
-    head = _HEAD.match(line)
-    if head and line.endswith(b"}") and (head[2] or head[1] not in (b"request", b"response")):
+def kind_of(data: bytes, start: int = 0, end: int | None = None) -> tuple[str, int | None, dict | None] | None:
+    """(type, seq, the parsed line if it had to be parsed) of the entry line ``data[start:end]``
+    (read in place: a request line is megabytes); None for a line that is not an entry. A
+    request or response whose ``seq`` is not right after its ``type`` (another writer's order)
+    is parsed whole to find it."""
+    end = len(data) if end is None else end
+    head = _HEAD.match(data, start, end)
+    if head and data.endswith(b"}", start, end) and (head[2] or head[1] not in (b"request", b"response")):
         return head[1].decode(), int(head[2]) if head[2] else None, None
-    doc = parse(line)
+    doc = parse(data[start:end])
     if doc is None or not isinstance(doc.get("type"), str):
         return None
     seq = doc.get("seq")

@@ -7,8 +7,9 @@ prune`` ran) is read whole once through :func:`llmproxy.record.logtree.read_sess
 in memory while it is in the cache. When its files change otherwise (prune compressed it
 meanwhile), the index starts over.
 
-An entry's kind and ``seq`` come from the head of its line (the proxy writes ``type`` first,
-then ``seq``); a line whose head does not say is parsed whole, once.
+An entry's kind and ``seq`` come from the head of its line, read as the catalog reads it
+(:func:`llmproxy.catalog.lines.kind_of`: the proxy writes ``type`` first, then ``seq``); a line
+whose head does not say is parsed whole, once.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmproxy.catalog.lines import kind_of
 from llmproxy.record import logtree
 from llmproxy.record.sessions import SESSION_ID
 
-HEAD = re.compile(rb'\{\s*"type"\s*:\s*"(\w+)"\s*(?:,\s*"seq"\s*:\s*(\d+))?')
-HEAD_BYTES = 256
 SCAN_BYTES = 8 << 20
 TAIL_BYTES = 512
 TS = re.compile(rb'"_meta":\{"ts":"([0-9T:.\-]+Z)"')
@@ -125,19 +125,8 @@ class SessionLines:
 
 
 def _line(data: bytes, start: int, end: int, base: int) -> Line:
-    match = HEAD.match(data, start, min(end, start + HEAD_BYTES))
-    if match:
-        kind, seq = match.group(1).decode(), match.group(2)
-        if seq is not None or kind not in ("request", "response"):
-            return Line(base + start, base + end, kind, int(seq) if seq is not None else None)
-    try:  # written by another tool: its fields in another order
-        doc = json.loads(data[start:end])
-    except ValueError:
-        return Line(base + start, base + end, "", None)
-    if not isinstance(doc, dict):
-        return Line(base + start, base + end, "", None)
-    seq = doc.get("seq")
-    return Line(base + start, base + end, str(doc.get("type", "")), seq if isinstance(seq, int) else None)
+    found = kind_of(data, start, end)
+    return Line(base + start, base + end, *(found[:2] if found else ("", None)))
 
 
 def _identities(files: logtree.SessionFiles) -> tuple:
