@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Mapping
 from urllib.parse import urlencode
 
 from llmproxy.explorer import chart
-from llmproxy.explorer.formatting import compact, money
+from llmproxy.explorer.formatting import compact, money, when
 from llmproxy.usage import KINDS, Filters, Report, build
 from llmproxy.usage import local
 from llmproxy.usage.render import as_json
@@ -94,5 +94,5 @@ def as_data(found: Report, ask: Ask) -> dict:
 
 def updated(db: sqlite3.Connection) -> str | None:
     """When the newest call the catalog knows was made."""
-    row = db.execute("SELECT max(ts) FROM calls").fetchone()
-    return datetime.utcfromtimestamp(row[0]).strftime("%Y-%m-%d %H:%M") if row and row[0] else None
+    newest, = db.execute("SELECT max(ts) FROM calls").fetchone()
+    return when(newest) if newest else None
