@@ -14,7 +14,6 @@ whose head does not say is parsed whole, once.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmproxy.catalog.lines import kind_of
+from llmproxy.catalog.lines import kind_of, parse
 from llmproxy.record import logtree
 from llmproxy.record.sessions import SESSION_ID
 
@@ -86,13 +85,7 @@ class SessionLines:
 
     def entry(self, line: Line | None) -> dict | None:
         """The entry on ``line`` parsed, or None (no line, not JSON)."""
-        if line is None:
-            return None
-        try:
-            doc = json.loads(self.read(line))
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
+        return None if line is None else parse(self.read(line))
 
     def last_time(self) -> str | None:
         """The ``_meta.ts`` of the last entry (written last in its line), without parsing it."""
