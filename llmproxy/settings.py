@@ -244,6 +244,13 @@ def _secret(text: str) -> str:
     return value
 
 
+def local_url(host: str, port: int) -> str:
+    """``http://…`` where a client on this machine reaches a server bound to ``host``: a
+    wildcard address is reached at loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def is_loopback(host: str) -> bool:
     """Whether a bind address or host name reaches this machine only."""
     import ipaddress
@@ -340,14 +347,7 @@ class Settings:
 
     @property
     def base_url(self) -> str:
-        host = self.host
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return local_url(self.host, self.port)
 
     @property
     def graceful_timeout(self) -> int:

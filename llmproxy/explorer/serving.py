@@ -13,7 +13,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from llmproxy.settings import Settings
+from llmproxy.settings import Settings, local_url
 
 
 def bind_address(host: str, port: int) -> str:
@@ -22,12 +22,7 @@ def bind_address(host: str, port: int) -> str:
 
 def url(settings: Settings) -> str:
     """Where a browser on this machine opens the explorer (with its token, when there is one)."""
-    host = settings.explorer.host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    base = f"http://{bind_address(host, settings.explorer.port)}/sessions"
+    base = local_url(settings.explorer.host, settings.explorer.port) + "/sessions"
     return base + (f"?token={settings.explorer.token}" if settings.explorer.token else "")
 
 
