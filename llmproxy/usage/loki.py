@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 
 from llmproxy import pricing
-from llmproxy.loki.client import LokiClient
+from llmproxy.loki.client import LokiClient, selector
 from llmproxy.loki.labels import APP_LABEL
 from llmproxy.usage.report import Filters, Kind, Record, Report, build
 
@@ -106,11 +106,8 @@ def _contains(text: str) -> str:
 
 def query(metric: Metric, kind: Kind, filters: Filters, environment: str) -> str:
     """The LogQL of one number of a report, with :data:`RANGE` standing for the window's length."""
-    selector = [f'app="{APP_LABEL}"', f"environment={_quoted(environment)}", 'log_type="response"']
-    if filters.provider:
-        selector.append(f"provider={_quoted(filters.provider)}")
-    if filters.machine:
-        selector.append(f"machine={_quoted(filters.machine)}")
+    labels = [("app", APP_LABEL), ("environment", environment), ("log_type", "response")]
+    labels += [(name, value) for name, value in (("provider", filters.provider), ("machine", filters.machine)) if value]
     key = KEY_LABELS[kind.key]
     extract = ['model_name="model"']
     if key and key[1]:
@@ -129,7 +126,7 @@ def query(metric: Metric, kind: Kind, filters: Filters, environment: str) -> str
     stages.append("| keep " + ", ".join(group + ([value] if value else [])))
     if value:
         stages.append(f'| unwrap {value} | __error__=""')
-    logs = "{" + ", ".join(selector) + "} " + " ".join(stages)
+    logs = selector(labels) + " " + " ".join(stages)
     return f"{metric.across} by ({', '.join(group)}) ({metric.over_time}({logs} [{RANGE}]))"
 
 
