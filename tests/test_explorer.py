@@ -616,6 +616,21 @@ def test_each_usage_row_leads_to_its_sessions(client, tree, report, row, link):
         assert sessions and all(row in json.dumps(s) or report in ("daily", "monthly") for s in sessions)
 
 
+
+def test_a_call_answered_after_midnight_is_under_the_day_its_usage_row_says(client, log_dir):
+    """Asked at 23:59:50, answered at 00:00:20: the usage page counts it on the second day (as
+    Loki does), and that row's link lists its session."""
+    f = SessionFile(log_dir, session="20261129-235950-0000dada", clock=datetime(2026, 11, 29, 23, 59, 49,
+                                                                             tzinfo=timezone.utc)).start()
+    f.response(f.request(anthropic_body([{"role": "user", "content": "late"}])), sse(anthropic_stream("Night.")),
+               tokens={"input": 10, "output": 2}, total_ms=30_000)
+    catalogue(log_dir)
+    html = client.get("/usage").get_data(as_text=True)
+    assert '<a href="/sessions?day=2026-11-30"' in html and "/sessions?day=2026-11-29" not in html
+    sessions = client.get("/sessions.json?day=2026-11-30").json["sessions"]
+    assert [s["session"] for s in sessions] == [f.session]
+
+
 def test_sessions_of_one_day(client, tree):
     data = client.get("/sessions.json?day=2026-11-27").json
     assert [s["session"] for s in data["sessions"]] == ["20261127-090000-0000e404"]

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from urllib.parse import urlencode
 
 from llmproxy.explorer import search
+from llmproxy.usage import local
 
 PAGE_SIZE = 50
 ACTIVE_SECONDS = 300   # a session with a call this recent is marked active now
@@ -28,7 +29,7 @@ MONTH = re.compile(r"\d{4}-\d{2}")
 @dataclass(frozen=True)
 class Filters:
     days: int | None = None
-    day: str = ""          # sessions with calls on this UTC day (YYYY-MM-DD) …
+    day: str = ""          # sessions with calls answered on this UTC day (YYYY-MM-DD) …
     month: str = ""        # … or in this month (YYYY-MM): where the usage page's rows lead
     provider: str = ""
     model: str = ""
@@ -70,9 +71,9 @@ class Filters:
         if self.days:
             clauses.append("last >= ?")
             params.append(now - self.days * 86400)
-        if self.day or self.month:
+        if self.day or self.month:  # a call's day is its answer's, as in the usage reports
             clauses.append("EXISTS (SELECT 1 FROM calls c WHERE c.session = sessions.session AND "
-                           + ("c.day = ?)" if self.day else "substr(c.day, 1, 7) = ?)"))
+                           + (f"{local.DAY} = ?)" if self.day else f"substr({local.DAY}, 1, 7) = ?)"))
             params.append(self.day or self.month)
         for column in ("provider", "machine"):
             if getattr(self, column):
