@@ -631,6 +631,15 @@ def test_a_call_answered_after_midnight_is_under_the_day_its_usage_row_says(clie
     assert [s["session"] for s in sessions] == [f.session]
 
 
+
+def test_a_usage_row_under_a_model_filter_leads_to_sessions(client, tree):
+    """The usage page's model filter is a part of a name ("sonnet"); the sessions page's is a
+    whole one: a row's link does not carry it, so that it leads to the row's sessions."""
+    html = client.get("/usage?report=daily&model=sonnet").get_data(as_text=True)
+    assert '<a href="/sessions?day=2026-11-28"' in html
+    assert client.get("/sessions.json?day=2026-11-28").json["sessions"]
+
+
 def test_sessions_of_one_day(client, tree):
     data = client.get("/sessions.json?day=2026-11-27").json
     assert [s["session"] for s in data["sessions"]] == ["20261127-090000-0000e404"]

@@ -52,11 +52,12 @@ class Ask:
         return ("?" + urlencode(pairs)) if pairs else ""
 
     def sessions_link(self, key: str) -> str:
-        """The sessions behind a row: the session itself, or the sessions page filtered to it."""
+        """The sessions behind a row: the session itself, or the sessions page filtered to it
+        (not to the model filter: that is a part of a name, the sessions page's a whole one)."""
         if self.report == "session":
             return f"/session/{key}"
         f = self.filters
-        pairs = {"provider": f.provider, "machine": f.machine, "model": f.model}
+        pairs = {"provider": f.provider, "machine": f.machine}
         pairs[{"daily": "day", "monthly": "month"}.get(self.report, self.report)] = key or None
         return "/sessions?" + urlencode([(k, v) for k, v in pairs.items() if v])
 
