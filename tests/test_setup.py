@@ -376,6 +376,36 @@ def _not_writable(tmp_path, port):
     assert snapshot(tmp_path) == before
 
 
+def _file_size_limit(limit: int):
+    """For a child: files it writes stop at ``limit`` bytes (EFBIG, as a full disk stops them: ENOSPC)."""
+    import resource
+    import signal
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limit_files
+
+
+def test_a_write_that_fails_half_way_leaves_the_rc_file_as_it_was(tmp_path, port):
+    home = make_home(tmp_path, shell="/bin/bash")
+    rc = home.path / ".bashrc"
+    original = b"# mine\n" * 300   # 2100 bytes; with the block past the limit below
+    rc.write_bytes(original)
+    result = subprocess.run([LLM_PROXY, "setup", "--no-service", "--port", str(port)],
+                            # no .pyc: Python's own writes of them would be cut short too, and kept
+                            env={**home.environ, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
+                            capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit(len(original) + 100))
+    assert result.returncode == 1, result.stderr
+    assert "llm-proxy setup: add the shell block to ~/.bashrc failed: File too large\n" in result.stderr
+    assert rc.read_bytes() == original
+    assert sorted(p.name for p in home.path.iterdir()) == [".bashrc", ".config"]   # no partial file beside it
+    code, _, err = uninstall(home, FakeSystemctl())
+    assert (code, err) == (0, "")
+    assert rc.read_bytes() == original
+
+
 def test_a_failed_start_lists_what_was_done_and_uninstall_undoes_it(tmp_path, port):
     home = make_home(tmp_path)
     (home.path / ".bashrc").write_bytes(b"# mine")
