@@ -7,7 +7,7 @@ import sys
 
 from llmproxy.setup import installer, service
 from llmproxy.setup.home import Home
-from llmproxy.setup.status import human_bytes, tree_size
+from llmproxy.setup.status import log_tree
 
 HELP = "stop and remove the user service, the shell blocks and the Codex keys setup added (logs stay)"
 PROG = "llm-proxy uninstall"
@@ -31,6 +31,5 @@ def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
     for note in plan.notes:
         print(note)
     if log_dir is not None and log_dir.is_dir():
-        size, files = tree_size(log_dir)
-        print(f"the session logs stay: {log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})")
+        print(f"the session logs stay: {log_tree(log_dir)}")
     return code

@@ -123,6 +123,12 @@ def tree_size(root: Path) -> tuple[int, int]:
     return total, count
 
 
+def log_tree(log_dir: Path) -> str:
+    """Where the session logs are and how much they hold: ``~/.llm-provider-logs (2.0 KiB in 1 file)``."""
+    size, files = tree_size(log_dir)
+    return f"{log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})"
+
+
 def human_bytes(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -170,8 +176,7 @@ def gather(installation: Installation, settings: Settings) -> Report:
         rows.append(("server log", manager.logs(services[0])))
 
     if settings.log_dir.is_dir():
-        size, files = tree_size(settings.log_dir)
-        rows.append(("session logs", f"{settings.log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})"))
+        rows.append(("session logs", log_tree(settings.log_dir)))
     else:
         rows.append(("session logs", f"{settings.log_dir} (none yet)"))
     rows.append(("today", today(settings.log_dir).line()))
