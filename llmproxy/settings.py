@@ -535,12 +535,13 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
 EXIT_BAD_CONFIG = 2
 
 
-def load_settings_or_exit(*, create_dirs: bool = True, credentials: bool = False) -> Settings:
-    """Settings, or one line on stderr and exit status 2 (no traceback) when one is bad. With
-    ``credentials`` (the server's start), an API configured to sign its calls (Bedrock) must
-    also find its credentials."""
+def load_settings_or_exit(environ: Mapping[str, str] | None = None, *, create_dirs: bool = True,
+                          credentials: bool = False) -> Settings:
+    """Settings (of ``environ``, default the process's), or one line on stderr and exit status 2
+    (no traceback) when one is bad. With ``credentials`` (the server's start), an API configured
+    to sign its calls (Bedrock) must also find its credentials."""
     try:
-        settings = load_settings(create_dirs=create_dirs)
+        settings = load_settings(environ, create_dirs=create_dirs)
     except SettingsError as exc:
         print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_CONFIG) from None
