@@ -324,6 +324,19 @@ def test_a_bad_setting_in_the_users_file(tmp_path):
                    "a whole number from 1 to 65535\n")
 
 
+def test_uninstall_with_a_settings_file_gone_bad_since_setup(tmp_path, port):
+    home = make_home(tmp_path)
+    (home.path / ".bashrc").write_bytes(b"# mine\n")
+    assert setup(home, FakeSystemctl(), "--no-service", "--port", str(port))[0] == 0
+    home.settings_file.write_text(home.settings_file.read_text() + "LLM_PROXY_THREADS=many\n")
+    code, out, err = uninstall(home, FakeSystemctl())
+    assert (code, err) == (0, "")
+    assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
+    assert home.settings_file.read_text().endswith("LLM_PROXY_THREADS=many\n")   # the user's line stays
+    assert f"LLM_PROXY_PORT={port}" not in home.settings_file.read_text()
+    assert not home.manifest.exists()
+
+
 def as_nobody(fn):
     """``fn()`` in a child process that runs as user nobody (root passes every permission
     check, so an unwritable file needs another user); its result comes back through a pipe."""

@@ -20,11 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
         runner: service.Runner = service.run) -> int:
     installation = installer.Installation(home or Home.current(), runner)
-    try:
-        log_dir = installation.service_settings().log_dir
-    except installer.SetupError:  # a bad settings file does not stop its own removal
-        log_dir = None
     plan = installation.uninstall_plan()
+    log_dir = plan.settings.log_dir if plan.settings else None   # None: the settings file is bad
     if not plan.steps:
         print("nothing to remove: llm-proxy setup has not changed anything here")
     code = installer.carry_out(plan, args.dry_run, sys.stdout, sys.stderr, PROG)

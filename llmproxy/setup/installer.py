@@ -302,8 +302,10 @@ class Installation:
     def uninstall_plan(self) -> Plan:
         plan = Plan([])
         home, manifest = self.home, self.manifest
-        settings = self.service_settings()
-        plan.settings = settings
+        try:
+            plan.settings = self.service_settings()
+        except SetupError:  # a bad settings file does not stop its own removal
+            pass
 
         services = [r["name"] for r in manifest.all("service")]
         unit_records = [r for r in manifest.all("file") if r["path"] != str(home.settings_file)]
