@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmproxy.setup import installer, service, shells
+from llmproxy.setup import installer, service
 from llmproxy.setup.home import Home
 
 HELP = "install for this user: a user service, the port, shell integration (--codex, --explorer)"
@@ -44,15 +44,6 @@ def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
         print(f"would record it in {installation.home.short(installation.home.manifest)} (for llm-proxy uninstall)")
     if code or args.dry_run:
         return code
-    settings = plan.settings
-    found = [s.name for s in shells.shells(installation.home)]
-    names = f"{', '.join(found[:-1])} and {found[-1]}" if len(found) > 1 else "".join(found)
-    if options.service:
-        print(f"llm-proxy runs as a {installation.manager.kind} on {settings.base_url}")
-        if installation.manager.kind.startswith("systemd") and not installer.lingering():
-            print("it runs while you are logged in; to run it from boot on: loginctl enable-linger")
-    else:
-        print(f"no service: `llm-proxy serve` starts the proxy on {settings.base_url}")
-    if names:
-        print(f"new {names} shells point Claude Code and the SDKs at it while it runs")
+    for line in installer.setup_summary(installation, plan, options):
+        print(line)
     return 0

@@ -487,6 +487,23 @@ def carry_out(plan: Plan, dry_run: bool, out: TextIO, err: TextIO, prog: str) ->
     return 0
 
 
+def setup_summary(installation: Installation, plan: Plan, options: Options) -> list[str]:
+    """What a person reads once ``setup`` has done its steps: where the proxy runs, and who uses it."""
+    lines = []
+    base_url = plan.settings.base_url
+    if options.service:
+        lines.append(f"llm-proxy runs as a {installation.manager.kind} on {base_url}")
+        if installation.manager.kind.startswith("systemd") and not lingering():
+            lines.append("it runs while you are logged in; to run it from boot on: loginctl enable-linger")
+    else:
+        lines.append(f"no service: `llm-proxy serve` starts the proxy on {base_url}")
+    found = [s.name for s in shells.shells(installation.home)]
+    if found:
+        names = f"{', '.join(found[:-1])} and {found[-1]}" if len(found) > 1 else found[0]
+        lines.append(f"new {names} shells point Claude Code and the SDKs at it while it runs")
+    return lines
+
+
 def lingering(user: str | None = None) -> bool:
     """Whether systemd keeps this user's instance running without a login (``loginctl enable-linger``)."""
     return Path("/var/lib/systemd/linger", user or getpass.getuser()).exists()
