@@ -316,8 +316,9 @@ class Installation:
                 name = path.stem if path.suffix == ".plist" else path.name
                 if path.suffix in (".plist", ".service") and name not in services:
                     services.append(name)
+        # Asked once (it runs systemctl or launchctl): None when there is no manager at all.
+        why = self.manager.unavailable() if self.manager is not None and (services or unit_records) else None
         if services and self.manager is not None:
-            why = self.manager.unavailable()
             if why:
                 plan.notes.append(f"{why}: the service files are removed, but nothing could stop "
                                   f"{', '.join(services)}")
@@ -326,7 +327,7 @@ class Installation:
                     plan.steps.append(self._command_step(argv, services=services, stop=True))
         for record in unit_records:
             plan.steps.append(self._remove_file_step(record))
-        if unit_records and self.manager is not None and not self.manager.unavailable():
+        if unit_records and self.manager is not None and not why:
             plan.steps += [self._command_step(argv) for argv in self.manager.after_removal()]
 
         blocks = {r["path"]: r for r in manifest.all("block")}
