@@ -241,6 +241,18 @@ def test_a_frame_with_a_bad_checksum_keeps_the_rest_as_the_body_and_says_why():
     assert kept.data == bytes(bad) and kept.error.startswith("event stream:")
 
 
+def test_a_chunk_whose_bytes_are_not_base64_keeps_the_rest_as_the_body_and_says_why():
+    """A well-framed chunk of bad content is the upstream's fault like a bad checksum: the log
+    keeps it as it came, and the relay (which finishes the exchange) does not break."""
+    good = fakebedrock.chunk({"type": "message_start"})
+    bad = fakebedrock.frame({":event-type": "chunk", ":message-type": "event"}, b'{"bytes": "abc"}')
+    exchange = _exchange([good, bad])
+    assert [json.loads(c.raw) for c in exchange.chunks] == [{"type": "message_start"}]
+    kept = exchange.decoded_body()
+    assert kept.data == bad and kept.error.startswith("event stream:")
+    assert exchange.total_ms is not None
+
+
 def test_frames_are_what_botocore_reads():
     frame = fakebedrock.chunk({"type": "ping"})
     total, headers = struct.unpack("!II", frame[:8])

@@ -216,7 +216,7 @@ class EventStream:
         self._buffer.add_data(data)
         try:
             return [_event(message.headers, message.payload) for message in self._buffer]
-        except ParserError as exc:
+        except (ParserError, ValueError) as exc:  # a bad frame, or a chunk whose bytes are not base64
             raise FramingError(f"event stream: {exc}") from None
 
     def rest(self) -> bytes:
