@@ -7,6 +7,7 @@ user sees before the process exits with status 2.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import re
@@ -530,6 +531,20 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
             shown = str(obj)
         rows.append((var.name, shown))
     return rows
+
+
+def option_type(name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` for a command's option that sets what variable ``name`` sets: the
+    variable's own parser, so that both are held to the same rule."""
+    variable = next(var for var in VARIABLES if var.name == name)
+
+    def parse(text: str) -> Any:
+        try:
+            return variable.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: {exc}") from None
+
+    return parse
 
 
 EXIT_BAD_CONFIG = 2

@@ -314,6 +314,17 @@ def test_a_port_given_with_the_flag_that_is_taken(tmp_path, taken_port):
     assert not home.settings_file.exists()
 
 
+def test_a_port_out_of_range_is_refused_as_the_setting_would_be(tmp_path):
+    home = make_home(tmp_path)
+    before = snapshot(tmp_path)
+    result = subprocess.run([LLM_PROXY, "setup", "--no-service", "--port", "70000"], env=home.environ,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("llm-proxy setup: error: argument --port: '70000' is not valid: "
+                                              "a whole number from 1 to 65535")
+    assert snapshot(tmp_path) == before
+
+
 def test_a_bad_setting_in_the_users_file(tmp_path):
     home = make_home(tmp_path)
     home.settings_file.parent.mkdir(parents=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmproxy.settings import option_type
 from llmproxy.setup import installer, service
 from llmproxy.setup.home import Home
 
@@ -21,8 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also install `llm-proxy explore` (the log explorer) as a second user service")
     parser.add_argument("--no-service", dest="service", action="store_false",
                         help="no user service (no systemd user instance here): run `llm-proxy serve` yourself")
-    parser.add_argument("--port", type=int, help="the proxy's port when none is set yet (default 8080 "
-                                                 "unless taken, else a free one)")
+    parser.add_argument("--port", type=option_type("LLM_PROXY_PORT"),
+                        help="the proxy's port when none is set yet (default 8080 unless taken, else a free one)")
 
 
 def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
