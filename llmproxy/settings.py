@@ -474,8 +474,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, create_dirs: bool
             continue
         try:
             values[var.field] = var.parse(raw)
-        except ValueError as exc:
-            raise SettingsError(var.name, raw, str(exc)) from None
+        except ValueError as exc:  # a secret is named masked, even when it is a bad one
+            raise SettingsError(var.name, mask_token(raw.strip()) if var.secret else raw, str(exc)) from None
 
     loki_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("loki.")}
     explorer_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("explorer.")}
