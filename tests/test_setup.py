@@ -430,6 +430,23 @@ def test_a_write_that_fails_half_way_leaves_the_rc_file_as_it_was(tmp_path, port
     assert rc.read_bytes() == original
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="making a device node takes root")
+def test_an_rc_file_linked_to_a_device_is_left_alone(tmp_path, port):
+    """A ~/.zshrc linked to /dev/null: an rc file is replaced whole when written, which must never
+    happen to a device (here a copy of /dev/null of the test's own)."""
+    import stat
+
+    home = make_home(tmp_path, shell="/usr/bin/zsh")
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (home.path / ".zshrc").symlink_to(null)
+    before = snapshot(tmp_path)
+    code, out, err = setup(home, FakeSystemctl(), "--no-service", "--port", str(port))
+    assert (code, out) == (1, "")
+    assert err == f"llm-proxy setup: {home.path / '.zshrc'} is not a regular file: nothing changed\n"
+    assert stat.S_ISCHR(null.stat().st_mode) and snapshot(tmp_path) == before
+
+
 def test_a_failed_start_lists_what_was_done_and_uninstall_undoes_it(tmp_path, port):
     home = make_home(tmp_path)
     (home.path / ".bashrc").write_bytes(b"# mine")

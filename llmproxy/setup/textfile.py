@@ -70,6 +70,8 @@ def unwritable(path: Path) -> str | None:
     real = target(path)
     if real.is_dir():
         return f"{path} is a directory"
+    if real.exists() and not real.is_file():  # a link to /dev/null: never replaced by a file
+        return f"{path} is not a regular file"
     if real.exists() and not os.access(real, os.W_OK):
         return f"{path} is not writable ({os.strerror(errno.EACCES)})"
     parent = real.parent
