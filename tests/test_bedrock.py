@@ -183,6 +183,24 @@ def test_a_request_the_client_signed_is_forwarded_as_signed(start_proxy, fake_be
     assert_no_credentials_in(proxy)
 
 
+def test_a_bedrock_api_key_is_forwarded_as_it_is(start_proxy, fake_bedrock, no_aws):
+    """Claude Code with ``AWS_BEARER_TOKEN_BEDROCK`` sends the key as ``Authorization: Bearer``,
+    unsigned (tests/test_real_clients.py): the proxy forwards it and signs nothing, with or
+    without credentials of its own; the key is masked in the log."""
+    proxy = start_proxy(env=no_aws)
+    resp = requests.post(f"{proxy.url}/bedrock/{fake_bedrock.upstream}/model/m/invoke", data=json.dumps(BODY),
+                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {fakebedrock.API_KEY}"})
+    assert resp.status_code == 200, resp.text
+    assert fake_bedrock.last().header("authorization") == f"Bearer {fakebedrock.API_KEY}"
+    assert fake_bedrock.last().header("x-amz-date") is None and fake_bedrock.refused == []
+    logged = [e for e in entries_of(proxy, fake_bedrock) if e["type"] == "request"][0]
+    assert logged["headers"]["Authorization"] == "Bearer ..." + fakebedrock.API_KEY[-4:]
+    assert fakebedrock.API_KEY not in "".join(p.read_text() for p in proxy.log_dir.rglob("*.jsonl"))
+    wrong = requests.post(f"{proxy.url}/bedrock/{fake_bedrock.upstream}/model/m/invoke", data=json.dumps(BODY),
+                          headers={"Content-Type": "application/json", "Authorization": "Bearer ABSKnotthekey"})
+    assert wrong.status_code == 403 and wrong.headers["x-amzn-errortype"] == "UnrecognizedClientException"
+
+
 @pytest.fixture
 def no_aws(monkeypatch, tmp_path) -> dict[str, str]:
     """An environment in which botocore's credential chain finds nothing."""

@@ -149,7 +149,7 @@ def test_uninstall_gives_back_each_rc_file_byte_for_byte(tmp_path, port, content
     assert systemctl.changes()[-2:] == [["systemctl", "--user", "disable", "--now", "llm-proxy.service"],
                                         ["systemctl", "--user", "daemon-reload"]]
     assert snapshot(tmp_path, mtimes=False) == before
-    assert "the session logs stay in" not in out   # none were written here
+    assert "the session logs stay" not in out   # none were written here
     assert uninstall(home, systemctl)[1] == "nothing to remove: llm-proxy setup has not changed anything here\n"
 
 
