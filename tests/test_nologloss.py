@@ -297,6 +297,28 @@ def test_backfill_reports_what_loki_refuses_and_can_push_it_apart(start_proxy, f
         sorted(jsonl_lines(path))
 
 
+def test_backfill_says_in_one_line_when_loki_refuses_the_query_after_refusing_entries(tmp_path):
+    """``--no-check`` with a token that may only push: Loki refuses an entry too old, and the
+    backfill cannot ask which ones it refused. One line and exit status 1, not a traceback."""
+    from llmproxy.record.entries import rfc3339_ns
+
+    loki = FakeLoki().start()
+    loki.refuse_queries = True
+    try:
+        first = time.time_ns() // 10**9 * 10**9 - 200 * 3600 * 10**9  # past Loki's 168 h
+        session = time.strftime("%Y%m%d-%H%M%S", time.gmtime(first // 10**9)) + "-0123abcd"
+        day = tmp_path / "api.anthropic.com" / f"{session[:4]}-{session[4:6]}-{session[6:8]}"
+        day.mkdir(parents=True)
+        doc = {"type": "session_start", "provider": "anthropic", "upstream": "api.anthropic.com",
+               "_meta": {"ts": rfc3339_ns(first), "machine": "m", "session": session}}
+        (day / f"{session}.jsonl").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        code, out = run_backfill(loki, tmp_path, "--no-check")
+    finally:
+        loki.down()
+    assert code == 1, out
+    assert "HTTP 403" in out and out.count("\n") <= 3, out
+
+
 def test_backfill_needs_a_loki_url(tmp_path):
     out = io.StringIO()
     assert backfill_main(["--log-dir", str(tmp_path)], out=out, environ={"LLM_PROXY_ENV_FILE": "/none"}) == 2

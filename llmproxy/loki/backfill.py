@@ -263,28 +263,33 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
                         check=not args.no_check, extra_label=args.extra_label)
     total = SessionReport("total")
     failed_sessions = 0
-    for report in backfill.run(session_files(log_dir, args.session, args.since, args.until, args.upstream)):
-        if report.failure:
-            print(f"{report.session}: error: {report.failure}", file=out)
-            failed_sessions += 1
-            continue
-        status = "ok" if report.ok else "FAILED"
-        print(f"{report.session}: read {report.read}, in Loki {report.present}, pushed {report.pushed}"
-              + (f", refused {len(report.refused)}" if report.refused else "")
-              + (f", pushed with {args.extra_label[0]}={args.extra_label[1]} {report.extra_pushed}"
-                 if report.extra_pushed else "")
-              + (f", not delivered {report.undelivered}" if report.undelivered else "")
-              + f" [{status}]", file=out)
-        for error in report.errors[:3]:
-            print(f"  Loki: {error}", file=out)
-        if report.refused and not args.extra_label:
-            print("  Loki can no longer take these into their stream (too far behind its newest entry, or "
-                  "too old); rerun with --extra-label backfill=1 to push them into a stream of their own",
-                  file=out)
-        total.read += report.read
-        total.present += report.present
-        total.pushed += report.pushed + report.extra_pushed
-        failed_sessions += status != "ok"
+    reports = backfill.run(session_files(log_dir, args.session, args.since, args.until, args.upstream))
+    try:
+        for report in reports:
+            if report.failure:
+                print(f"{report.session}: error: {report.failure}", file=out)
+                failed_sessions += 1
+                continue
+            status = "ok" if report.ok else "FAILED"
+            print(f"{report.session}: read {report.read}, in Loki {report.present}, pushed {report.pushed}"
+                  + (f", refused {len(report.refused)}" if report.refused else "")
+                  + (f", pushed with {args.extra_label[0]}={args.extra_label[1]} {report.extra_pushed}"
+                     if report.extra_pushed else "")
+                  + (f", not delivered {report.undelivered}" if report.undelivered else "")
+                  + f" [{status}]", file=out)
+            for error in report.errors[:3]:
+                print(f"  Loki: {error}", file=out)
+            if report.refused and not args.extra_label:
+                print("  Loki can no longer take these into their stream (too far behind its newest entry, or "
+                      "too old); rerun with --extra-label backfill=1 to push them into a stream of their own",
+                      file=out)
+            total.read += report.read
+            total.present += report.present
+            total.pushed += report.pushed + report.extra_pushed
+            failed_sessions += status != "ok"
+    except (RuntimeError, ValueError, OSError) as exc:  # Loki would not say which entries it refused
+        print(f"error: {exc}", file=out)
+        failed_sessions += 1
     print(f"summary: read {total.read}, in Loki already {total.present}, pushed {total.pushed}, "
           f"sessions failed {failed_sessions}", file=out)
     return 1 if failed_sessions else 0
