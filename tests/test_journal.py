@@ -141,6 +141,29 @@ def test_a_compacted_ledger_stays_locked_and_keeps_the_unsettled(tmp_path, monke
     assert ledger.close()
 
 
+def test_a_compaction_that_fails_leaves_no_file_behind_and_the_ledger_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("llmproxy.loki.ledger.COMPACT_BYTES", 200)
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    keep = ledger.note([(1, "h/d/keep.jsonl")])
+    real_write = os.write
+
+    def full_disk_for_new_files(fd, data):
+        if fd != ledger._fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("llmproxy.loki.ledger.os.write", full_disk_for_new_files)
+    for i in range(20):
+        ledger.settle(ledger.note([(100 + i, "h/d/other.jsonl")]))
+        ledger.flush()
+    assert sorted(os.listdir(tmp_path)) == [ledger.path.name]  # no half-written .new file
+    assert claim(ledger.path) is None
+    assert read_ledger(ledger.path.read_bytes(), 1).entries == [(1, "h/d/keep.jsonl")]
+    ledger.settle(keep)
+    assert ledger.close()
+
+
 def test_two_uncommitted_requests_of_one_session_come_out_whatever_was_written_between(tmp_path):
     files = FileLogger(tmp_path)
     path = "h/d/S.jsonl"

@@ -153,6 +153,7 @@ class Ledger:
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)  # a full disk: no half-written copy left taking room
             raise
         os.close(self._fd)
         self._fd, self._size = fd, len(data)
