@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, TextIO
 
 from llmproxy.loki.client import PAGE, LokiClient
+from llmproxy.loki.labels import APP_LABEL
 from llmproxy.loki.split import join_parts
 from llmproxy.record import logtree
 from llmproxy.record.sessions import SESSION_ID
@@ -67,7 +68,7 @@ def join_split(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
 
 def sessions_of_client(client: LokiClient, client_id: str, start_ns: int, end_ns: int,
                        page: int = PAGE) -> list[str]:
-    query = (f'{{app="llm-proxy", log_type="session_start"}} |= {_quoted(client_id)} '
+    query = (f'{{app="{APP_LABEL}", log_type="session_start"}} |= {_quoted(client_id)} '
              f'| json client="client_session_id", session="_meta.session" | client={_quoted(client_id)}')
     found = []
     for _, line in client.query_all(query, start_ns, end_ns, page):
@@ -81,7 +82,7 @@ def from_loki(client: LokiClient, session: str, start_ns: int | None, end_ns: in
               page: int = PAGE) -> list[str]:
     start = start_ns if start_ns is not None else session_start_ns(session) - EARLY_NS
     end = min(end_ns, start + MAX_RANGE_NS)
-    query = (f'{{app="llm-proxy"}} |= {_quoted(session)} | json session="_meta.session" '
+    query = (f'{{app="{APP_LABEL}"}} |= {_quoted(session)} | json session="_meta.session" '
              f'| session={_quoted(session)}')
     return [line for _, line in join_split(client.query_all(query, start, end, page))]
 
