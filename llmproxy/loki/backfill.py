@@ -24,11 +24,12 @@ from typing import Callable, Iterable, Iterator, TextIO
 from llmproxy import providers
 from llmproxy.loki import LokiEntry, LokiExporter
 from llmproxy.loki.labels import APP_LABEL, LabelMaker
-from llmproxy.loki.session import EARLY_NS, OUR_ID, session_start_ns
+from llmproxy.loki.session import EARLY_NS, session_start_ns
 from llmproxy.loki.split import split_entry
 from llmproxy.record import logtree
 from llmproxy.record.entries import entry_metadata
 from llmproxy.record.logtree import SessionFiles
+from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
 
 
@@ -131,7 +132,7 @@ class Backfill:
             except (RuntimeError, ValueError, OSError) as exc:
                 yield SessionReport(files.session, failure=str(exc))
                 continue
-            if OUR_ID.fullmatch(files.session):  # no session to come has an entry older than this
+            if SESSION_ID.fullmatch(files.session):  # no session to come has an entry older than this
                 self._flush(waiting, below=session_start_ns(files.session) - EARLY_NS)
             for part in pending.missing:
                 heapq.heappush(waiting, (part.ts_ns, next(order), part, pending))

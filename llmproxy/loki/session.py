@@ -26,7 +26,6 @@ from llmproxy.record import logtree
 from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import SettingsError, load_settings
 
-OUR_ID = SESSION_ID
 MAX_RANGE_NS = 30 * 86400 * 10**9  # within Loki's default max_query_length (721h)
 EARLY_NS = 5 * 60 * 10**9        # a session's first entry can precede its id's second by a little
 
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
     except SettingsError as exc:
         print(f"loki-session: {exc}", file=sys.stderr)
         return 2
-    ours = OUR_ID.fullmatch(args.session) is not None
+    ours = SESSION_ID.fullmatch(args.session) is not None
     now_ns = time.time_ns()
     end = args.until or now_ns
     try:
