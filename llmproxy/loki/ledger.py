@@ -177,7 +177,7 @@ class Ledger:
 
 
 def dead_ledgers(directory: Path, own: Path | None) -> Iterable[tuple[Path, int]]:
-    """``(path, pid)`` of the ledgers in ``directory`` other than ``own``, oldest first."""
+    """``(path, pid)`` of the ledgers in ``directory`` other than ``own``, in name order."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
