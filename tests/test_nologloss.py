@@ -319,6 +319,28 @@ def test_backfill_says_in_one_line_when_loki_refuses_the_query_after_refusing_en
     assert "HTTP 403" in out and out.count("\n") <= 3, out
 
 
+def test_backfill_quotes_a_session_name_in_its_query(tmp_path):
+    """A session file someone named with a quote, a backslash and an accent: the backfill's question
+    to Loki still parses, and finds what it pushed (the line spells the name JSON-escaped)."""
+    from llmproxy.record.entries import rfc3339_ns
+
+    loki = FakeLoki().start()
+    try:
+        session = 'import "2026"\\a é'
+        day = tmp_path / "api.anthropic.com" / time.strftime("%Y-%m-%d", time.gmtime())
+        day.mkdir(parents=True)
+        doc = {"type": "session_start", "provider": "anthropic", "upstream": "api.anthropic.com",
+               "_meta": {"ts": rfc3339_ns(time.time_ns()), "machine": "m", "session": session}}
+        line = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))  # as the proxy writes it
+        (day / f"{session}.jsonl").write_text(line + "\n")
+        code, out = run_backfill(loki, tmp_path)
+        assert code == 0 and "read 1, in Loki 0, pushed 1" in out, out
+        code, out = run_backfill(loki, tmp_path)
+        assert code == 0 and "read 1, in Loki 1, pushed 0" in out, out
+    finally:
+        loki.down()
+
+
 def test_backfill_needs_a_loki_url(tmp_path):
     out = io.StringIO()
     assert backfill_main(["--log-dir", str(tmp_path)], out=out, environ={"LLM_PROXY_ENV_FILE": "/none"}) == 2

@@ -108,7 +108,8 @@ class Backfill:
         """(ts, line) of this session's entries Loki holds in the streams of this environment (an
         entry is there only if it is in the stream it would be pushed to)."""
         start, end = min(p.ts_ns for p in parts), max(p.ts_ns for p in parts) + 1
-        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= "{session}"'
+        in_line = json.dumps(session, ensure_ascii=False)[1:-1]  # as the lines spell it (entries.py)
+        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= {json.dumps(in_line)}'
         return set(self.exporter.client.query_all(query, start, end))
 
     def run(self, sessions: Iterable[SessionFiles], select: Select | None = None,
