@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 from llmproxy import providers
 from llmproxy.loki import LokiEntry, LokiExporter
 from llmproxy.loki.labels import APP_LABEL, LabelMaker
-from llmproxy.loki.session import EARLY_NS, session_start_ns
+from llmproxy.loki.session import EARLY_NS, in_line, session_start_ns
 from llmproxy.loki.split import split_entry
 from llmproxy.record import logtree
 from llmproxy.record.entries import entry_metadata
@@ -108,8 +108,7 @@ class Backfill:
         """(ts, line) of this session's entries Loki holds in the streams of this environment (an
         entry is there only if it is in the stream it would be pushed to)."""
         start, end = min(p.ts_ns for p in parts), max(p.ts_ns for p in parts) + 1
-        in_line = json.dumps(session, ensure_ascii=False)[1:-1]  # as the lines spell it (entries.py)
-        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= {json.dumps(in_line)}'
+        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= {in_line(session)}'
         return set(self.exporter.client.query_all(query, start, end))
 
     def run(self, sessions: Iterable[SessionFiles], select: Select | None = None,

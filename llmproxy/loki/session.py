@@ -39,6 +39,12 @@ def _quoted(text: str) -> str:
     return json.dumps(text)
 
 
+def in_line(text: str) -> str:
+    """A LogQL string that finds ``text`` in our lines, which spell it JSON-escaped (a quote as
+    ``\\"``, the rest of Unicode as it is: record/entries.py)."""
+    return _quoted(json.dumps(text, ensure_ascii=False)[1:-1])
+
+
 def join_split(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
     """Lines shipped in parts become their original line again, at the first part's place."""
     out: list[tuple[int, str]] = []
@@ -67,7 +73,7 @@ def join_split(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
 
 def sessions_of_client(client: LokiClient, client_id: str, start_ns: int, end_ns: int,
                        page: int = PAGE) -> list[str]:
-    query = (f'{{app="{APP_LABEL}", log_type="session_start"}} |= {_quoted(client_id)} '
+    query = (f'{{app="{APP_LABEL}", log_type="session_start"}} |= {in_line(client_id)} '
              f'| json client="client_session_id", session="_meta.session" | client={_quoted(client_id)}')
     found = []
     for _, line in client.query_all(query, start_ns, end_ns, page):
@@ -81,7 +87,7 @@ def from_loki(client: LokiClient, session: str, start_ns: int | None, end_ns: in
               page: int = PAGE) -> list[str]:
     start = start_ns if start_ns is not None else session_start_ns(session) - EARLY_NS
     end = min(end_ns, start + MAX_RANGE_NS)
-    query = (f'{{app="{APP_LABEL}"}} |= {_quoted(session)} | json session="_meta.session" '
+    query = (f'{{app="{APP_LABEL}"}} |= {in_line(session)} | json session="_meta.session" '
              f'| session={_quoted(session)}')
     return [line for _, line in join_split(client.query_all(query, start, end, page))]
 
