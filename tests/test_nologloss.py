@@ -372,4 +372,6 @@ def test_backfill_pushes_sessions_that_ran_at_once_in_time_order(tmp_path, real_
     code, out = run_backfill(real_loki, tmp_path)
     assert code == 0 and "refused" not in out, out
     real_loki.flush()  # entries close to 3 hours old may be asked of the store only
-    assert sorted(line for _, line in real_loki.lines(f'{{app="llm-proxy", machine="{machine}"}}')) == sorted(lines)
+    # (the flush goes on after its answer: wait until the store shows as many as were pushed)
+    found = real_loki.wait_for_lines(f'{{app="llm-proxy", machine="{machine}"}}', len(lines))
+    assert sorted(line for _, line in found) == sorted(lines)
