@@ -238,3 +238,16 @@ def test_a_price_the_entry_already_has_is_kept(tmp_path):
     expected = sum(truth_cost(c) or 0 for c in tree.calls) - (extract_usage(
         {"model": doc["model"], "usage": doc["usage"]}, provider_id="anthropic").calc_price().total_price.__float__())
     assert report.total.cost == pytest.approx(expected + 123.0)
+
+
+def test_log_dir_reads_a_copy_of_a_tree(tmp_path):
+    """``--log-dir`` reads another tree than LLM_PROXY_LOG_DIR's, e.g. a copy from another machine."""
+    tree = gentree.generate(tmp_path / "copy", long=0, short=4, days=2, seed=5)
+    env = {**os.environ, "LLM_PROXY_ENV_FILE": "/nonexistent", "LLM_PROXY_LOG_DIR": str(tmp_path / "none")}
+    out = subprocess.run([LLM_PROXY, "usage", "--log-dir", str(tree.log_dir), "--json"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert json.loads(out.stdout)["totals"]["calls"] == len(tree.calls)
+    missing = subprocess.run([LLM_PROXY, "usage", "--log-dir", str(tmp_path / "gone")], capture_output=True,
+                             text=True, env=env, timeout=30)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "(--log-dir)" in missing.stderr
