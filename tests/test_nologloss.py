@@ -176,6 +176,21 @@ def test_the_spool_bound_drops_the_oldest_files_first(tmp_path):
     assert [f.oldest_ns for f in spool.files()] == [1002, 1003, 1004]
 
 
+def test_a_dead_workers_partial_spool_files_go_and_a_live_ones_stay(tmp_path):
+    """The recovery asks the spool for a dead worker's entries and removes the partial files it
+    left: those it was writing, never one a live worker is writing (``keep`` of a file the dead
+    one had spooled: named after the file, claimed by the live one)."""
+    dead, live = 4_000_001, os.getpid()
+    spool = Spool(tmp_path, max_bytes=10**6)
+    spool.write([LokiEntry(1000, b"x", (("app", "a"),))])
+    (tmp_path / f".tmp-00000000000000000001-1-{dead}-0.jsonl").write_bytes(b"[")  # its own write
+    (tmp_path / f".tmp-00000000000000000002-1-{live}-0.jsonl.claimed-{dead}").write_bytes(b"[")  # its keep
+    live_keep = tmp_path / f".tmp-00000000000000000003-1-{dead}-1.jsonl.claimed-{live}"
+    live_keep.write_bytes(b"[")
+    assert spool.entries_of(dead) == set()
+    assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == [live_keep.name]
+
+
 def test_a_spool_file_loki_takes_in_part_keeps_only_the_rest_so_nothing_is_pushed_twice(tmp_path):
     from llmproxy.loki import LokiExporter
     from llmproxy.settings import LokiSettings

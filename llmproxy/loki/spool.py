@@ -46,6 +46,12 @@ class SpoolFile:
         """The pid of the worker that spooled it."""
         return int(self.base.split("-")[2])
 
+    @property
+    def holder(self) -> int:
+        """The pid of the worker that has it in hand: its claimer, else the one that spooled it
+        (a ``.tmp-`` file is written by its holder)."""
+        return self.claimed_by if self.claimed_by is not None else self.writer
+
 
 def _parse(path: Path) -> SpoolFile | None:
     match = _NAME.fullmatch(path.name)
@@ -148,7 +154,7 @@ class Spool:
         except FileNotFoundError:
             return found
         for name in names:
-            if name.startswith(".tmp-") and (f := _parse(self.directory / name[5:])) and f.writer == pid:
+            if name.startswith(".tmp-") and (f := _parse(self.directory / name[5:])) and f.holder == pid:
                 (self.directory / name).unlink(missing_ok=True)
         for f in self.files():
             if f.writer != pid:
