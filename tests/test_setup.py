@@ -619,3 +619,17 @@ def test_uninstall_leaves_a_config_toml_broken_since_setup_and_takes_back_the_re
     assert f"{home.codex_config} does not parse any more (" in out
     assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
     assert home.manifest.exists()   # what is left to undo stays recorded
+
+
+def test_a_question_to_the_service_manager_is_bounded_in_seconds_a_change_in_minutes(tmp_path, monkeypatch):
+    """``status`` asks ``systemctl --user is-active``: a hung user bus answers nothing, and
+    status must not wait the minutes a start may take (it waits for gunicorn's READY=1)."""
+    hung = tmp_path / "systemctl"
+    hung.write_text("#!/bin/sh\nexec sleep 30\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(service, "QUERY_TIMEOUT", 0.5)
+    asked = service.run([str(hung), "--user", "is-active", "llm-proxy.service"])
+    assert asked.returncode == 124 and asked.line.endswith("no answer within 0.5 s")
+    monkeypatch.setattr(service, "COMMAND_TIMEOUT", 1.0)
+    changed = service.run([str(hung), "--user", "restart", "llm-proxy.service"])
+    assert changed.returncode == 124 and changed.line.endswith("no answer within 1.0 s")

@@ -24,6 +24,8 @@ from llmproxy.setup.home import Home
 PROXY = "llm-proxy"
 EXPLORER = "llm-proxy-explore"
 COMMAND_TIMEOUT = 180  # a start waits for gunicorn's READY=1; a stop for the Loki flush
+QUERY_TIMEOUT = 15     # a question (is-active, print…): a hung user bus must not stall `status`
+_CHANGES = {"start", "restart", "stop", "enable", "disable", "daemon-reload", "bootstrap", "bootout", "kickstart"}
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,15 @@ Runner = Callable[[list[str]], Result]
 
 
 def run(argv: list[str]) -> Result:
-    """The real runner."""
+    """The real runner: a change may take minutes, a question a few seconds."""
+    timeout = COMMAND_TIMEOUT if _CHANGES.intersection(argv[1:]) else QUERY_TIMEOUT
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         return Result(127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
-        return Result(124, "", f"{' '.join(argv)}: no answer within {COMMAND_TIMEOUT} s")
+        return Result(124, "", f"{' '.join(argv)}: no answer within {timeout} s")
     return Result(done.returncode, done.stdout, done.stderr)
 
 
