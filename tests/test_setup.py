@@ -84,8 +84,8 @@ def test_setup_installs_service_port_shells_and_a_second_run_changes_nothing(tmp
     assert f"\nLLM_PROXY_PORT={port}\n" in settings_file.read_text()
     assert oct(settings_file.stat().st_mode & 0o777) == "0o600"   # it may come to hold a Loki token
     unit = (home.path / ".config" / "systemd" / "user" / "llm-proxy.service").read_text()
-    assert f"Environment=LLM_PROXY_ENV_FILE={settings_file}\n" in unit
-    assert f"ExecStart={Path(sys.executable).with_name('llm-proxy')} serve\n" in unit
+    assert f'Environment="LLM_PROXY_ENV_FILE={settings_file}"\n' in unit
+    assert f'ExecStart="{LLM_PROXY}" serve\n' in unit
     presence_file = home.path / ".llm-provider-logs" / ".run" / "proxy.env"
     assert textfile.block_of((home.path / ".bashrc").read_text()) == shells.posix(presence_file)
     assert (home.fish_conf_d / "llm-proxy.fish").read_text() == shells.fish(presence_file)
@@ -506,7 +506,7 @@ def test_explorer_unit_and_the_flag(tmp_path, port):
     settings = installer.Installation(home).service_settings()
     proxy, explore = service.SystemdUser(home).units(settings, home.settings_file, explorer=True)
     assert explore.name == "llm-proxy-explore.service"
-    assert f"ExecStart={Path(sys.executable).with_name('llm-proxy')} explore\n" in explore.text
+    assert f'ExecStart="{LLM_PROXY}" explore\n' in explore.text
     assert "After=llm-proxy.service" in explore.text
     if installer.explorer_available():
         systemctl = FakeSystemctl()
@@ -558,14 +558,23 @@ def test_a_plist_launchd_would_refuse_is_caught(broken, message):
 
 # --- units as systemd reads them ---
 
+@pytest.mark.parametrize("odd", [False, True], ids=["plain", "space-and-percent"])
 @pytest.mark.parametrize("explorer", [False, True], ids=["proxy", "explorer"])
-def test_user_units_verify(tmp_path, explorer):
+def test_user_units_verify(tmp_path, explorer, odd):
+    """``odd``: the home and the installation's path hold a space and a ``%`` (a Windows-style
+    user name, a tool home under "Application Support"): each is one quoted word in the unit."""
     assert shutil.which("systemd-analyze"), "systemd-analyze missing: scripts/test installs Debian's systemd"
-    home = make_home(tmp_path)
+    root = tmp_path / "my home 100%" if odd else tmp_path
+    home = make_home(root)
+    exe = None
+    if odd:
+        exe = root / "tool bin" / "llm-proxy"
+        exe.parent.mkdir(parents=True)
+        exe.symlink_to(LLM_PROXY)
     settings = installer.Installation(home).service_settings()
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
-    for unit in service.SystemdUser(home).units(settings, home.settings_file, explorer):
+    for unit in service.SystemdUser(home).units(settings, home.settings_file, explorer, exe=exe):
         unit.path.parent.mkdir(parents=True, exist_ok=True)
         unit.path.write_text(unit.text)
     name = "llm-proxy-explore.service" if explorer else "llm-proxy.service"

@@ -60,6 +60,13 @@ def run(argv: list[str]) -> Result:
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def unit_word(text: str, command: bool = False) -> str:
+    """``text`` as one word of a unit file's setting: quoted (a home with a space), ``%`` not a
+    specifier, and in a command line ``$`` not a variable (systemd.syntax, systemd.service)."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (text.replace("$", "$$") if command else text) + '"'
+
+
 @dataclass(frozen=True)
 class Unit:
     """One service's file: its name for the manager, where it goes, what it says."""
@@ -103,7 +110,8 @@ class SystemdUser:
         names = [PROXY, EXPLORER] if explorer else [PROXY]
         return [Unit(f"{name}.service", self.home.systemd_units / f"{name}.service",
                      resources.files("llmproxy.setup").joinpath("units", f"{name}.service").read_text()
-                     .format(exe=exe, settings_file=settings_file, stop_timeout=stop_timeout(settings)))
+                     .format(exe=unit_word(str(exe), command=True), stop_timeout=stop_timeout(settings),
+                             settings_file=unit_word(f"LLM_PROXY_ENV_FILE={settings_file}")))
                 for name in names]
 
     def state(self, name: str) -> State:
