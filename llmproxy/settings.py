@@ -7,6 +7,7 @@ user sees before the process exits with status 2.
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import re
@@ -473,8 +474,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, create_dirs: bool
             continue
         try:
             values[var.field] = var.parse(raw)
-        except ValueError as exc:
-            raise SettingsError(var.name, raw, str(exc)) from None
+        except ValueError as exc:  # a secret is named masked, even when it is a bad one
+            raise SettingsError(var.name, mask_token(raw.strip()) if var.secret else raw, str(exc)) from None
 
     loki_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("loki.")}
     explorer_values = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("explorer.")}
@@ -532,15 +533,30 @@ def describe(settings: Settings) -> list[tuple[str, str]]:
     return rows
 
 
+def option_type(name: str) -> Callable[[str], Any]:
+    """An argparse ``type`` for a command's option that sets what variable ``name`` sets: the
+    variable's own parser, so that both are held to the same rule."""
+    variable = next(var for var in VARIABLES if var.name == name)
+
+    def parse(text: str) -> Any:
+        try:
+            return variable.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: {exc}") from None
+
+    return parse
+
+
 EXIT_BAD_CONFIG = 2
 
 
-def load_settings_or_exit(*, create_dirs: bool = True, credentials: bool = False) -> Settings:
-    """Settings, or one line on stderr and exit status 2 (no traceback) when one is bad. With
-    ``credentials`` (the server's start), an API configured to sign its calls (Bedrock) must
-    also find its credentials."""
+def load_settings_or_exit(environ: Mapping[str, str] | None = None, *, create_dirs: bool = True,
+                          credentials: bool = False) -> Settings:
+    """Settings (of ``environ``, default the process's), or one line on stderr and exit status 2
+    (no traceback) when one is bad. With ``credentials`` (the server's start), an API configured
+    to sign its calls (Bedrock) must also find its credentials."""
     try:
-        settings = load_settings(create_dirs=create_dirs)
+        settings = load_settings(environ, create_dirs=create_dirs)
     except SettingsError as exc:
         print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_BAD_CONFIG) from None

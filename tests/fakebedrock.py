@@ -26,6 +26,9 @@ ACCESS_KEY = "AKIAR3ALCL1ENTTEST01"
 SECRET_KEY = "R3alCl1entSecretKeyForTheFakeBedrock0001"
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjR3alCl1entSessionTokenForTests" + "x" * 40
 SERVICE = "bedrock"
+# A made-up Bedrock API key: Claude Code with AWS_BEARER_TOKEN_BEDROCK sends it as
+# ``Authorization: Bearer …`` on every call, unsigned; Bedrock takes it instead of a signature.
+API_KEY = "ABSKQmVkcm9ja0FQSUtleS1SM2FsQ2wxZW50" + "x" * 40
 
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, "
                    r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})")
@@ -38,6 +41,8 @@ def check_signature(method: str, host: str, path: str, headers: list[tuple[str, 
     for name, value in headers:
         lowered.setdefault(name.lower(), []).append(value)
     authorization = (lowered.get("authorization") or [""])[0]
+    if authorization.startswith("Bearer "):
+        return None if authorization == f"Bearer {API_KEY}" else "UnrecognizedClientException: invalid API key"
     match = _AUTH.fullmatch(authorization)
     if not match:
         return "MissingAuthenticationTokenException: no SigV4 Authorization header"

@@ -70,6 +70,7 @@ class FakeLoki:
         self.structured_metadata = structured_metadata
         self.max_answer_bytes = max_answer_bytes  # grpc_server_max_send_msg_size: querier → frontend
         self.mode = "ok"                          # ok | error500 | ratelimit | hang
+        self.refuse_queries = False               # a gateway that serves the push path only: 403
         self.retry_after: str | None = None
         self._fail_next: list[int] = []
         # labels → {"labels", "entries": {(ts, line)}, "metadata": {(ts, line): {…}}, "newest"}
@@ -527,6 +528,8 @@ class _Handler(BaseHTTPRequestHandler):
         params = {k: v[0] for k, v in parse_qs(url.query).items()}
         with loki.lock:
             loki.queries.append(params)
+        if loki.refuse_queries:
+            return self._reply(403, "forbidden")
         try:
             doc = loki.query_range(params["query"], int(params["start"]) if "start" in params else None,
                                    int(params["end"]) if "end" in params else None,

@@ -60,7 +60,8 @@ CHATGPT_ACCOUNT = "acct-r3al-cl1ent"
 CHATGPT_TOKEN = _jwt({"exp": 4102444800, "iat": 1764300000, "email": "dev@example.com",
                       "https://api.openai.com/auth": {"chatgpt_account_id": CHATGPT_ACCOUNT,
                                                       "chatgpt_plan_type": "plus", "chatgpt_user_id": "user-1"}})
-SECRETS = (ANTHROPIC_KEY, OPENAI_KEY, CHATGPT_TOKEN, GEMINI_KEY, fakebedrock.SECRET_KEY, fakebedrock.SESSION_TOKEN)
+SECRETS = (ANTHROPIC_KEY, OPENAI_KEY, CHATGPT_TOKEN, GEMINI_KEY, fakebedrock.SECRET_KEY, fakebedrock.SESSION_TOKEN,
+           fakebedrock.API_KEY)
 
 
 def interfaces() -> list[str]:
@@ -159,6 +160,13 @@ class Client:
         """Claude Code in Bedrock mode, unsigned (``CLAUDE_CODE_SKIP_BEDROCK_AUTH``): the proxy signs."""
         base_url = f"{self.proxy_url}/bedrock/{self.upstream}"  # docs/clients.rst: /bedrock/<region>
         return self.run("claude", *args, env={"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_SKIP_BEDROCK_AUTH": "1",
+                                              "ANTHROPIC_BEDROCK_BASE_URL": base_url, "AWS_REGION": AWS_REGION}).check()
+
+    def claude_bedrock_key(self, *args: str) -> Run:
+        """Claude Code in Bedrock mode with a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``): it
+        sends ``Authorization: Bearer`` itself, which the proxy forwards as it is."""
+        base_url = f"{self.proxy_url}/bedrock/{self.upstream}"
+        return self.run("claude", *args, env={"CLAUDE_CODE_USE_BEDROCK": "1", "AWS_BEARER_TOKEN_BEDROCK": fakebedrock.API_KEY,
                                               "ANTHROPIC_BEDROCK_BASE_URL": base_url, "AWS_REGION": AWS_REGION}).check()
 
     def claude_session_ids(self) -> list[str]:
@@ -341,8 +349,15 @@ def bedrock_claude(client: Client) -> Session:
     return Session(runs, [MARKER, "bedrock-answer-2"], client.claude_session_ids())
 
 
+def bedrock_claude_api_key(client: Client) -> Session:
+    """Claude Code in Bedrock mode with a Bedrock API key: one turn."""
+    runs = [client.claude_bedrock_key("-p", "Hello?\nfake-reply: bedrock-key-answer")]
+    return Session(runs, ["bedrock-key-answer"], client.claude_session_ids())
+
+
 # What tests/corpus/record.py records (plain HTTP); test_real_clients.py runs these and CHATGPT.
 SCENARIOS = {"claude-4-turns": claude_turns, "claude-tool-loop": claude_tools, "claude-resume": claude_resume,
              "codex-3-turns": codex_turns, "codex-tool-loop": codex_tools,
              "gemini-3-turns": gemini_turns, "gemini-tool-loop": gemini_tools, "bedrock-claude-tool-loop": bedrock_claude}
 CHATGPT = {"codex-chatgpt": codex_chatgpt}
+BEDROCK_API_KEY = {"bedrock-claude-api-key": bedrock_claude_api_key}   # its calls are the signed ones

@@ -183,6 +183,24 @@ def test_a_request_the_client_signed_is_forwarded_as_signed(start_proxy, fake_be
     assert_no_credentials_in(proxy)
 
 
+def test_a_bedrock_api_key_is_forwarded_as_it_is(start_proxy, fake_bedrock, no_aws):
+    """Claude Code with ``AWS_BEARER_TOKEN_BEDROCK`` sends the key as ``Authorization: Bearer``,
+    unsigned (tests/test_real_clients.py): the proxy forwards it and signs nothing, with or
+    without credentials of its own; the key is masked in the log."""
+    proxy = start_proxy(env=no_aws)
+    resp = requests.post(f"{proxy.url}/bedrock/{fake_bedrock.upstream}/model/m/invoke", data=json.dumps(BODY),
+                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {fakebedrock.API_KEY}"})
+    assert resp.status_code == 200, resp.text
+    assert fake_bedrock.last().header("authorization") == f"Bearer {fakebedrock.API_KEY}"
+    assert fake_bedrock.last().header("x-amz-date") is None and fake_bedrock.refused == []
+    logged = [e for e in entries_of(proxy, fake_bedrock) if e["type"] == "request"][0]
+    assert logged["headers"]["Authorization"] == "Bearer ..." + fakebedrock.API_KEY[-4:]
+    assert fakebedrock.API_KEY not in "".join(p.read_text() for p in proxy.log_dir.rglob("*.jsonl"))
+    wrong = requests.post(f"{proxy.url}/bedrock/{fake_bedrock.upstream}/model/m/invoke", data=json.dumps(BODY),
+                          headers={"Content-Type": "application/json", "Authorization": "Bearer ABSKnotthekey"})
+    assert wrong.status_code == 403 and wrong.headers["x-amzn-errortype"] == "UnrecognizedClientException"
+
+
 @pytest.fixture
 def no_aws(monkeypatch, tmp_path) -> dict[str, str]:
     """An environment in which botocore's credential chain finds nothing."""
@@ -239,6 +257,18 @@ def test_a_frame_with_a_bad_checksum_keeps_the_rest_as_the_body_and_says_why():
     assert [json.loads(c.raw) for c in exchange.chunks] == [{"type": "message_start"}]
     kept = exchange.decoded_body()
     assert kept.data == bytes(bad) and kept.error.startswith("event stream:")
+
+
+def test_a_chunk_whose_bytes_are_not_base64_keeps_the_rest_as_the_body_and_says_why():
+    """A well-framed chunk of bad content is the upstream's fault like a bad checksum: the log
+    keeps it as it came, and the relay (which finishes the exchange) does not break."""
+    good = fakebedrock.chunk({"type": "message_start"})
+    bad = fakebedrock.frame({":event-type": "chunk", ":message-type": "event"}, b'{"bytes": "abc"}')
+    exchange = _exchange([good, bad])
+    assert [json.loads(c.raw) for c in exchange.chunks] == [{"type": "message_start"}]
+    kept = exchange.decoded_body()
+    assert kept.data == bad and kept.error.startswith("event stream:")
+    assert exchange.total_ms is not None
 
 
 def test_frames_are_what_botocore_reads():

@@ -141,6 +141,54 @@ def test_a_compacted_ledger_stays_locked_and_keeps_the_unsettled(tmp_path, monke
     assert ledger.close()
 
 
+def test_a_compaction_that_fails_leaves_no_file_behind_and_the_ledger_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr("llmproxy.loki.ledger.COMPACT_BYTES", 200)
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    keep = ledger.note([(1, "h/d/keep.jsonl")])
+    real_write = os.write
+
+    def full_disk_for_new_files(fd, data):
+        if fd != ledger._fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("llmproxy.loki.ledger.os.write", full_disk_for_new_files)
+    for i in range(20):
+        ledger.settle(ledger.note([(100 + i, "h/d/other.jsonl")]))
+        ledger.flush()
+    assert sorted(os.listdir(tmp_path)) == [ledger.path.name]  # no half-written .new file
+    assert claim(ledger.path) is None
+    assert read_ledger(ledger.path.read_bytes(), 1).entries == [(1, "h/d/keep.jsonl")]
+    ledger.settle(keep)
+    assert ledger.close()
+
+
+def test_a_ledger_closed_while_a_thread_waits_for_it_notes_and_flushes_nothing(tmp_path):
+    """A worker exits (gunicorn's graceful timeout over) while a request thread still notes an
+    entry and the pusher still flushes: they find the ledger closed once they hold its lock."""
+    ledger = Ledger(tmp_path)
+    ledger.open()
+    ledger.settle(ledger.note([(1, "h/d/S.jsonl")]))
+    real = ledger._lock
+
+    class ClosedMeanwhile:
+        def __enter__(self):
+            if ledger._fd is not None:  # the closing thread got the lock first
+                os.close(ledger._fd)
+                ledger._fd = None
+            return real.__enter__()
+
+        def __exit__(self, *exc):
+            return real.__exit__(*exc)
+
+    ledger._lock = ClosedMeanwhile()
+    assert ledger.note([(2, "h/d/S.jsonl")]) is None
+    ledger._fd = os.open(ledger.path, os.O_WRONLY | os.O_APPEND)  # open again, to be closed again
+    ledger.flush()  # nothing written, nothing raised
+    assert ledger._fd is None
+
+
 def test_two_uncommitted_requests_of_one_session_come_out_whatever_was_written_between(tmp_path):
     files = FileLogger(tmp_path)
     path = "h/d/S.jsonl"

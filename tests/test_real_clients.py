@@ -48,7 +48,7 @@ def new_fake() -> FakeProvider:
 def scenarios(proxy, tmp_path_factory):
     """``name → (future of Session, fake provider)``, every scenario started at once."""
     realclients.require()
-    everything = {**realclients.SCENARIOS, **realclients.CHATGPT}
+    everything = {**realclients.SCENARIOS, **realclients.CHATGPT, **realclients.BEDROCK_API_KEY}
     fakes = {name: new_fake() for name in everything}
     pool = ThreadPoolExecutor(len(fakes))
     running = {name: (pool.submit(scenario, realclients.Client(tmp_path_factory.mktemp(name), proxy.url,
@@ -181,6 +181,19 @@ def test_claude_code_on_bedrock_signed_by_the_proxy(scenarios, proxy):
     assert all(e["chunks"][0]["raw"].startswith('{"type":"message_start"') for e in answers)
     logged = "\n".join(e.get("body", "") for e in requests)
     assert '"tool_result"' in logged and realclients.MARKER in logged
+
+
+def test_claude_code_on_bedrock_with_an_api_key_goes_through_unsigned(scenarios, proxy):
+    """With ``AWS_BEARER_TOKEN_BEDROCK`` Claude Code sends its key on every call; the proxy has
+    credentials of its own, and still signs none of these calls: the client holds the key."""
+    entries = check_session("bedrock-claude-api-key", scenarios, proxy)
+    fake = scenarios["bedrock-claude-api-key"][1]
+    assert fake.received and fake.refused == []
+    assert {r.header("authorization") for r in fake.received} == {f"Bearer {realclients.fakebedrock.API_KEY}"}
+    assert all(r.header("x-amz-date") is None for r in fake.received)
+    requests = [e for e in entries if e["type"] == "request"]
+    assert requests and all(e["headers"]["Authorization"] == "Bearer ..." + realclients.fakebedrock.API_KEY[-4:]
+                            for e in requests)
 
 
 ROOT = Path(__file__).resolve().parent.parent

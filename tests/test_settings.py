@@ -161,6 +161,14 @@ def test_bad_settings_raise_one_line_naming_variable_value_and_accepted(tmp_path
     assert "\n" not in str(info.value)
 
 
+def test_a_bad_secret_is_named_masked():
+    token = "my explorer password"   # a space: refused, and never shown
+    with pytest.raises(SettingsError) as info:
+        load_settings({"LLM_PROXY_EXPLORER_TOKEN": token}, create_dirs=False)
+    assert str(info.value).startswith("LLM_PROXY_EXPLORER_TOKEN='...' is not valid: at least 16 printable")
+    assert "password" not in str(info.value)
+
+
 def _clean_env(env):
     """The test's environment (coverage's settings included) without any LLM_PROXY_ variable."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("LLM_PROXY_")}, **env}

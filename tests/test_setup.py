@@ -84,8 +84,8 @@ def test_setup_installs_service_port_shells_and_a_second_run_changes_nothing(tmp
     assert f"\nLLM_PROXY_PORT={port}\n" in settings_file.read_text()
     assert oct(settings_file.stat().st_mode & 0o777) == "0o600"   # it may come to hold a Loki token
     unit = (home.path / ".config" / "systemd" / "user" / "llm-proxy.service").read_text()
-    assert f"Environment=LLM_PROXY_ENV_FILE={settings_file}\n" in unit
-    assert f"ExecStart={Path(sys.executable).with_name('llm-proxy')} serve\n" in unit
+    assert f'Environment="LLM_PROXY_ENV_FILE={settings_file}"\n' in unit
+    assert f'ExecStart="{LLM_PROXY}" serve\n' in unit
     presence_file = home.path / ".llm-provider-logs" / ".run" / "proxy.env"
     assert textfile.block_of((home.path / ".bashrc").read_text()) == shells.posix(presence_file)
     assert (home.fish_conf_d / "llm-proxy.fish").read_text() == shells.fish(presence_file)
@@ -149,7 +149,7 @@ def test_uninstall_gives_back_each_rc_file_byte_for_byte(tmp_path, port, content
     assert systemctl.changes()[-2:] == [["systemctl", "--user", "disable", "--now", "llm-proxy.service"],
                                         ["systemctl", "--user", "daemon-reload"]]
     assert snapshot(tmp_path, mtimes=False) == before
-    assert "the session logs stay in" not in out   # none were written here
+    assert "the session logs stay" not in out   # none were written here
     assert uninstall(home, systemctl)[1] == "nothing to remove: llm-proxy setup has not changed anything here\n"
 
 
@@ -314,6 +314,17 @@ def test_a_port_given_with_the_flag_that_is_taken(tmp_path, taken_port):
     assert not home.settings_file.exists()
 
 
+def test_a_port_out_of_range_is_refused_as_the_setting_would_be(tmp_path):
+    home = make_home(tmp_path)
+    before = snapshot(tmp_path)
+    result = subprocess.run([LLM_PROXY, "setup", "--no-service", "--port", "70000"], env=home.environ,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("llm-proxy setup: error: argument --port: '70000' is not valid: "
+                                              "a whole number from 1 to 65535")
+    assert snapshot(tmp_path) == before
+
+
 def test_a_bad_setting_in_the_users_file(tmp_path):
     home = make_home(tmp_path)
     home.settings_file.parent.mkdir(parents=True)
@@ -322,6 +333,19 @@ def test_a_bad_setting_in_the_users_file(tmp_path):
     assert code == 2
     assert err == ("llm-proxy setup: ~/.config/llm-proxy/llm-proxy.env: LLM_PROXY_PORT='http' is not valid: "
                    "a whole number from 1 to 65535\n")
+
+
+def test_uninstall_with_a_settings_file_gone_bad_since_setup(tmp_path, port):
+    home = make_home(tmp_path)
+    (home.path / ".bashrc").write_bytes(b"# mine\n")
+    assert setup(home, FakeSystemctl(), "--no-service", "--port", str(port))[0] == 0
+    home.settings_file.write_text(home.settings_file.read_text() + "LLM_PROXY_THREADS=many\n")
+    code, out, err = uninstall(home, FakeSystemctl())
+    assert (code, err) == (0, "")
+    assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
+    assert home.settings_file.read_text().endswith("LLM_PROXY_THREADS=many\n")   # the user's line stays
+    assert f"LLM_PROXY_PORT={port}" not in home.settings_file.read_text()
+    assert not home.manifest.exists()
 
 
 def as_nobody(fn):
@@ -374,6 +398,53 @@ def _not_writable(tmp_path, port):
     assert (code, out) == (1, "")
     assert err == f"llm-proxy setup: {home.path / '.zshrc'} is not writable (Permission denied): nothing changed\n"
     assert snapshot(tmp_path) == before
+
+
+def _file_size_limit(limit: int):
+    """For a child: files it writes stop at ``limit`` bytes (EFBIG, as a full disk stops them: ENOSPC)."""
+    import resource
+    import signal
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limit_files
+
+
+def test_a_write_that_fails_half_way_leaves_the_rc_file_as_it_was(tmp_path, port):
+    home = make_home(tmp_path, shell="/bin/bash")
+    rc = home.path / ".bashrc"
+    original = b"# mine\n" * 300   # 2100 bytes; with the block past the limit below
+    rc.write_bytes(original)
+    result = subprocess.run([LLM_PROXY, "setup", "--no-service", "--port", str(port)],
+                            # no .pyc: Python's own writes of them would be cut short too, and kept
+                            env={**home.environ, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
+                            capture_output=True, text=True, timeout=60, preexec_fn=_file_size_limit(len(original) + 100))
+    assert result.returncode == 1, result.stderr
+    assert "llm-proxy setup: add the shell block to ~/.bashrc failed: File too large\n" in result.stderr
+    assert rc.read_bytes() == original
+    assert sorted(p.name for p in home.path.iterdir()) == [".bashrc", ".config"]   # no partial file beside it
+    code, _, err = uninstall(home, FakeSystemctl())
+    assert (code, err) == (0, "")
+    assert rc.read_bytes() == original
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a device node takes root")
+def test_an_rc_file_linked_to_a_device_is_left_alone(tmp_path, port):
+    """A ~/.zshrc linked to /dev/null: an rc file is replaced whole when written, which must never
+    happen to a device (here a copy of /dev/null of the test's own)."""
+    import stat
+
+    home = make_home(tmp_path, shell="/usr/bin/zsh")
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (home.path / ".zshrc").symlink_to(null)
+    before = snapshot(tmp_path)
+    code, out, err = setup(home, FakeSystemctl(), "--no-service", "--port", str(port))
+    assert (code, out) == (1, "")
+    assert err == f"llm-proxy setup: {home.path / '.zshrc'} is not a regular file: nothing changed\n"
+    assert stat.S_ISCHR(null.stat().st_mode) and snapshot(tmp_path) == before
 
 
 def test_a_failed_start_lists_what_was_done_and_uninstall_undoes_it(tmp_path, port):
@@ -435,7 +506,7 @@ def test_explorer_unit_and_the_flag(tmp_path, port):
     settings = installer.Installation(home).service_settings()
     proxy, explore = service.SystemdUser(home).units(settings, home.settings_file, explorer=True)
     assert explore.name == "llm-proxy-explore.service"
-    assert f"ExecStart={Path(sys.executable).with_name('llm-proxy')} explore\n" in explore.text
+    assert f'ExecStart="{LLM_PROXY}" explore\n' in explore.text
     assert "After=llm-proxy.service" in explore.text
     if installer.explorer_available():
         systemctl = FakeSystemctl()
@@ -487,14 +558,23 @@ def test_a_plist_launchd_would_refuse_is_caught(broken, message):
 
 # --- units as systemd reads them ---
 
+@pytest.mark.parametrize("odd", [False, True], ids=["plain", "space-and-percent"])
 @pytest.mark.parametrize("explorer", [False, True], ids=["proxy", "explorer"])
-def test_user_units_verify(tmp_path, explorer):
+def test_user_units_verify(tmp_path, explorer, odd):
+    """``odd``: the home and the installation's path hold a space and a ``%`` (a Windows-style
+    user name, a tool home under "Application Support"): each is one quoted word in the unit."""
     assert shutil.which("systemd-analyze"), "systemd-analyze missing: scripts/test installs Debian's systemd"
-    home = make_home(tmp_path)
+    root = tmp_path / "my home 100%" if odd else tmp_path
+    home = make_home(root)
+    exe = None
+    if odd:
+        exe = root / "tool bin" / "llm-proxy"
+        exe.parent.mkdir(parents=True)
+        exe.symlink_to(LLM_PROXY)
     settings = installer.Installation(home).service_settings()
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
-    for unit in service.SystemdUser(home).units(settings, home.settings_file, explorer):
+    for unit in service.SystemdUser(home).units(settings, home.settings_file, explorer, exe=exe):
         unit.path.parent.mkdir(parents=True, exist_ok=True)
         unit.path.write_text(unit.text)
     name = "llm-proxy-explore.service" if explorer else "llm-proxy.service"
@@ -548,3 +628,17 @@ def test_uninstall_leaves_a_config_toml_broken_since_setup_and_takes_back_the_re
     assert f"{home.codex_config} does not parse any more (" in out
     assert (home.path / ".bashrc").read_bytes() == b"# mine\n"
     assert home.manifest.exists()   # what is left to undo stays recorded
+
+
+def test_a_question_to_the_service_manager_is_bounded_in_seconds_a_change_in_minutes(tmp_path, monkeypatch):
+    """``status`` asks ``systemctl --user is-active``: a hung user bus answers nothing, and
+    status must not wait the minutes a start may take (it waits for gunicorn's READY=1)."""
+    hung = tmp_path / "systemctl"
+    hung.write_text("#!/bin/sh\nexec sleep 30\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(service, "QUERY_TIMEOUT", 0.5)
+    asked = service.run([str(hung), "--user", "is-active", "llm-proxy.service"])
+    assert asked.returncode == 124 and asked.line.endswith("no answer within 0.5 s")
+    monkeypatch.setattr(service, "COMMAND_TIMEOUT", 1.0)
+    changed = service.run([str(hung), "--user", "restart", "llm-proxy.service"])
+    assert changed.returncode == 124 and changed.line.endswith("no answer within 1.0 s")

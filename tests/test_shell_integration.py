@@ -66,9 +66,10 @@ class Workstation:
         """ExecStart with Environment= on top of the user manager's environment, the home as
         working directory (a user unit's default), and a notify socket (Type=notify)."""
         environ = {"HOME": str(self.path), "PATH": os.environ["PATH"], "LANG": "C.UTF-8"}
-        for assignment in self.unit["Environment"]:
-            key, _, value = assignment.partition("=")
-            environ[key] = value
+        for line in self.unit["Environment"]:
+            for assignment in shlex.split(line):   # quoted words, as systemd splits them
+                key, _, value = assignment.partition("=")
+                environ[key] = value.replace("%%", "%")
         notify_path = self.path.parent / f"notify-{self.port}"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))

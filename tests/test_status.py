@@ -54,7 +54,7 @@ def test_env_and_status_of_a_running_proxy_then_a_stopped_one(start_proxy, fake_
     lines = running.stdout.splitlines()
     assert lines[0].startswith(f"llm-proxy 0.1.0 is running: pid {server.proc.pid}, {server.url}, up ")
     rows = dict(re.fullmatch(r"  (\S.*?) {2,}(.*)", line).groups() for line in lines[1:])
-    assert rows["today"].startswith("1 sessions, 1 calls, ")
+    assert rows["today"].startswith("1 session, 1 call, ")
     assert rows["Loki export"] == "disabled"
     assert rows["session logs"].startswith(f"{server.log_dir} (")
 
@@ -132,7 +132,7 @@ def test_today_counts_todays_sessions_calls_and_cost(tmp_path):
     _session(tmp_path, "api.openai.com", "2026-12-04", "20261204-110000-cccccccc", [7.0])
     today = status.today(tmp_path, "2026-12-05")
     assert (today.sessions, today.calls, today.priced, today.cost) == (2, 4, 3, 0.875)
-    assert today.line() == "2 sessions, 4 calls, $0.88 (1 calls unpriced) (log files, 2026-12-05 UTC)"
+    assert today.line() == "2 sessions, 4 calls, $0.88 (1 call unpriced) (log files, 2026-12-05 UTC)"
     assert status.today(tmp_path, "2026-12-01").line() == "0 sessions, no calls (log files, 2026-12-01 UTC)"
 
 
@@ -169,11 +169,16 @@ def test_status_names_the_service_and_where_the_shells_are_set_up(tmp_path, monk
         "  server log    journalctl --user -u llm-proxy.service",
         f"  session logs  {home.path / '.llm-provider-logs'} (none yet)",
         lines[4],
-        "  Loki export   -",
+        "  Loki export   disabled",
         "  shells        ~/.bashrc, ~/.config/fish/conf.d/llm-proxy.fish",
         "  codex         ~/.codex/config.toml (model_providers.llm-proxy)",
     ]
     assert lines[4].startswith("  today         0 sessions, no calls (log files, ")
+    monkeypatch.setenv("LLM_PROXY_LOKI_ENABLED", "true")
+    monkeypatch.setenv("LLM_PROXY_LOKI_URL", "http://me:hunter2secret@127.0.0.1:9")
+    loki = [line for line in llm_proxy(home, systemctl, "status")[1].splitlines() if "Loki export" in line]
+    assert loki == ["  Loki export   enabled, to http://***@127.0.0.1:9/loki/api/v1/push"], loki
+    monkeypatch.delenv("LLM_PROXY_LOKI_ENABLED")
     out = llm_proxy(home, FakeSystemctl(offline=True), "status")[1]
     assert "  service       llm-proxy.service: no systemd user instance here" in out
 

@@ -254,3 +254,16 @@ def test_a_hostile_model_name_reaches_the_terminal_as_text(tmp_path):
         text = run_text(tree.log_dir, *args)
         assert "evil␛]0;owned␇␛[2J" in text  # the breakdown cuts the name at its column's width
         assert not any(c in text for c in "\x1b\x07\u202e"), text
+
+
+def test_log_dir_reads_a_copy_of_a_tree(tmp_path):
+    """``--log-dir`` reads another tree than LLM_PROXY_LOG_DIR's, e.g. a copy from another machine."""
+    tree = gentree.generate(tmp_path / "copy", long=0, short=4, days=2, seed=5)
+    env = {**os.environ, "LLM_PROXY_ENV_FILE": "/nonexistent", "LLM_PROXY_LOG_DIR": str(tmp_path / "none")}
+    out = subprocess.run([LLM_PROXY, "usage", "--log-dir", str(tree.log_dir), "--json"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert json.loads(out.stdout)["totals"]["calls"] == len(tree.calls)
+    missing = subprocess.run([LLM_PROXY, "usage", "--log-dir", str(tmp_path / "gone")], capture_output=True,
+                             text=True, env=env, timeout=30)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "(--log-dir)" in missing.stderr

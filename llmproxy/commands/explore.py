@@ -9,21 +9,17 @@ import webbrowser
 from dataclasses import replace
 from pathlib import Path
 
-from llmproxy.settings import EXIT_BAD_CONFIG, SettingsError, load_settings_or_exit
+from llmproxy.settings import EXIT_BAD_CONFIG, SettingsError, load_settings_or_exit, option_type
 
 HELP = "serve the log explorer: every session in a browser, live and searchable (127.0.0.1:8081)"
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
-    return int(text)
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="address to listen on (LLM_PROXY_EXPLORER_HOST, default 127.0.0.1); "
-                                       "other than loopback only with LLM_PROXY_EXPLORER_TOKEN set")
-    parser.add_argument("--port", type=_port, help="port (LLM_PROXY_EXPLORER_PORT, default 8081)")
+    parser.add_argument("--host", type=option_type("LLM_PROXY_EXPLORER_HOST"),
+                        help="address to listen on (LLM_PROXY_EXPLORER_HOST, default 127.0.0.1); "
+                             "other than loopback only with LLM_PROXY_EXPLORER_TOKEN set")
+    parser.add_argument("--port", type=option_type("LLM_PROXY_EXPLORER_PORT"),
+                        help="port (LLM_PROXY_EXPLORER_PORT, default 8081)")
     parser.add_argument("--log-dir", type=Path, help="the log tree to explore (LLM_PROXY_LOG_DIR), e.g. a copy")
     parser.add_argument("--open", action="store_true", help="open the explorer in the browser once it listens")
 
@@ -43,8 +39,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     settings = replace(settings, explorer=explorer, log_dir=(args.log_dir or settings.log_dir).expanduser())
     try:
         explorer.check_exposure()
-        if not explorer.host.strip():
-            raise SettingsError("--host", explorer.host, "an address such as 127.0.0.1")
     except SettingsError as exc:
         return _fail(str(exc))
     if not settings.log_dir.is_dir():

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmproxy.setup import installer, service, shells
+from llmproxy.settings import option_type
+from llmproxy.setup import installer, service
 from llmproxy.setup.home import Home
 
 HELP = "install for this user: a user service, the port, shell integration (--codex, --explorer)"
@@ -21,8 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also install `llm-proxy explore` (the log explorer) as a second user service")
     parser.add_argument("--no-service", dest="service", action="store_false",
                         help="no user service (no systemd user instance here): run `llm-proxy serve` yourself")
-    parser.add_argument("--port", type=int, help="the proxy's port when none is set yet (default 8080 "
-                                                 "unless taken, else a free one)")
+    parser.add_argument("--port", type=option_type("LLM_PROXY_PORT"),
+                        help="the proxy's port when none is set yet (default 8080 unless taken, else a free one)")
 
 
 def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
@@ -44,15 +45,6 @@ def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
         print(f"would record it in {installation.home.short(installation.home.manifest)} (for llm-proxy uninstall)")
     if code or args.dry_run:
         return code
-    settings = plan.settings
-    found = [s.name for s in shells.shells(installation.home)]
-    names = f"{', '.join(found[:-1])} and {found[-1]}" if len(found) > 1 else "".join(found)
-    if options.service:
-        print(f"llm-proxy runs as a {installation.manager.kind} on {settings.base_url}")
-        if installation.manager.kind.startswith("systemd") and not installer.lingering():
-            print("it runs while you are logged in; to run it from boot on: loginctl enable-linger")
-    else:
-        print(f"no service: `llm-proxy serve` starts the proxy on {settings.base_url}")
-    if names:
-        print(f"new {names} shells point Claude Code and the SDKs at it while it runs")
+    for line in installer.setup_summary(installation, plan, options):
+        print(line)
     return 0

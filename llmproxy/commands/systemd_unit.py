@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from llmproxy.server import systemd
-from llmproxy.settings import EXIT_BAD_CONFIG, SettingsError, load_settings
+from llmproxy.settings import load_settings_or_exit
 
 HELP = "print a systemd unit filled in for this installation"
 
@@ -26,10 +26,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.env_file.is_file():  # the service's settings, read as systemd reads them
         environ.update(systemd.read_env_file(args.env_file))
     environ["LLM_PROXY_ENV_FILE"] = "/dev/null"
-    try:
-        settings = load_settings(environ, create_dirs=False)
-    except SettingsError as exc:
-        print(f"llm-proxy: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BAD_CONFIG
+    settings = load_settings_or_exit(environ, create_dirs=False)
     sys.stdout.write(systemd.render(args.unit, settings, args.user, args.env_file))
     return 0

@@ -7,7 +7,7 @@ import sys
 
 from llmproxy.setup import installer, service
 from llmproxy.setup.home import Home
-from llmproxy.setup.status import human_bytes, tree_size
+from llmproxy.setup.status import log_tree
 
 HELP = "stop and remove the user service, the shell blocks and the Codex keys setup added (logs stay)"
 PROG = "llm-proxy uninstall"
@@ -20,17 +20,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, extra: list[str], home: Home | None = None,
         runner: service.Runner = service.run) -> int:
     installation = installer.Installation(home or Home.current(), runner)
-    try:
-        log_dir = installation.service_settings().log_dir
-    except installer.SetupError:  # a bad settings file does not stop its own removal
-        log_dir = None
     plan = installation.uninstall_plan()
+    log_dir = plan.settings.log_dir if plan.settings else None   # None: the settings file is bad
     if not plan.steps:
         print("nothing to remove: llm-proxy setup has not changed anything here")
     code = installer.carry_out(plan, args.dry_run, sys.stdout, sys.stderr, PROG)
     for note in plan.notes:
         print(note)
     if log_dir is not None and log_dir.is_dir():
-        size, files = tree_size(log_dir)
-        print(f"the session logs stay: {log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})")
+        print(f"the session logs stay: {log_tree(log_dir)}")
     return code

@@ -10,8 +10,11 @@ import re
 import shutil
 import sqlite3
 import sys
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
+from llmproxy.providers import APIS
 from llmproxy.settings import load_settings_or_exit
 from llmproxy.usage import KINDS, Filters, Report, local, render
 
@@ -41,25 +44,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="what a row is (default: daily)")
     parser.add_argument("--since", type=day, metavar="DAY", help="from this day on (UTC; YYYY-MM-DD, or 7d)")
     parser.add_argument("--until", type=day, metavar="DAY", help="up to this day, included")
-    parser.add_argument("--provider", help="calls of this provider only (anthropic, openai, chatgpt)")
+    names = ", ".join(dict.fromkeys(name for api in APIS for name in api.NAMES))
+    parser.add_argument("--provider", help=f"calls of this provider only ({names})")
     parser.add_argument("--model", help="calls whose model contains this text")
     parser.add_argument("--machine", help="calls of this machine only")
     parser.add_argument("--breakdown", action="store_true", help="each row's models below it")
     parser.add_argument("--json", action="store_true", help="the report as JSON")
+    parser.add_argument("--log-dir", type=Path, help="the log tree to read (LLM_PROXY_LOG_DIR), e.g. a copy")
     parser.add_argument("--loki", action="store_true",
                         help="every machine's calls, asked of the Loki in LLM_PROXY_LOKI_URL (default --since 30d)")
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     settings = load_settings_or_exit(create_dirs=False)
+    if args.log_dir is not None:
+        settings = replace(settings, log_dir=args.log_dir.expanduser())
     filters = Filters(args.since, args.until, args.provider, args.model, args.machine)
     if args.loki:
         report = from_loki(settings, KINDS[args.report], filters)
         if isinstance(report, int):
             return report
     elif not settings.log_dir.is_dir():
+        named = "--log-dir" if args.log_dir is not None else "LLM_PROXY_LOG_DIR"
         print(f"llm-proxy usage: {settings.log_dir} does not exist: no calls were logged there "
-              f"(LLM_PROXY_LOG_DIR)", file=sys.stderr)
+              f"({named})", file=sys.stderr)
         return 1
     else:
         try:

@@ -24,11 +24,12 @@ from typing import Callable, Iterable, Iterator, TextIO
 from llmproxy import providers
 from llmproxy.loki import LokiEntry, LokiExporter
 from llmproxy.loki.labels import APP_LABEL, LabelMaker
-from llmproxy.loki.session import EARLY_NS, OUR_ID, session_start_ns
+from llmproxy.loki.session import EARLY_NS, in_line, session_start_ns
 from llmproxy.loki.split import split_entry
 from llmproxy.record import logtree
 from llmproxy.record.entries import entry_metadata
 from llmproxy.record.logtree import SessionFiles
+from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import LokiSettings, Settings, SettingsError, load_settings
 
 
@@ -107,7 +108,7 @@ class Backfill:
         """(ts, line) of this session's entries Loki holds in the streams of this environment (an
         entry is there only if it is in the stream it would be pushed to)."""
         start, end = min(p.ts_ns for p in parts), max(p.ts_ns for p in parts) + 1
-        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= "{session}"'
+        query = f'{{app="{APP_LABEL}", environment={json.dumps(self.labels.environment)}}} |= {in_line(session)}'
         return set(self.exporter.client.query_all(query, start, end))
 
     def run(self, sessions: Iterable[SessionFiles], select: Select | None = None,
@@ -131,7 +132,7 @@ class Backfill:
             except (RuntimeError, ValueError, OSError) as exc:
                 yield SessionReport(files.session, failure=str(exc))
                 continue
-            if OUR_ID.fullmatch(files.session):  # no session to come has an entry older than this
+            if SESSION_ID.fullmatch(files.session):  # no session to come has an entry older than this
                 self._flush(waiting, below=session_start_ns(files.session) - EARLY_NS)
             for part in pending.missing:
                 heapq.heappush(waiting, (part.ts_ns, next(order), part, pending))
@@ -263,28 +264,33 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
                         check=not args.no_check, extra_label=args.extra_label)
     total = SessionReport("total")
     failed_sessions = 0
-    for report in backfill.run(session_files(log_dir, args.session, args.since, args.until, args.upstream)):
-        if report.failure:
-            print(f"{report.session}: error: {report.failure}", file=out)
-            failed_sessions += 1
-            continue
-        status = "ok" if report.ok else "FAILED"
-        print(f"{report.session}: read {report.read}, in Loki {report.present}, pushed {report.pushed}"
-              + (f", refused {len(report.refused)}" if report.refused else "")
-              + (f", pushed with {args.extra_label[0]}={args.extra_label[1]} {report.extra_pushed}"
-                 if report.extra_pushed else "")
-              + (f", not delivered {report.undelivered}" if report.undelivered else "")
-              + f" [{status}]", file=out)
-        for error in report.errors[:3]:
-            print(f"  Loki: {error}", file=out)
-        if report.refused and not args.extra_label:
-            print("  Loki can no longer take these into their stream (too far behind its newest entry, or "
-                  "too old); rerun with --extra-label backfill=1 to push them into a stream of their own",
-                  file=out)
-        total.read += report.read
-        total.present += report.present
-        total.pushed += report.pushed + report.extra_pushed
-        failed_sessions += status != "ok"
+    reports = backfill.run(session_files(log_dir, args.session, args.since, args.until, args.upstream))
+    try:
+        for report in reports:
+            if report.failure:
+                print(f"{report.session}: error: {report.failure}", file=out)
+                failed_sessions += 1
+                continue
+            status = "ok" if report.ok else "FAILED"
+            print(f"{report.session}: read {report.read}, in Loki {report.present}, pushed {report.pushed}"
+                  + (f", refused {len(report.refused)}" if report.refused else "")
+                  + (f", pushed with {args.extra_label[0]}={args.extra_label[1]} {report.extra_pushed}"
+                     if report.extra_pushed else "")
+                  + (f", not delivered {report.undelivered}" if report.undelivered else "")
+                  + f" [{status}]", file=out)
+            for error in report.errors[:3]:
+                print(f"  Loki: {error}", file=out)
+            if report.refused and not args.extra_label:
+                print("  Loki can no longer take these into their stream (too far behind its newest entry, or "
+                      "too old); rerun with --extra-label backfill=1 to push them into a stream of their own",
+                      file=out)
+            total.read += report.read
+            total.present += report.present
+            total.pushed += report.pushed + report.extra_pushed
+            failed_sessions += status != "ok"
+    except (RuntimeError, ValueError, OSError) as exc:  # Loki would not say which entries it refused
+        print(f"error: {exc}", file=out)
+        failed_sessions += 1
     print(f"summary: read {total.read}, in Loki already {total.present}, pushed {total.pushed}, "
           f"sessions failed {failed_sessions}", file=out)
     return 1 if failed_sessions else 0

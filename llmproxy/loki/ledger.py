@@ -101,9 +101,9 @@ class Ledger:
     def note(self, entries: list[tuple[int, str]]) -> list[int] | None:
         """Tickets for entries about to be written, ``(ts_ns, path)`` each; None when they could
         not be noted (then they are only as safe as the memory queue)."""
-        if self._fd is None:
-            return None
         with self._lock:
+            if self._fd is None:  # no ledger, or closed by the worker's exit meanwhile
+                return None
             first = self._next
             records = [b"%d %d %s\n" % (first + i, ts, path.encode()) for i, (ts, path) in enumerate(entries)]
             data = b"".join(records)
@@ -130,9 +130,11 @@ class Ledger:
 
     def flush(self) -> None:
         """Write the marks of what was settled; rewrite a long file with what is still open."""
-        if not self._settled or self._fd is None:
+        if not self._settled:
             return
         with self._lock:
+            if self._fd is None:  # closed by the worker's exit meanwhile
+                return
             marks = b"".join(b"-%d\n" % t for t in self._settled)
             self._settled = []
             try:
@@ -153,6 +155,7 @@ class Ledger:
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
+            tmp.unlink(missing_ok=True)  # a full disk: no half-written copy left taking room
             raise
         os.close(self._fd)
         self._fd, self._size = fd, len(data)
@@ -176,7 +179,7 @@ class Ledger:
 
 
 def dead_ledgers(directory: Path, own: Path | None) -> Iterable[tuple[Path, int]]:
-    """``(path, pid)`` of the ledgers in ``directory`` other than ``own``, oldest first."""
+    """``(path, pid)`` of the ledgers in ``directory`` other than ``own``, in name order."""
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Iterable, TextIO
 
 from llmproxy.loki.client import PAGE, LokiClient
+from llmproxy.loki.labels import APP_LABEL
 from llmproxy.loki.split import join_parts
 from llmproxy.record import logtree
 from llmproxy.record.sessions import SESSION_ID
 from llmproxy.settings import SettingsError, load_settings
 
-OUR_ID = SESSION_ID
 MAX_RANGE_NS = 30 * 86400 * 10**9  # within Loki's default max_query_length (721h)
 EARLY_NS = 5 * 60 * 10**9        # a session's first entry can precede its id's second by a little
 
@@ -37,6 +37,12 @@ def session_start_ns(session: str) -> int:
 
 def _quoted(text: str) -> str:
     return json.dumps(text)
+
+
+def in_line(text: str) -> str:
+    """A LogQL string that finds ``text`` in our lines, which spell it JSON-escaped (a quote as
+    ``\\"``, the rest of Unicode as it is: record/entries.py)."""
+    return _quoted(json.dumps(text, ensure_ascii=False)[1:-1])
 
 
 def join_split(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -67,7 +73,7 @@ def join_split(rows: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
 
 def sessions_of_client(client: LokiClient, client_id: str, start_ns: int, end_ns: int,
                        page: int = PAGE) -> list[str]:
-    query = (f'{{app="llm-proxy", log_type="session_start"}} |= {_quoted(client_id)} '
+    query = (f'{{app="{APP_LABEL}", log_type="session_start"}} |= {in_line(client_id)} '
              f'| json client="client_session_id", session="_meta.session" | client={_quoted(client_id)}')
     found = []
     for _, line in client.query_all(query, start_ns, end_ns, page):
@@ -81,7 +87,7 @@ def from_loki(client: LokiClient, session: str, start_ns: int | None, end_ns: in
               page: int = PAGE) -> list[str]:
     start = start_ns if start_ns is not None else session_start_ns(session) - EARLY_NS
     end = min(end_ns, start + MAX_RANGE_NS)
-    query = (f'{{app="llm-proxy"}} |= {_quoted(session)} | json session="_meta.session" '
+    query = (f'{{app="{APP_LABEL}"}} |= {in_line(session)} | json session="_meta.session" '
              f'| session={_quoted(session)}')
     return [line for _, line in join_split(client.query_all(query, start, end, page))]
 
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, environ: dict 
     except SettingsError as exc:
         print(f"loki-session: {exc}", file=sys.stderr)
         return 2
-    ours = OUR_ID.fullmatch(args.session) is not None
+    ours = SESSION_ID.fullmatch(args.session) is not None
     now_ns = time.time_ns()
     end = args.until or now_ns
     try:

@@ -36,6 +36,22 @@ class SpoolFile:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def base(self) -> str:
+        """The name without its claim: ``{oldest}-{entries}-{pid}-{n}.jsonl``."""
+        return self.name.split(".claimed-")[0]
+
+    @property
+    def writer(self) -> int:
+        """The pid of the worker that spooled it."""
+        return int(self.base.split("-")[2])
+
+    @property
+    def holder(self) -> int:
+        """The pid of the worker that has it in hand: its claimer, else the one that spooled it
+        (a ``.tmp-`` file is written by its holder)."""
+        return self.claimed_by if self.claimed_by is not None else self.writer
+
 
 def _parse(path: Path) -> SpoolFile | None:
     match = _NAME.fullmatch(path.name)
@@ -138,11 +154,10 @@ class Spool:
         except FileNotFoundError:
             return found
         for name in names:
-            if name.startswith(".tmp-") and (f := _parse(self.directory / name[5:])) and \
-                    f.name.split("-")[2] == str(pid):
+            if name.startswith(".tmp-") and (f := _parse(self.directory / name[5:])) and f.holder == pid:
                 (self.directory / name).unlink(missing_ok=True)
         for f in self.files():
-            if f.name.split("-")[2] != str(pid):
+            if f.writer != pid:
                 continue
             try:
                 found.update((e.ts_ns, e.line) for e in decode_entries(f.path.read_bytes()))
@@ -208,8 +223,7 @@ class Spool:
         for f in self.files():
             if f.claimed_by is not None and f.claimed_by != me and pid_alive(f.claimed_by):
                 continue
-            base = f.name.split(".claimed-")[0]
-            claimed = self.directory / f"{base}.claimed-{me}"
+            claimed = self.directory / f"{f.base}.claimed-{me}"
             try:
                 os.replace(f.path, claimed)
             except FileNotFoundError:  # another worker was faster
@@ -219,16 +233,15 @@ class Spool:
             except (OSError, ValueError):
                 entries = None
             if entries is None:  # unreadable: keep it aside for a human, do not loop on it
-                os.replace(claimed, self.directory / f"{base}.bad")
+                os.replace(claimed, self.directory / f"{f.base}.bad")
                 continue
             return SpoolFile(claimed, f.oldest_ns, f.entries, me), entries, f.claimed_by is not None
         return None
 
     def release(self, f: SpoolFile) -> None:
         """Give a claimed file back (its push failed; it stays first in line)."""
-        base = f.name.split(".claimed-")[0]
         try:
-            os.replace(f.path, self.directory / base)
+            os.replace(f.path, self.directory / f.base)
         except FileNotFoundError:
             pass
 
@@ -236,7 +249,7 @@ class Spool:
         """Give a claimed file back with only ``entries`` in it (Loki took the others). The
         content is replaced atomically first, so a crash in between leaves no entry twice."""
         _write_file(self.directory / f".tmp-{f.name}", encode_entries(entries), f.path)
-        _, _, pid, n = f.name.split(".claimed-")[0].removesuffix(".jsonl").split("-")
+        _, _, pid, n = f.base.removesuffix(".jsonl").split("-")
         oldest = min(e.ts_ns for e in entries)
         try:
             os.replace(f.path, self.directory / f"{oldest:020d}-{len(entries)}-{pid}-{n}.jsonl")

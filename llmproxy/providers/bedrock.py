@@ -7,7 +7,8 @@ the runtime's ``/model/{modelId}/invoke``, ``/invoke-with-response-stream``, ``/
 ``/converse-stream`` go to ``bedrock-runtime.{region}.amazonaws.com``, the rest (its
 ``GET /inference-profiles`` each turn) to the control plane, ``bedrock.{region}.amazonaws.com``.
 The proxy signs each with SigV4 (:class:`Signer`: botocore's signer and credential chain); a
-call the client signed itself is forwarded as signed.
+call that carries its own ``Authorization`` (signed by the client, or a Bedrock API key as
+``Bearer``) is forwarded as it is.
 
 ``invoke`` takes and answers the Anthropic Messages API's bodies (``anthropic_version:
 "bedrock-2023-05-31"``, the model in the path, no ``stream``), so sessions, summaries and
@@ -56,7 +57,6 @@ _REGION = re.compile(r"[a-z]{2,4}(?:-[a-z]+)+-\d{1,2}")
 _ENDPOINT = "{}.{}.amazonaws.com"  # plane, region
 _HOST_REGION = re.compile(r"bedrock(?:-runtime)?(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com")
 SERVICE = "bedrock"  # what both planes sign as
-SIGNED = "AWS4-HMAC-SHA256"
 _SIGNATURE_HEADERS = re.compile(r"authorization|x-amz-(?:date|security-token|content-sha256)")  # the signer's own
 
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -173,8 +173,10 @@ class Signer:
 
     def sign(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
         """The headers with SigV4's (``Authorization``, ``X-Amz-Date``, ``X-Amz-Security-Token``)
-        over the URL as it goes on the wire; a request the client signed, as it is."""
-        if any(n.lower() == "authorization" and v.startswith(SIGNED) for n, v in headers):
+        over the URL as it goes on the wire; a request that carries its own ``Authorization`` (the
+        client signed it, or sends a Bedrock API key as ``Bearer``: Claude Code with
+        ``AWS_BEARER_TOKEN_BEDROCK``), as it is: the client holds the credentials."""
+        if any(n.lower() == "authorization" and v.strip() for n, v in headers):
             return headers
         credentials = self._load()
         if credentials is None:
@@ -216,7 +218,7 @@ class EventStream:
         self._buffer.add_data(data)
         try:
             return [_event(message.headers, message.payload) for message in self._buffer]
-        except ParserError as exc:
+        except (ParserError, ValueError) as exc:  # a bad frame, or a chunk whose bytes are not base64
             raise FramingError(f"event stream: {exc}") from None
 
     def rest(self) -> bytes:

@@ -6,8 +6,9 @@ seq, thread) with :mod:`~llmproxy.record.sessions` (``sessions.db``, its
 left undone) → :mod:`~llmproxy.record.entries` (the JSON lines, masked) →
 :mod:`~llmproxy.record.multiwriter` → :mod:`~llmproxy.record.filelog` (one file per session) and
 the Loki exporter handed in; :mod:`~llmproxy.record.websocket_log` (a WebSocket's messages as
-entries). The readers of the tree: :mod:`~llmproxy.record.logtree` (plain and compressed files)
-and :mod:`~llmproxy.record.transcript` (a session as a conversation).
+entries). The readers of the tree: :mod:`~llmproxy.record.logtree` (plain and compressed files),
+:mod:`~llmproxy.record.tail` (what a session's files gained since a reader last looked) and
+:mod:`~llmproxy.record.transcript` (a session as a conversation).
 
 May import: common, providers, settings, proxy.
 Must not be imported by: common, providers, settings, proxy.

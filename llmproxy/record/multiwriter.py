@@ -50,13 +50,6 @@ class MultiWriter:
         self.exporter = exporter
         self.labels = labels
 
-    def write(self, entry: Entry) -> OSError | None:
-        """All three steps for one entry."""
-        staged = self.stage([entry])
-        error = self.append(staged)
-        self.export(staged)
-        return error
-
     def stage(self, entries: list[Entry]) -> Staged:
         staged = Staged(entries)
         if self.exporter is not None:

@@ -302,8 +302,10 @@ class Installation:
     def uninstall_plan(self) -> Plan:
         plan = Plan([])
         home, manifest = self.home, self.manifest
-        settings = self.service_settings()
-        plan.settings = settings
+        try:
+            plan.settings = self.service_settings()
+        except SetupError:  # a bad settings file does not stop its own removal
+            pass
 
         services = [r["name"] for r in manifest.all("service")]
         unit_records = [r for r in manifest.all("file") if r["path"] != str(home.settings_file)]
@@ -314,8 +316,9 @@ class Installation:
                 name = path.stem if path.suffix == ".plist" else path.name
                 if path.suffix in (".plist", ".service") and name not in services:
                     services.append(name)
+        # Asked once (it runs systemctl or launchctl): None when there is no manager at all.
+        why = self.manager.unavailable() if self.manager is not None and (services or unit_records) else None
         if services and self.manager is not None:
-            why = self.manager.unavailable()
             if why:
                 plan.notes.append(f"{why}: the service files are removed, but nothing could stop "
                                   f"{', '.join(services)}")
@@ -324,7 +327,7 @@ class Installation:
                     plan.steps.append(self._command_step(argv, services=services, stop=True))
         for record in unit_records:
             plan.steps.append(self._remove_file_step(record))
-        if unit_records and self.manager is not None and not self.manager.unavailable():
+        if unit_records and self.manager is not None and not why:
             plan.steps += [self._command_step(argv) for argv in self.manager.after_removal()]
 
         blocks = {r["path"]: r for r in manifest.all("block")}
@@ -483,6 +486,23 @@ def carry_out(plan: Plan, dry_run: bool, out: TextIO, err: TextIO, prog: str) ->
             return 1
         print(step.done, file=out)
     return 0
+
+
+def setup_summary(installation: Installation, plan: Plan, options: Options) -> list[str]:
+    """What a person reads once ``setup`` has done its steps: where the proxy runs, and who uses it."""
+    lines = []
+    base_url = plan.settings.base_url
+    if options.service:
+        lines.append(f"llm-proxy runs as a {installation.manager.kind} on {base_url}")
+        if installation.manager.kind.startswith("systemd") and not lingering():
+            lines.append("it runs while you are logged in; to run it from boot on: loginctl enable-linger")
+    else:
+        lines.append(f"no service: `llm-proxy serve` starts the proxy on {base_url}")
+    found = [s.name for s in shells.shells(installation.home)]
+    if found:
+        names = f"{', '.join(found[:-1])} and {found[-1]}" if len(found) > 1 else found[0]
+        lines.append(f"new {names} shells point Claude Code and the SDKs at it while it runs")
+    return lines
 
 
 def lingering(user: str | None = None) -> bool:

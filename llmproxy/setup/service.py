@@ -24,6 +24,8 @@ from llmproxy.setup.home import Home
 PROXY = "llm-proxy"
 EXPLORER = "llm-proxy-explore"
 COMMAND_TIMEOUT = 180  # a start waits for gunicorn's READY=1; a stop for the Loki flush
+QUERY_TIMEOUT = 15     # a question (is-active, print…): a hung user bus must not stall `status`
+_CHANGES = {"start", "restart", "stop", "enable", "disable", "daemon-reload", "bootstrap", "bootout", "kickstart"}
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,23 @@ Runner = Callable[[list[str]], Result]
 
 
 def run(argv: list[str]) -> Result:
-    """The real runner."""
+    """The real runner: a change may take minutes, a question a few seconds."""
+    timeout = COMMAND_TIMEOUT if _CHANGES.intersection(argv[1:]) else QUERY_TIMEOUT
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         return Result(127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
-        return Result(124, "", f"{' '.join(argv)}: no answer within {COMMAND_TIMEOUT} s")
+        return Result(124, "", f"{' '.join(argv)}: no answer within {timeout} s")
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def unit_word(text: str, command: bool = False) -> str:
+    """``text`` as one word of a unit file's setting: quoted (a home with a space), ``%`` not a
+    specifier, and in a command line ``$`` not a variable (systemd.syntax, systemd.service)."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return '"' + (text.replace("$", "$$") if command else text) + '"'
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,8 @@ class SystemdUser:
         names = [PROXY, EXPLORER] if explorer else [PROXY]
         return [Unit(f"{name}.service", self.home.systemd_units / f"{name}.service",
                      resources.files("llmproxy.setup").joinpath("units", f"{name}.service").read_text()
-                     .format(exe=exe, settings_file=settings_file, stop_timeout=stop_timeout(settings)))
+                     .format(exe=unit_word(str(exe), command=True), stop_timeout=stop_timeout(settings),
+                             settings_file=unit_word(f"LLM_PROXY_ENV_FILE={settings_file}")))
                 for name in names]
 
     def state(self, name: str) -> State:

@@ -17,7 +17,7 @@ from pathlib import Path
 from llmproxy.loki.check import verdict
 from llmproxy.record import logtree
 from llmproxy.server import presence
-from llmproxy.settings import Settings
+from llmproxy.settings import Settings, redact_url
 from llmproxy.setup import codex, probe, shells, textfile
 from llmproxy.setup.installer import Installation
 
@@ -50,14 +50,19 @@ class Today:
     source: str
 
     def line(self) -> str:
+        sessions = plural(self.sessions, "session")
         if not self.calls:
-            return f"{self.sessions} sessions, no calls ({self.source})"
+            return f"{sessions}, no calls ({self.source})"
         if self.cost is None:
             cost = "cost not recorded"
         else:
-            cost = f"${self.cost:,.2f}" + (f" ({self.calls - self.priced} calls unpriced)"
+            cost = f"${self.cost:,.2f}" + (f" ({plural(self.calls - self.priced, 'call')} unpriced)"
                                           if self.priced < self.calls else "")
-        return f"{self.sessions} sessions, {self.calls} calls, {cost} ({self.source})"
+        return f"{sessions}, {plural(self.calls, 'call')}, {cost} ({self.source})"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 _COST = re.compile(rb'"cost":\{"total":(-?[0-9.]+(?:[eE][-+]?[0-9]+)?)')
@@ -123,6 +128,12 @@ def tree_size(root: Path) -> tuple[int, int]:
     return total, count
 
 
+def log_tree(log_dir: Path) -> str:
+    """Where the session logs are and how much they hold: ``~/.llm-provider-logs (2.0 KiB in 1 file)``."""
+    size, files = tree_size(log_dir)
+    return f"{log_dir} ({human_bytes(size)} in {plural(files, 'file')})"
+
+
 def human_bytes(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -170,8 +181,7 @@ def gather(installation: Installation, settings: Settings) -> Report:
         rows.append(("server log", manager.logs(services[0])))
 
     if settings.log_dir.is_dir():
-        size, files = tree_size(settings.log_dir)
-        rows.append(("session logs", f"{settings.log_dir} ({human_bytes(size)} in {files} file{'s' if files != 1 else ''})"))
+        rows.append(("session logs", log_tree(settings.log_dir)))
     else:
         rows.append(("session logs", f"{settings.log_dir} (none yet)"))
     rows.append(("today", today(settings.log_dir).line()))
@@ -181,7 +191,8 @@ def gather(installation: Installation, settings: Settings) -> Report:
         said = verdict(answer[1], None, None, None, None)[1] if answer else "no answer"
         rows.append(("Loki export", said.removeprefix("Loki export ")))   # the row names it already
     else:
-        rows.append(("Loki export", "-"))
+        rows.append(("Loki export", f"enabled, to {redact_url(settings.loki.push_url or '')}"
+                                     if settings.loki.enabled else "disabled"))
 
     installed = shells.installed_in(home)
     rows.append(("shells", ", ".join(home.short(p) for p in installed) if installed

@@ -5,7 +5,8 @@ the block (``# >>> llm-proxy >>>`` … ``# <<< llm-proxy <<<``). Taking it back 
 and that one line break, so the file is what it was, with or without a final newline, and
 whatever the user wrote around the block since stays. A file is edited where it really is: a
 ``~/.bashrc`` that is a symlink into a dotfiles repository keeps its link and the target changes.
-Writing is in place (same inode, mode and owner).
+Writing is atomic: the new text goes to a file beside the target (its mode and owner), which then
+takes the target's place, so a full disk or a kill half-way leaves the file as it was.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from pathlib import Path
 
 BEGIN = "# >>> llm-proxy >>>"
@@ -34,31 +36,49 @@ def read(path: Path) -> str | None:
 
 
 def write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write through any symlink, in place: the file keeps its inode, mode, owner and links."""
+    """Write through any symlink, atomically: the whole new text or, when anything fails, the file
+    as it was. The file keeps its mode and owner; a new one gets ``mode``."""
     data = text.encode("utf-8", "surrogateescape")
     real = target(path)
+    real.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(real, os.O_WRONLY)
+        old = os.stat(real)
     except FileNotFoundError:
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.truncate()
+        old = None
+    tmp = real.with_name(f".{real.name}.llm-proxy-{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode if old is None else 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if old is not None:
+            os.chmod(tmp, stat.S_IMODE(old.st_mode))
+            try:
+                os.chown(tmp, old.st_uid, old.st_gid)
+            except PermissionError:  # another owner's file this user may write: it becomes this user's
+                pass
+        os.replace(tmp, real)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def unwritable(path: Path) -> str | None:
-    """Why the file could not be written (``None``: it can be), checked before any change."""
+    """Why the file could not be written (``None``: it can be), checked before any change. The
+    file and its directory both: the new text takes the file's place (:func:`write`)."""
     real = target(path)
     if real.is_dir():
         return f"{path} is a directory"
-    if real.exists():
-        return None if os.access(real, os.W_OK) else f"{path} is not writable ({os.strerror(errno.EACCES)})"
+    if real.exists() and not real.is_file():  # a link to /dev/null: never replaced by a file
+        return f"{path} is not a regular file"
+    if real.exists() and not os.access(real, os.W_OK):
+        return f"{path} is not writable ({os.strerror(errno.EACCES)})"
     parent = real.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        return f"{path} cannot be created ({parent} is not writable)"
+        return f"{path} cannot be {'written' if real.exists() else 'created'} ({parent} is not writable)"
     return None
 
 
