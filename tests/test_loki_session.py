@@ -227,3 +227,18 @@ def test_a_page_over_lokis_answer_limit_is_asked_again_with_fewer_lines():
         assert limits[:2] == [5000, 5000] and max(limits[2:]) * 262144 < 4 * 1024 * 1024
     finally:
         loki.down()
+
+
+def test_a_transcript_shows_escape_sequences_and_bidi_overrides_as_text():
+    """A prompt is hostile input: printed raw, ``ESC ]`` could retitle the terminal or hide a line."""
+    from llmproxy.record.transcript import render
+
+    hostile = "red \x1b[31mtext\x1b[0m \x1b]0;owned\x07 invoice_\u202eexe.txt"
+    body = {"model": "claude-x", "messages": [{"role": "user", "content": hostile}]}
+    lines = [json.dumps({"type": "session_start", "provider": "anthropic", "upstream": "api.anthropic.com",
+                         "_meta": {"session": "s", "ts": "2026-12-05T10:00:00Z"}}),
+             json.dumps({"type": "request", "seq": 1, "method": "POST", "path": "/v1/messages",
+                         "body": json.dumps(body), "_meta": {"session": "s", "ts": "2026-12-05T10:00:01Z"}})]
+    text = render(lines)
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "user: red ␛[31mtext␛[0m ␛]0;owned␇ invoice_⟨U+202E⟩exe.txt" in text

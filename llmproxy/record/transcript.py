@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from llmproxy import providers
+from llmproxy.common.visible import visible
 from llmproxy.providers import Part
 
 WIDTH = 2000  # longest text shown of one block; the JSONL has the rest
@@ -118,4 +119,5 @@ def render(lines: list[str]) -> str:
                 facts.append(answer.model)
             if facts:
                 out.append("   (" + "; ".join(facts) + ")")
-    return "\n".join(out).lstrip("\n") + "\n"
+    # Shown in a terminal: no escape sequence or bidi override from the logs may reach it.
+    return visible("\n".join(out).lstrip("\n") + "\n")
