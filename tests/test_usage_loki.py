@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import urllib.parse
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -288,3 +290,39 @@ def test_a_loki_that_does_not_answer_fails_the_report_after_one_timeout():
         server.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_loki_that_answers_504_to_everything_is_given_up_soon():
+    """A gateway before a hung Loki answers 504 at once: halving the day for it goes down to a few
+    hours, not to a minute (2,047 queries per number per day), then the report fails."""
+    import http.server
+    import threading
+
+    asked = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            body = b"upstream request timeout"
+            self.send_response(504)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = LokiClient(LokiSettings(url=f"http://127.0.0.1:{server.server_address[1]}"))
+    try:
+        with pytest.raises(RuntimeError, match="504"):
+            loki.report(client, "gated", KINDS["daily"], Filters(date(2026, 11, 30), date(2026, 11, 30)),
+                        today=date(2026, 12, 1))
+        ranges = [int(r) for path in asked for r in re.findall(r"\[(\d+)s\]", urllib.parse.unquote_plus(path))]
+        # one day: asked for 24 h, then 12, 6 and 3 h, and given up (not down to a minute)
+        assert min(ranges) == 3 * 3600 and max(ranges) == 24 * 3600, sorted(set(ranges))
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()

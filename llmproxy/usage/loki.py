@@ -36,9 +36,12 @@ from llmproxy.usage.report import Filters, Kind, Record, Report, build
 
 DAY_NS = 86400 * 10**9
 MIN_WINDOW_NS = 60 * 10**9    # a window is halved no further than this
+MIN_SLOW_WINDOW_NS = 3 * 3600 * 10**9   # nor, when Loki was too slow for it, than this
 PARALLEL = 4                  # queries in flight at once
-# What Loki says when an answer would be too big or too slow: ask again for less.
-TOO_MUCH = ("maximum number of series", "exceeds the limit", "timeout", "deadline exceeded", "HTTP 504")
+# What Loki says when an answer would be too big or too slow: ask again for less. Too slow may
+# also be a Loki (or the gateway before it) that answers nothing at all: halving stops sooner.
+TOO_MUCH = ("maximum number of series", "exceeds the limit")
+TOO_SLOW = ("timeout", "deadline exceeded", "HTTP 504")
 RANGE = "$RANGE"
 
 # The entry's own fields, as a line filter (see the module's docstring) and as ``| json`` paths.
@@ -205,7 +208,9 @@ class LokiUsage:
         try:
             return [(window, self.client.metric(template.replace(RANGE, f"{length // 10**9}s"), window.end_ns - 1))]
         except RuntimeError as exc:
-            if length < 2 * MIN_WINDOW_NS or not any(s in str(exc) for s in TOO_MUCH):
+            smallest = (MIN_WINDOW_NS if any(s in str(exc) for s in TOO_MUCH) else
+                        MIN_SLOW_WINDOW_NS if any(s in str(exc) for s in TOO_SLOW) else None)
+            if smallest is None or length < 2 * smallest:
                 raise
         middle = window.start_ns + length // 2 // 10**9 * 10**9
         return [*self._ask(template, replace(window, end_ns=middle)),
