@@ -267,3 +267,19 @@ def test_log_dir_reads_a_copy_of_a_tree(tmp_path):
     missing = subprocess.run([LLM_PROXY, "usage", "--log-dir", str(tmp_path / "gone")], capture_output=True,
                              text=True, env=env, timeout=30)
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "(--log-dir)" in missing.stderr
+
+
+def test_a_long_title_wraps_between_words_never_inside_a_name(tmp_path):
+    """A machine name such as ``team-1a2b3c4d-box-a`` is cut at no hyphen, whatever the width
+    (the wrap point moved with the length of a random name: a flaky test found it)."""
+    from dataclasses import replace
+
+    tree = gentree.generate(tmp_path / "logs", long=0, short=2, days=1, seed=3)
+    report = local.report(tree.log_dir, KINDS["session"], Filters(), Catalog(tree.log_dir, indexers=[]))
+    machine = "usage-loki-1a2b3c4d-5e6f-7a8b-9c0d-box-a"
+    report = replace(report, filters=replace(report.filters, machine=machine, model="claude-sonnet-4-5"))
+    for width in range(len(machine) + 2, 81):   # narrower, a name longer than a line is cut
+        lines = render.table(report, width).splitlines()
+        title = lines[:lines.index("")]
+        assert all(len(line) <= width for line in title), width
+        assert machine in " ".join(line.strip() for line in title), (width, title)

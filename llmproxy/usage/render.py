@@ -104,10 +104,12 @@ def table(report: Report, width: int = 80, breakdown: bool = False) -> str:
         return GAP.join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
     head = [line(cells) for cells in headings if any(cells)]
-    lines = [*textwrap.wrap(visible(_title(report)), width, subsequent_indent="  "), "", *head, rule, *map(line, body),
-             rule, line(total)]
-    notes = [wrapped for note in _notes(report) for wrapped in (textwrap.wrap(visible(note), width,
-                                                                              subsequent_indent="  ") or [""])]
+    # Wrapped between words only: a machine or model name (claude-sonnet-4-5) is never cut at a hyphen.
+    def wrap(text: str) -> list[str]:
+        return textwrap.wrap(visible(text), width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+
+    lines = [*wrap(_title(report)), "", *head, rule, *map(line, body), rule, line(total)]
+    notes = [wrapped for note in _notes(report) for wrapped in wrap(note)]
     return "\n".join(lines + notes)
 
 
