@@ -549,9 +549,8 @@ def _shell_homes(work: Path, presence_file: Path) -> tuple[Path, Path]:
     plain, blocked = work / "shells-plain", work / "shells-setup"
     for home in (plain, blocked):
         (home / ".config" / "fish" / "conf.d").mkdir(parents=True)
-        # A user's fish has made these at its first start ever; in a new home every first start
-        # parses the man pages in the background for seconds, and the starts measured beside it
-        # took twice as long (fish: +3.8 ms "added" in one run, +0 in the next).
+        # A user's fish has made this at its first start ever; in a new home the first start
+        # parses the man pages in the background for seconds, beside the starts being measured.
         (home / ".local" / "share" / "fish" / "generated_completions").mkdir(parents=True)
         (home / ".bashrc").write_bytes(SKEL_BASHRC.read_bytes() if SKEL_BASHRC.exists() else b"# bashrc\n")
         (home / ".zshrc").write_text("# the user's zsh settings\n")
