@@ -397,3 +397,37 @@ def test_backfill_pushes_sessions_that_ran_at_once_in_time_order(tmp_path, real_
         pass  # the comparison below says what is missing
     found = [line for _, line in real_loki.lines(query)]
     assert set(lines) - set(found) == set() and sorted(found) == sorted(lines)
+
+
+def test_reading_only_some_entries_gives_what_reading_all_and_picking_gives(tmp_path):
+    """The recovery reads a few entries of sessions that may be hundreds of MB: it parses only the
+    lines whose time it wants. What it gets must be exactly those entries of a full read, labels
+    and structured metadata included, an answer whose model is its request's too (the request
+    itself not wanted, so read without parsing)."""
+    import gentree
+
+    from llmproxy.loki.backfill import read_entries
+    from llmproxy.loki.labels import LabelMaker
+    from llmproxy.record import logtree
+
+    tree = gentree.generate(tmp_path / "logs", long=1, calls=30, short=3, days=1, seed=8)
+    labels = LabelMaker("test", "here")
+    for files in logtree.sessions(tree.log_dir):
+        every = read_entries(files, labels)
+        # an answer without a model of its own: its metadata names its request's
+        path = files.plain or files.compressed
+        lines = path.read_bytes().split(b"\n")
+        for i, line in enumerate(lines):
+            if line.startswith(b'{"type":"response"') and b'"model":"' in line:
+                doc = json.loads(line)
+                del doc["model"]
+                lines[i] = json.dumps(doc, separators=(",", ":")).encode()
+                break
+        path.write_bytes(b"\n".join(lines))
+        every = read_entries(files, labels)
+        for wanted in ({e.ts_ns for e in every if e.line.startswith(b'{"type":"response"')},
+                       {e.ts_ns for e in every[::3]}, set()):
+            picked = read_entries(files, labels, keep=wanted.__contains__)
+            assert picked == [e for e in every if e.ts_ns in wanted]
+        modelless = [e for e in every if e.line.startswith(b'{"type":"response"') and "model" not in json.loads(e.line)]
+        assert modelless and all(any(v for k, v in e.metadata if k == "model") for e in modelless)

@@ -14,6 +14,7 @@ import argparse
 import heapq
 import itertools
 import json
+import re
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -72,19 +73,66 @@ def session_files(log_dir: Path, session: str | None, since: str | None, until: 
         yield files
 
 
-def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
+_META_TS = b'"_meta":{"ts":"'   # an entry's last key, and its time the first key in it
+_SESSION_START = b'{"type":"session_start"'
+_REQUEST = b'{"type":"request"'
+_MODEL = re.compile(rb'"model":"((?:[^"\\]|\\.)*)"')     # a request's own, before its headers and body
+_REQUEST_ID = re.compile(rb'"request_id":"([^"]*)"')
+
+
+def _spans(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each non-empty line, without copying any."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        if data[start:end].strip():   # a blank line is rare and short
+            yield start, end
+        start = end + 1
+
+
+def _line_ts(data: bytes, start: int, end: int) -> int | None:
+    """The entry's time, read from the end of its line without parsing it (None: not there)."""
+    at = data.rfind(_META_TS, start, end)
+    if at < 0:
+        return None
+    at += len(_META_TS)
+    try:
+        return parse_ts(data[at:data.find(b'"', at, end)].decode())
+    except ValueError:
+        return None
+
+
+def read_entries(files: SessionFiles, labels: LabelMaker,
+                 keep: Callable[[int], bool] | None = None) -> list[LokiEntry]:
     """The session's lines as Loki entries with the labels and structured metadata the exporter
-    gave them (the metadata is read back from the lines: ids, the model, the status)."""
-    raw_lines = [line for line in logtree.read_session(files).split(b"\n") if line.strip()]
-    docs = [json.loads(line) for line in raw_lines]
-    provider = next((d.get("provider") for d in docs if d.get("type") == "session_start"), None)
+    gave them (the metadata is read back from the lines: ids, the model, the status). With
+    ``keep``, only the entries whose time it keeps: the other lines are not parsed (a recovery
+    wants a few entries of sessions that may be hundreds of MB)."""
+    data = logtree.read_session(files)
+    spans = list(_spans(data))
+    provider = next((json.loads(data[a:b]).get("provider") for a, b in spans
+                     if data.startswith(_SESSION_START, a)), None)
     provider = provider or providers.provider_for_host(files.upstream) or providers.PREFIXES[0]
-    requested = {(d.get("_meta") or {}).get("request_id"): d.get("model") for d in docs if d.get("type") == "request"}
+    requested: dict = {}   # request id → the request's model, for an answer that names none
     entries = []
-    for line, doc in zip(raw_lines, docs):
+    for start, end in spans:
+        if keep is not None:
+            ts = _line_ts(data, start, end)
+            if ts is not None and not keep(ts):
+                if data.startswith(_REQUEST, start):
+                    model = _MODEL.search(data, start, min(end, start + 4096))
+                    ids = _REQUEST_ID.findall(data, max(start, end - 4096), end)
+                    if ids:
+                        requested[ids[-1].decode()] = json.loads(b'"' + model.group(1) + b'"') if model else None
+                continue
+        line = data[start:end]
+        doc = json.loads(line)
         meta = doc.get("_meta") or {}
-        maker = LabelMaker(labels.environment, meta.get("machine") or labels.machine)
         kind = doc.get("type", "unknown")
+        if kind == "request":
+            requested[meta.get("request_id")] = doc.get("model")
+        maker = LabelMaker(labels.environment, meta.get("machine") or labels.machine)
         model = doc.get("model") or (requested.get(meta.get("request_id")) if kind == "response" else None)
         metadata = entry_metadata(meta.get("session") or files.session, meta.get("request_id"),
                                   meta.get("client_session_id"), model, doc.get("status"))
@@ -92,8 +140,9 @@ def read_entries(files: SessionFiles, labels: LabelMaker) -> list[LokiEntry]:
     return entries
 
 
-# Which entries of a session to push (the recovery: those a dead worker held), all when None.
-Select = Callable[[SessionFiles, LokiEntry], bool]
+# Which entries of a session to push by their time (the recovery: those a dead worker held),
+# all when None.
+Select = Callable[[SessionFiles, int], bool]
 
 
 class Backfill:
@@ -146,9 +195,7 @@ class Backfill:
                  exclude: frozenset[tuple[int, bytes]] | set = frozenset()) -> "_Pending":
         """A session's entries as Loki parts, and those Loki does not hold yet."""
         report = SessionReport(files.session)
-        entries = read_entries(files, self.labels)
-        if select is not None:
-            entries = [e for e in entries if select(files, e)]
+        entries = read_entries(files, self.labels, None if select is None else (lambda ts: select(files, ts)))
         report.read = len(entries)
         parts = [p for e in entries for p in split_entry(e, self.exporter.settings.max_line_bytes)]
         if exclude:

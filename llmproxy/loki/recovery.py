@@ -174,7 +174,7 @@ class Recovery:
         try:
             result.unasked = not self._can_ask(backfill)
             backfill.check = not result.unasked
-            for report in backfill.run(found.values(), lambda files, e: e.ts_ns in wanted[files.session], spooled):
+            for report in backfill.run(found.values(), lambda files, ts: ts in wanted[files.session], spooled):
                 if report.failure or report.undelivered:
                     self._warn.log("Loki recovery of worker %d's entries waits: %s", result.pid,
                                    report.failure or "; ".join(report.errors[:1]) or "Loki did not take them")
